@@ -1,0 +1,55 @@
+"""BlindAI: confidential inference for ONNX models inside a TEE.
+
+The client verifies the server's hardware-signed evidence against a policy and
+checks that the TLS key it talks to is bound into that evidence before it sends
+any model or data. See ``blindai.connect``.
+"""
+
+from ._version import __version__
+from .attestation import Policy, VerifiedAttestation, load_policy
+from .client import BlindAiClient, Connection, ModelDatumType, ModelInfo, RunResult, connect
+from .errors import (
+    AttestationError,
+    BindingError,
+    BlindAIError,
+    CollateralError,
+    EvidenceParseError,
+    InvalidInputError,
+    ModelHashMismatchError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    PolicyError,
+    ServerError,
+    SignatureError,
+    SimulationModeWarning,
+    SimulationRefusedError,
+    TransportError,
+)
+
+__all__ = [
+    "AttestationError",
+    "BindingError",
+    "BlindAIError",
+    "BlindAiClient",
+    "CollateralError",
+    "Connection",
+    "EvidenceParseError",
+    "InvalidInputError",
+    "ModelDatumType",
+    "ModelHashMismatchError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "Policy",
+    "PolicyError",
+    "RunResult",
+    "ServerError",
+    "SignatureError",
+    "SimulationModeWarning",
+    "SimulationRefusedError",
+    "TransportError",
+    "VerifiedAttestation",
+    "__version__",
+    "connect",
+    "load_policy",
+]

@@ -1,0 +1,21 @@
+"""Attestation: parse -> verify -> validate, the binding rule, and evidence providers."""
+
+from .binding import DOMAIN, check_binding, report_data_for, spki_sha256
+from .evidence import VerifiedAttestation
+from .policy import Policy, load_policy, policy_from_attestation, validate
+from .verify import TrustOptions, verify_evidence, verify_server_attestation
+
+__all__ = [
+    "DOMAIN",
+    "Policy",
+    "TrustOptions",
+    "VerifiedAttestation",
+    "check_binding",
+    "load_policy",
+    "policy_from_attestation",
+    "report_data_for",
+    "spki_sha256",
+    "validate",
+    "verify_evidence",
+    "verify_server_attestation",
+]

@@ -1,0 +1,59 @@
+"""Typed, frozen evidence records and the verified claims they yield.
+
+Records are produced by parsers only; ``verify_*`` functions accept only records,
+and policy validation accepts only :class:`VerifiedAttestation`, which only
+verification builds. That ordering is the point of the types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["SimulatedEvidence", "TeeKind", "VerifiedAttestation"]
+
+TeeKind = Literal["simulation", "sgx", "tdx", "sev-snp"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedEvidence:
+    """Simulation evidence: a self-signed record that proves nothing about hardware."""
+
+    report_data: bytes
+    measurement: bytes
+    public_key: bytes
+    signature: bytes
+    signed: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAttestation:
+    """Claims of evidence whose signatures, chains and collateral all verified.
+
+    ``measurements`` maps a TEE-specific name (``mrenclave``, ``mrtd``,
+    ``measurement``, ...) to lowercase hex. ``simulation`` is True only for the
+    no-TEE mode, whose claims are not backed by any hardware.
+    """
+
+    tee: TeeKind
+    measurements: dict[str, str]
+    debug: bool
+    report_data: bytes
+    tcb_status: str | None = None
+    advisory_ids: tuple[str, ...] = ()
+    svns: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def simulation(self) -> bool:
+        return self.tee == "simulation"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tee": self.tee,
+            "tcb_status": self.tcb_status,
+            "advisory_ids": list(self.advisory_ids),
+            "debug": self.debug,
+            "measurements": dict(self.measurements),
+            "report_data": self.report_data.hex(),
+            "svns": dict(self.svns),
+        }

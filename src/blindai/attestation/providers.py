@@ -1,0 +1,184 @@
+"""Server side: where evidence comes from.
+
+Every provider answers ``get_evidence(report_data) -> Evidence`` for 64 bytes of
+report data. Hardware providers talk to the real kernel / Gramine interfaces;
+their paths are parameters so tests can point them at folders shaped like the
+real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import BlindAIError
+from . import simulation
+
+__all__ = [
+    "Evidence",
+    "EvidenceProvider",
+    "GramineSgxProvider",
+    "NoTeeError",
+    "SimulationProvider",
+    "TsmProvider",
+    "detect_provider",
+]
+
+GRAMINE_ATTESTATION_DIR = Path("/dev/attestation")
+TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
+
+
+class NoTeeError(BlindAIError):
+    """The requested TEE is not available on this machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    tee: str
+    evidence: bytes
+    collateral: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tee": self.tee, "evidence": base64.b64encode(self.evidence).decode(), "collateral": self.collateral}
+
+
+class EvidenceProvider(Protocol):
+    tee: str
+
+    def get_evidence(self, report_data: bytes) -> Evidence: ...
+
+    def sealing_key(self) -> bytes | None: ...
+
+
+class SimulationProvider:
+    """Signs report_data with a key made at start. Proves nothing: see simulation.py."""
+
+    tee = "simulation"
+
+    def __init__(self) -> None:
+        self._signer = simulation.SimulationSigner(simulation.code_measurement())
+
+    @property
+    def measurement(self) -> bytes:
+        return self._signer.measurement
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        return Evidence("simulation", self._signer.sign(report_data))
+
+    def sealing_key(self) -> bytes | None:
+        return None  # simulation sealing uses an explicit, insecure key file
+
+
+class GramineSgxProvider:
+    """Gramine's pseudo-files: write ``user_report_data``, read ``quote``."""
+
+    tee = "sgx"
+
+    def __init__(self, root: Path = GRAMINE_ATTESTATION_DIR) -> None:
+        self.root = root
+        self._lock = threading.Lock()  # the pseudo-files hold one report_data at a time
+        kind = (root / "attestation_type").read_text().strip() if (root / "attestation_type").exists() else ""
+        if kind != "dcap":
+            raise NoTeeError(f"{root}/attestation_type is {kind!r}; set sgx.remote_attestation = \"dcap\"")
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        with self._lock:
+            (self.root / "user_report_data").write_bytes(report_data)
+            quote = (self.root / "quote").read_bytes()
+        return Evidence("sgx", quote)
+
+    def sealing_key(self) -> bytes | None:
+        path = self.root / "keys" / "_sgx_mrenclave"
+        return path.read_bytes() if path.exists() else None
+
+
+class TsmProvider:
+    """Linux configfs-tsm (``/sys/kernel/config/tsm/report``) for TDX and SEV-SNP guests."""
+
+    _PROVIDERS = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
+
+    def __init__(self, root: Path = TSM_REPORT_DIR) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        entry = self._entry()
+        try:
+            name = (entry / "provider").read_text().strip()
+        finally:
+            _rmdir(entry)
+        if name not in self._PROVIDERS:
+            raise NoTeeError(f"configfs-tsm provider {name!r} is not one of {sorted(self._PROVIDERS)}")
+        self.tee = self._PROVIDERS[name]
+
+    def _entry(self) -> Path:
+        entry = self.root / f"blindai-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        entry.mkdir()
+        return entry
+
+    def get_evidence(self, report_data: bytes) -> Evidence:
+        with self._lock:
+            entry = self._entry()
+            try:
+                gen_before = _read_int(entry / "generation")
+                (entry / "inblob").write_bytes(report_data)
+                outblob = (entry / "outblob").read_bytes()
+                aux = entry / "auxblob"
+                certs = aux.read_bytes() if self.tee == "sev-snp" and aux.exists() else b""
+                if _read_int(entry / "generation") != gen_before + 1:
+                    raise NoTeeError("configfs-tsm report changed while it was read (another writer)")
+            finally:
+                _rmdir(entry)
+        collateral = {"snp_certs": base64.b64encode(certs).decode()} if certs else None
+        return Evidence(self.tee, outblob, collateral)
+
+    def sealing_key(self) -> bytes | None:
+        return None
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def detect_provider(
+    tee: str,
+    *,
+    gramine_dir: Path = GRAMINE_ATTESTATION_DIR,
+    tsm_dir: Path = TSM_REPORT_DIR,
+) -> EvidenceProvider:
+    """``auto`` tries Gramine SGX, then configfs-tsm; a named TEE must be present."""
+    if tee == "simulation":
+        return SimulationProvider()
+    errors: list[str] = []
+    if tee in ("auto", "sgx"):
+        try:
+            if (gramine_dir / "quote").exists():
+                return GramineSgxProvider(gramine_dir)
+            errors.append(f"no Gramine SGX attestation interface at {gramine_dir}")
+        except (NoTeeError, OSError) as exc:
+            errors.append(str(exc))
+    if tee in ("auto", "tdx", "sev-snp"):
+        try:
+            if tsm_dir.is_dir():
+                tsm = TsmProvider(tsm_dir)
+                if tee in ("auto", tsm.tee):
+                    return tsm
+                errors.append(f"configfs-tsm offers {tsm.tee}, not {tee}")
+            else:
+                errors.append(f"no configfs-tsm report interface at {tsm_dir}")
+        except (NoTeeError, OSError) as exc:
+            errors.append(f"configfs-tsm: {exc}")
+    raise NoTeeError(f"no {tee if tee != 'auto' else ''} TEE found ({'; '.join(errors)})".replace("no  TEE", "no TEE"))

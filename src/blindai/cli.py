@@ -1,0 +1,315 @@
+"""``blindai`` command line: serve, attest, upload, run, delete, models, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import BlindAIError, SimulationModeWarning
+
+__all__ = ["main"]
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def _token_file() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "blindai" / "owner-tokens.json"
+
+
+def _load_tokens() -> dict[str, str]:
+    try:
+        data = json.loads(_token_file().read_text())
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_token(model_id: str, token: str) -> Path:
+    path = _token_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tokens = _load_tokens()
+    tokens[model_id] = token
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(tokens, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def _forget_token(model_id: str) -> None:
+    tokens = _load_tokens()
+    if tokens.pop(model_id, None) is not None:
+        path = _token_file()
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(tokens, f, indent=2)
+        os.replace(path.with_suffix(".tmp"), path)
+
+
+def _add_connect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("host", help="server host name or address")
+    p.add_argument("--attested-port", type=int, default=50051)
+    p.add_argument("--unattested-port", type=int, default=50052)
+    p.add_argument("--policy", help="policy TOML file (required unless --simulation)")
+    p.add_argument("--simulation", action="store_true", help="accept a SIMULATION server (no protection)")
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from .client.connection import connect
+
+    return connect(
+        args.host,
+        attested_port=args.attested_port,
+        unattested_port=args.unattested_port,
+        policy=args.policy,
+        simulation=args.simulation,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.models import StoreLimits
+    from .server.runner import ServerConfig, run_server
+
+    tee = "simulation" if args.simulation else args.tee
+    if args.simulation and args.tee not in ("auto", "simulation"):
+        print("error: --simulation and --tee", args.tee, "contradict each other", file=sys.stderr)
+        return 2
+    config = ServerConfig(
+        host=args.host,
+        attested_port=args.attested_port,
+        unattested_port=args.unattested_port,
+        tee=tee,
+        tls_names=args.tls_name or [],
+        ready_file=Path(args.ready_file) if args.ready_file else None,
+        limits=StoreLimits(
+            max_model_bytes=args.max_model_bytes, max_models=args.max_models, max_store_bytes=args.max_store_bytes
+        ),
+        max_request_bytes=args.max_request_bytes,
+        inference_workers=args.inference_workers,
+        inference_timeout_s=args.inference_timeout,
+        gramine_dir=Path(args.gramine_dir) if args.gramine_dir else None,
+        tsm_dir=Path(args.tsm_dir) if args.tsm_dir else None,
+    )
+    return run_server(config)
+
+
+def cmd_attest_show(args: argparse.Namespace) -> int:
+    from .attestation.policy import policy_from_attestation
+
+    with _connect(args) as conn:
+        claims = conn.attestation
+    if args.write_policy:
+        Path(args.write_policy).write_text(policy_from_attestation(claims))
+    if args.json:
+        print(json.dumps(claims.to_json(), indent=2))
+    else:
+        _print_claims(claims)
+        if args.write_policy:
+            print(f"policy pinning these claims written to {args.write_policy}")
+    return 0
+
+
+def _print_claims(claims: Any) -> None:
+    label = " (SIMULATION: no hardware guarantee)" if claims.simulation else ""
+    print(f"tee:          {claims.tee}{label}")
+    for k, v in claims.measurements.items():
+        print(f"{k + ':':13} {v}")
+    print(f"debug:        {claims.debug}")
+    if claims.tcb_status is not None:
+        print(f"tcb_status:   {claims.tcb_status}")
+    print(f"report_data:  {claims.report_data.hex()}")
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    size = Path(args.model).stat().st_size
+    bar = None
+    try:
+        from tqdm import tqdm
+
+        if not args.quiet and sys.stderr.isatty() or args.progress:
+            bar = tqdm(total=size, unit="B", unit_scale=True, desc="upload", file=sys.stderr)
+    except ImportError:
+        pass
+
+    def progress(sent: int, _total: int) -> None:
+        if bar is not None:
+            bar.update(sent - bar.n)
+
+    with _connect(args) as conn:
+        info = conn.upload_model(args.model, name=args.name, progress=progress)
+        token = conn.owner_token(info.model_id)
+    if bar is not None:
+        bar.close()
+    path = _save_token(info.model_id, token) if token else None
+    print(json.dumps({"model_id": info.model_id, "sha256": info.sha256, "name": info.name}))
+    if path is not None:
+        print(f"owner token saved to {path}", file=sys.stderr)
+    return 0
+
+
+def _load_inputs(specs: list[str]) -> dict[str, Any]:
+    import numpy as np
+
+    inputs: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--input takes NAME=FILE, got {spec!r}")
+        if file.endswith(".npz"):
+            with np.load(file) as z:
+                inputs.update({k: z[k] for k in z.files})
+        elif file.endswith(".json"):
+            inputs[name] = np.asarray(json.loads(Path(file).read_text()))
+        else:
+            inputs[name] = np.load(file, allow_pickle=False)
+    return inputs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    inputs = _load_inputs(args.input)
+    with _connect(args) as conn:
+        result = conn.run_model(args.model_id, inputs, model_sha256=args.model_sha256)
+    if args.output:
+        np.savez(args.output, **result.outputs) if args.output.endswith(".npz") else np.save(args.output, result.output)
+        print(f"outputs written to {args.output}")
+    else:
+        print(json.dumps({k: v.tolist() for k, v in result.outputs.items()}))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    token = args.owner_token or _load_tokens().get(args.model_id)
+    with _connect(args) as conn:
+        conn.delete_model(args.model_id, owner_token=token)
+    _forget_token(args.model_id)
+    print(f"deleted {args.model_id}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _connect(args) as conn:
+        models = conn.list_models()
+    for m in models:
+        print(f"{m.model_id}  {m.name:20} {m.size:>12}  sha256:{m.sha256}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(query=args.query)
+
+
+EXAMPLES = {
+    "serve": "example: blindai serve --simulation --host 127.0.0.1",
+    "upload": "example: blindai upload localhost model.onnx --policy policy.toml",
+    "run": "example: blindai run localhost MODEL_ID --input input=x.npy --policy policy.toml",
+    "delete": "example: blindai delete localhost MODEL_ID --policy policy.toml",
+    "models": "example: blindai models localhost --simulation",
+    "show": "example: blindai attest show localhost --simulation --write-policy policy.toml",
+    "demo": "example: blindai demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blindai", description="Confidential inference for ONNX models in a TEE.")
+    parser.add_argument("--version", action="version", version=f"blindai {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("BLINDAI_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_, description=help_, epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return p
+
+    p = add("serve", "run the inference server")
+    p.add_argument("--simulation", action="store_true", help="run WITHOUT a TEE (no protection; development only)")
+    p.add_argument("--tee", choices=["auto", "simulation", "sgx", "tdx", "sev-snp"], default="auto")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--attested-port", type=int, default=50051)
+    p.add_argument("--unattested-port", type=int, default=50052)
+    p.add_argument("--tls-name", action="append", help="extra name for the certificate (repeatable)")
+    p.add_argument("--ready-file", help="write the bound ports as JSON here once serving")
+    p.add_argument("--max-model-bytes", type=_size, default=2 << 30)
+    p.add_argument("--max-models", type=int, default=64)
+    p.add_argument("--max-store-bytes", type=_size, default=16 << 30)
+    p.add_argument("--max-request-bytes", type=_size, default=256 << 20)
+    p.add_argument("--inference-workers", type=int, default=None)
+    p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
+    p.add_argument("--gramine-dir", help=argparse.SUPPRESS)
+    p.add_argument("--tsm-dir", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_serve)
+
+    attest = add("attest", "check attestation evidence")
+    asub = attest.add_subparsers(dest="attest_command", required=True)
+    p = add("show", "attest a live server and print what it proved", asub)
+    _add_connect_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--write-policy", help="write a policy pinning what was seen")
+    p.set_defaults(func=cmd_attest_show)
+
+    p = add("upload", "upload an ONNX model over the attested channel")
+    _add_connect_args(p)
+    p.add_argument("model", help="path to the .onnx file")
+    p.add_argument("--name")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_upload)
+
+    p = add("run", "run a model on private inputs")
+    _add_connect_args(p)
+    p.add_argument("model_id")
+    p.add_argument("--input", action="append", default=[], help="NAME=FILE (.npy, .npz or .json)")
+    p.add_argument("--output", help="write outputs to .npy (first output) or .npz (all)")
+    p.add_argument("--model-sha256", help="refuse unless the model has this hash")
+    p.set_defaults(func=cmd_run)
+
+    p = add("delete", "delete a model you own")
+    _add_connect_args(p)
+    p.add_argument("model_id")
+    p.add_argument("--owner-token", help="default: the token saved at upload")
+    p.set_defaults(func=cmd_delete)
+
+    p = add("models", "list the server's models")
+    _add_connect_args(p)
+    p.set_defaults(func=cmd_models)
+
+    p = add("demo", "the main job: attest a local simulation server and search private notes with MiniLM")
+    p.add_argument("--query", default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    warnings.simplefilter("always", SimulationModeWarning)
+    try:
+        rc: int = args.func(args)
+        return rc
+    except BlindAIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

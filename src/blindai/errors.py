@@ -1,0 +1,137 @@
+"""The one exception tree of BlindAI.
+
+Every error the SDK raises is a :class:`BlindAIError`, so callers can catch one
+type; foreign exceptions (httpx, ssl, cryptography, dcap-qvl) are translated at
+the boundary with ``raise ... from exc`` so the cause is kept for debugging::
+
+    BlindAIError
+    +-- TransportError               the server could not be reached or broke the connection
+    +-- AttestationError             the server could not prove what it is: nothing was sent
+    |   +-- EvidenceParseError       evidence bytes are malformed or truncated
+    |   +-- SignatureError           a signature or certificate chain does not verify
+    |   +-- CollateralError          collateral missing, expired, or a certificate revoked
+    |   +-- PolicyError              verified claims do not satisfy the policy
+    |   +-- BindingError             evidence does not bind the TLS key or the nonce
+    |   +-- SimulationRefusedError   simulation evidence without ``simulation=True`` (or the reverse)
+    +-- ServerError                  the server answered with an error (``status``, ``message``)
+        +-- InvalidInputError        400/413/422: the request was malformed or too large
+        +-- ModelNotFoundError       404: no such model
+        +-- PermissionDeniedError    401/403: missing or wrong owner / upload token
+        +-- ModelHashMismatchError   412: the model is not the one pinned with ``model_sha256``
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AttestationError",
+    "BindingError",
+    "BlindAIError",
+    "CollateralError",
+    "EvidenceParseError",
+    "InvalidInputError",
+    "ModelHashMismatchError",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "PolicyError",
+    "ServerError",
+    "SignatureError",
+    "SimulationModeWarning",
+    "SimulationRefusedError",
+    "TransportError",
+]
+
+
+class BlindAIError(Exception):
+    """Root of every error raised by BlindAI."""
+
+
+class TransportError(BlindAIError):
+    """The server could not be reached, or the connection broke mid-request."""
+
+
+class AttestationError(BlindAIError):
+    """The server's evidence was not accepted; no model or input was sent.
+
+    ``check`` names the failed check; ``got`` and ``expected`` are shown when
+    they make sense, so an operator can tell what to fix.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        check: str = "attestation",
+        got: object | None = None,
+        expected: object | None = None,
+    ) -> None:
+        self.check = check
+        self.got = got
+        self.expected = expected
+        text = f"{check}: {message}"
+        if got is not None or expected is not None:
+            text += f" (got {_show(got)}, expected {_show(expected)})"
+        super().__init__(text)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    return str(value)
+
+
+class EvidenceParseError(AttestationError):
+    """Evidence bytes are malformed, truncated or of an unknown kind."""
+
+
+class SignatureError(AttestationError):
+    """A signature or a certificate chain does not verify."""
+
+
+class CollateralError(AttestationError):
+    """Collateral is missing, not yet valid, expired, or revokes a certificate."""
+
+
+class PolicyError(AttestationError):
+    """Verified claims do not satisfy the policy; ``failures`` lists every field."""
+
+    def __init__(self, failures: list[tuple[str, object, object]]) -> None:
+        self.failures = failures
+        parts = [f"{field} (got {_show(got)}, expected {_show(exp)})" for field, got, exp in failures]
+        super().__init__("; ".join(parts), check="policy")
+
+
+class BindingError(AttestationError):
+    """The evidence does not bind the TLS public key and the client's nonce."""
+
+
+class SimulationRefusedError(AttestationError):
+    """Simulation evidence was offered without ``simulation=True``, or the reverse."""
+
+
+class ServerError(BlindAIError):
+    """The server answered with an error status; ``status`` and ``message`` carry it."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"server error {status}: {message}")
+
+
+class InvalidInputError(ServerError):
+    """The request was malformed, of the wrong shape or type, or too large."""
+
+
+class ModelNotFoundError(ServerError):
+    """No model with that id (or name) exists on the server."""
+
+
+class PermissionDeniedError(ServerError):
+    """The owner token (or upload token) was missing or wrong."""
+
+
+class ModelHashMismatchError(ServerError):
+    """The model behind the id is not the one pinned with ``model_sha256``."""
+
+
+class SimulationModeWarning(UserWarning):
+    """Emitted on every connection to a simulation server: it proves nothing."""

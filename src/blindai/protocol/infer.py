@@ -1,0 +1,201 @@
+"""Open Inference Protocol inference requests and responses, JSON and binary.
+
+The binary tensor data extension puts a JSON header first (its length in the
+``Inference-Header-Content-Length`` HTTP header) and then the raw tensors in the
+order the header lists them, each with ``parameters.binary_data_size``. Both the
+client and the server use these functions, so what one encodes the other decodes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .tensors import (
+    TensorError,
+    check_shape,
+    datatype_of,
+    decode_binary,
+    decode_json_data,
+    encode_binary,
+    encode_json_data,
+)
+
+__all__ = [
+    "HEADER_LENGTH",
+    "InferRequest",
+    "RequestedOutput",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+Chunks = list[bytes | memoryview]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    inputs: dict[str, npt.NDArray[Any]]
+    outputs: list[RequestedOutput] | None = None
+    binary_output: bool = False
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_request(
+    inputs: Mapping[str, npt.NDArray[Any]],
+    *,
+    binary: bool = True,
+    outputs: list[str] | None = None,
+    binary_output: bool = True,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[Chunks, int | None]:
+    """Returns body chunks and the JSON header length (None for pure JSON)."""
+    header_inputs: list[dict[str, Any]] = []
+    blobs: Chunks = []
+    for name, array in inputs.items():
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array)}
+        if binary:
+            blob = encode_binary(array)
+            entry["parameters"] = {"binary_data_size": len(blob) if isinstance(blob, bytes) else blob.nbytes}
+            blobs.append(blob)
+        else:
+            entry["data"] = encode_json_data(array)
+        header_inputs.append(entry)
+    params: dict[str, Any] = dict(parameters or {})
+    params["binary_data_output"] = binary_output
+    header: dict[str, Any] = {"inputs": header_inputs, "parameters": params}
+    if outputs is not None:
+        header["outputs"] = [{"name": n, "parameters": {"binary_data": binary_output}} for n in outputs]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return [head, *blobs], (len(head) if binary else None)
+
+
+def _split(body: bytes | memoryview, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
+    view = memoryview(body)
+    if header_length is None:
+        head, rest = view, view[len(view) :]
+    else:
+        if header_length < 0 or header_length > len(view):
+            raise TensorError(f"{HEADER_LENGTH} {header_length} is beyond the body of {len(view)} bytes")
+        head, rest = view[:header_length], view[header_length:]
+    try:
+        obj = json.loads(bytes(head))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TensorError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise TensorError("request body must be a JSON object")
+    return obj, rest
+
+
+def _tensors(entries: object, rest: memoryview, what: str) -> dict[str, npt.NDArray[Any]]:
+    if not isinstance(entries, list):
+        raise TensorError(f"'{what}' must be a list of tensors")
+    out: dict[str, npt.NDArray[Any]] = {}
+    pos = 0
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise TensorError(f"each of '{what}' must be an object")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise TensorError(f"each of '{what}' needs a 'name' string")
+        if name in out:
+            raise TensorError(f"tensor {name!r} appears twice")
+        datatype = entry.get("datatype")
+        if not isinstance(datatype, str):
+            raise TensorError(f"tensor {name!r} needs a 'datatype' string")
+        shape = check_shape(entry.get("shape"), name)
+        params = entry.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise TensorError(f"tensor {name!r}: 'parameters' must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise TensorError(f"tensor {name!r}: binary_data_size must be a non-negative integer")
+            if pos + size > len(rest):
+                raise TensorError(
+                    f"tensor {name!r}: binary_data_size {size} runs past the {len(rest) - pos} bytes left in the body"
+                )
+            out[name] = decode_binary(datatype, shape, rest[pos : pos + size], name)
+            pos += size
+        elif "data" in entry:
+            out[name] = decode_json_data(datatype, shape, entry["data"], name)
+        else:
+            raise TensorError(f"tensor {name!r} has neither 'data' nor 'binary_data_size'")
+    if pos != len(rest):
+        raise TensorError(f"{len(rest) - pos} bytes of binary data follow the last tensor")
+    return out
+
+
+def decode_request(body: bytes | memoryview, header_length: int | None) -> InferRequest:
+    obj, rest = _split(body, header_length)
+    inputs = _tensors(obj.get("inputs"), rest, "inputs")
+    if not inputs:
+        raise TensorError("'inputs' must list at least one tensor")
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise TensorError("'parameters' must be an object")
+    binary_output = params.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise TensorError("binary_data_output must be true or false")
+    outputs: list[RequestedOutput] | None = None
+    if "outputs" in obj:
+        raw = obj["outputs"]
+        if not isinstance(raw, list):
+            raise TensorError("'outputs' must be a list")
+        outputs = []
+        for o in raw:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise TensorError("each requested output needs a 'name' string")
+            op = o.get("parameters") or {}
+            b = op.get("binary_data") if isinstance(op, dict) else None
+            if b is not None and not isinstance(b, bool):
+                raise TensorError(f"output {o['name']!r}: binary_data must be true or false")
+            outputs.append(RequestedOutput(o["name"], b))
+    rid = obj.get("id")
+    return InferRequest(inputs, outputs, binary_output, rid if isinstance(rid, str) else None, params)
+
+
+def encode_response(
+    model_name: str,
+    outputs: Mapping[str, npt.NDArray[Any]],
+    binary: Mapping[str, bool],
+    *,
+    request_id: str | None = None,
+    model_version: str = "1",
+) -> tuple[Chunks, int | None]:
+    entries: list[dict[str, Any]] = []
+    blobs: Chunks = []
+    for name, array in outputs.items():
+        arr = np.asarray(array)
+        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr)}
+        if binary.get(name, False):
+            blob = encode_binary(arr)
+            entry["parameters"] = {"binary_data_size": len(blob) if isinstance(blob, bytes) else blob.nbytes}
+            blobs.append(blob)
+        else:
+            entry["data"] = encode_json_data(arr)
+        entries.append(entry)
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
+    if request_id is not None:
+        header["id"] = request_id
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return [head, *blobs], (len(head) if blobs else None)
+
+
+def decode_response(body: bytes, header_length: int | None) -> dict[str, npt.NDArray[Any]]:
+    obj, rest = _split(body, header_length)
+    return _tensors(obj.get("outputs"), rest, "outputs")

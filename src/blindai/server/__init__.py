@@ -1,0 +1,1 @@
+"""The BlindAI server (``pip install blindai[server]``): runs inside the TEE."""

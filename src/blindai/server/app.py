@@ -1,0 +1,254 @@
+"""HTTP routes: thin adapters between the wire and the domain (models, inference).
+
+Two apps: the *unattested* one serves only public evidence over plain HTTP; the
+*attested* one (TLS with the key bound into that evidence) serves model
+management and the Open Inference Protocol. Every error is JSON
+``{"error": "..."}`` with a 4xx/5xx status; nothing here logs tensor data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._version import __version__
+from ..attestation.binding import MAX_NONCE_BYTES, report_data_for
+from ..attestation.providers import Evidence, EvidenceProvider
+from ..errors import InvalidInputError, ServerError
+from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response
+from ..protocol.tensors import TensorError
+from .inference import InferenceEngine
+from .models import ModelStore, parse_hints
+from .tls import TlsIdentity
+
+__all__ = ["ServerState", "attested_app", "unattested_app"]
+
+log = logging.getLogger("blindai.server")
+
+
+class NonceRateLimiter:
+    """Token bucket: fresh evidence costs the TEE real work, so bound how often it is made."""
+
+    def __init__(self, rate_per_s: float = 50.0, burst: int = 100) -> None:
+        self.rate, self.burst = rate_per_s, float(burst)
+        self._tokens, self._at = float(burst), time.monotonic()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+
+@dataclass
+class ServerState:
+    provider: EvidenceProvider
+    identity: TlsIdentity
+    store: ModelStore
+    engine: InferenceEngine
+    max_request_bytes: int = 256 << 20
+    limiter: NonceRateLimiter = field(default_factory=NonceRateLimiter)
+    _empty_nonce: Evidence | None = None
+
+    def evidence(self, nonce: bytes) -> Evidence:
+        if not nonce and self._empty_nonce is not None:
+            return self._empty_nonce
+        ev = self.provider.get_evidence(report_data_for(self.identity.spki_sha256, nonce))
+        if not nonce:
+            self._empty_nonce = ev
+        return ev
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _on_server_error(_req: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServerError)
+    return _error(exc.status, exc.message)
+
+
+async def _on_http_error(_req: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, str(exc.detail))
+
+
+async def _on_unexpected(_req: Request, exc: Exception) -> Response:
+    log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+    return _error(500, "internal server error")
+
+
+_HANDLERS: dict[Any, Any] = {ServerError: _on_server_error, HTTPException: _on_http_error, Exception: _on_unexpected}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it (or its declared length) passes the limit."""
+    declared = _content_length(request)
+    if declared is not None and declared > limit:
+        raise InvalidInputError(f"request body of {declared} bytes exceeds the limit of {limit} bytes", status=413)
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise InvalidInputError(f"request body exceeds the limit of {limit} bytes", status=413)
+    return bytes(buf)
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInputError("Content-Length is not an integer", status=400) from None
+    if value < 0:
+        raise InvalidInputError("Content-Length is negative", status=400)
+    return value
+
+
+# ------------------------------------------------------------------ unattested port
+
+
+def unattested_app(state: ServerState) -> Starlette:
+    async def attestation(request: Request) -> Response:
+        raw = request.query_params.get("nonce", "")
+        try:
+            nonce = bytes.fromhex(raw)
+        except ValueError:
+            raise InvalidInputError("nonce must be hex", status=400) from None
+        if len(nonce) > MAX_NONCE_BYTES:
+            raise InvalidInputError(f"nonce is {len(nonce)} bytes; at most {MAX_NONCE_BYTES}", status=400)
+        if nonce and not state.limiter.allow():
+            raise ServerError("too many fresh attestation requests; retry shortly", status=429)
+        ev = await asyncio.to_thread(state.evidence, nonce)
+        body = ev.to_json()
+        body.update({"certificate": state.identity.certificate_pem, "nonce": nonce.hex(), "version": __version__})
+        return JSONResponse(body)
+
+    async def health(_request: Request) -> Response:
+        return JSONResponse({"status": "ok", "tee": state.provider.tee, "version": __version__})
+
+    return Starlette(
+        routes=[Route("/attestation", attestation), Route("/health", health)],
+        exception_handlers=_HANDLERS,
+    )
+
+
+# ------------------------------------------------------------------ attested port
+
+
+def attested_app(state: ServerState) -> Starlette:
+    store, engine = state.store, state.engine
+
+    async def upload(request: Request) -> Response:
+        sink = store.sink(_content_length(request))
+        async for chunk in request.stream():
+            sink.feed(chunk)
+        data, sha256 = sink.finish()
+        hints = parse_hints(
+            request.headers.get("blindai-input-shape"),
+            request.headers.get("blindai-input-datatype"),
+            request.headers.get("blindai-output-datatype"),
+        )
+        name = request.headers.get("blindai-model-name") or request.query_params.get("name")
+        entry, token = await asyncio.to_thread(store.add, data, sha256, name=name, hints=hints)
+        del data
+        return JSONResponse({**entry.info(), "owner_token": token}, status_code=201)
+
+    async def list_models(_request: Request) -> Response:
+        return JSONResponse({"models": [m.info() for m in store.list()]})
+
+    async def get_model(request: Request) -> Response:
+        return JSONResponse(store.get(request.path_params["ref"]).info())
+
+    async def delete_model(request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        entry = store.delete(request.path_params["ref"], token or None)
+        return JSONResponse({"deleted": entry.model_id})
+
+    async def live(_request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(_request: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def server_metadata(_request: Request) -> Response:
+        return JSONResponse({"name": "blindai", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request: Request) -> Response:
+        entry = store.get(request.path_params["ref"])
+        return JSONResponse(
+            {
+                "name": entry.model_id,
+                "versions": ["1"],
+                "platform": "onnxruntime_onnx",
+                "inputs": [s.to_json() for s in entry.inputs],
+                "outputs": [s.to_json() for s in entry.outputs],
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        entry = store.get(request.path_params["ref"])
+        return JSONResponse({"name": entry.model_id, "ready": True})
+
+    async def infer(request: Request) -> Response:
+        header_len_raw = request.headers.get(HEADER_LENGTH.lower())
+        header_len: int | None = None
+        if header_len_raw is not None:
+            try:
+                header_len = int(header_len_raw)
+            except ValueError:
+                raise InvalidInputError(f"{HEADER_LENGTH} is not an integer", status=400) from None
+        body = await _read_body(request, state.max_request_bytes)
+        try:
+            req = decode_request(body, header_len)
+        except TensorError as exc:
+            raise InvalidInputError(str(exc), status=400) from None
+        pin = request.headers.get("blindai-model-sha256") or req.parameters.get("blindai_model_sha256")
+        if pin is not None and not isinstance(pin, str):
+            raise InvalidInputError("blindai_model_sha256 must be a hex string", status=400)
+        entry = store.get(request.path_params["ref"], sha256=pin)
+        requested = [o.name for o in req.outputs] if req.outputs is not None else None
+        outputs = await engine.infer(entry.model, req.inputs, requested)
+        binary = {n: req.binary_output for n in outputs}
+        for o in req.outputs or []:
+            if o.binary is not None:
+                binary[o.name] = o.binary
+        chunks, head_len = encode_response(entry.model_id, outputs, binary, request_id=req.id)
+        payload = b"".join(chunks)
+        if head_len is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(head_len)})
+
+    routes = [
+        Route("/v1/models", upload, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{ref}", get_model, methods=["GET"]),
+        Route("/v1/models/{ref}", delete_model, methods=["DELETE"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/{ref}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{ref}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{ref}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{ref}/versions/{version}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{ref}/versions/{version}/infer", infer, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=_HANDLERS)

@@ -1,0 +1,194 @@
+"""onnxruntime sessions and the checks every input passes before reaching them.
+
+Knows nothing of HTTP. Inputs are checked against the model's declared inputs
+(names, datatypes, rank, fixed dimensions, byte size) so onnxruntime only ever
+sees well-formed tensors; runs happen on a thread pool (onnxruntime releases the
+GIL) and a timer can terminate a run that takes too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from ..errors import InvalidInputError, ServerError
+from ..protocol.tensors import DATATYPES
+
+__all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "ort_datatype"]
+
+log = logging.getLogger("blindai.inference")
+
+_ORT_TO_OIP = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def ort_datatype(ort_type: str) -> str:
+    try:
+        return _ORT_TO_OIP[ort_type]
+    except KeyError:
+        raise InvalidInputError(f"model uses type {ort_type}, which BlindAI cannot serve", status=422) from None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 marks a dynamic dimension
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, ort_datatype(arg.type), shape)
+
+
+class LoadedModel:
+    """One onnxruntime session and the declared signature of its model."""
+
+    def __init__(self, model_bytes: bytes, *, intra_op_threads: int = 0) -> None:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=_providers())
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise InvalidInputError(f"onnxruntime cannot load this model: {_short(exc)}", status=422) from exc
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self._input_by_name = {s.name: s for s in self.inputs}
+        self._output_names = [s.name for s in self.outputs]
+
+    def check_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Every declared input present, nothing unknown, datatype, rank and fixed dims match."""
+        missing = [n for n in self._input_by_name if n not in inputs]
+        if missing:
+            raise InvalidInputError(f"missing input(s) {missing}; the model takes {list(self._input_by_name)}", status=400)
+        unknown = [n for n in inputs if n not in self._input_by_name]
+        if unknown:
+            raise InvalidInputError(f"unknown input(s) {unknown}; the model takes {list(self._input_by_name)}", status=400)
+        feed: dict[str, npt.NDArray[Any]] = {}
+        for name, spec in self._input_by_name.items():
+            arr = inputs[name]
+            got = "BYTES" if arr.dtype.kind in "OSU" else _datatype_name(arr.dtype)
+            if got != spec.datatype:
+                raise InvalidInputError(f"input {name!r} must be {spec.datatype}, got {got}", status=400)
+            if arr.ndim != len(spec.shape):
+                raise InvalidInputError(
+                    f"input {name!r} must have rank {len(spec.shape)} (shape {_shape_text(spec.shape)}), "
+                    f"got shape {list(arr.shape)}",
+                    status=400,
+                )
+            for axis, (want, have) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+                if want >= 0 and want != have:
+                    raise InvalidInputError(
+                        f"input {name!r} dimension {axis} must be {want} (shape {_shape_text(spec.shape)}), "
+                        f"got shape {list(arr.shape)}",
+                        status=400,
+                    )
+            if spec.datatype == "BYTES":
+                arr = np.asarray(arr, dtype=object)
+            feed[name] = arr
+        return feed
+
+    def output_names(self, requested: list[str] | None) -> list[str]:
+        if requested is None:
+            return self._output_names
+        unknown = [n for n in requested if n not in self._output_names]
+        if unknown:
+            raise InvalidInputError(f"unknown output(s) {unknown}; the model gives {self._output_names}", status=400)
+        return requested
+
+    def run(
+        self, feed: dict[str, npt.NDArray[Any]], names: list[str], run_options: ort.RunOptions | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        values = self.session.run(names, feed, run_options)
+        return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def _datatype_name(dtype: np.dtype[Any]) -> str:
+    for name, dt in DATATYPES.items():
+        if name != "BYTES" and dt == dtype.newbyteorder("<"):
+            return name
+    return str(dtype)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _providers() -> list[str]:
+    available = ort.get_available_providers()
+    wanted = os.environ.get("BLINDAI_ORT_PROVIDERS")
+    if wanted:
+        return [p for p in wanted.split(",") if p in available] or ["CPUExecutionProvider"]
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class InferenceEngine:
+    """Runs models off the event loop, bounded in concurrency, time and output size."""
+
+    def __init__(self, *, workers: int | None = None, timeout_s: float = 60.0, max_output_bytes: int = 1 << 30) -> None:
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.timeout_s = timeout_s
+        self.max_output_bytes = max_output_bytes
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="blindai-infer")
+
+    async def infer(
+        self, model: LoadedModel, inputs: Mapping[str, npt.NDArray[Any]], requested: list[str] | None
+    ) -> dict[str, npt.NDArray[Any]]:
+        feed = model.check_inputs(inputs)
+        names = model.output_names(requested)
+        options = ort.RunOptions()
+        loop = asyncio.get_running_loop()
+        # Setting `terminate` from the loop thread makes onnxruntime abort the run
+        # at its next check, freeing the worker instead of leaving it stuck.
+        timer = loop.call_later(self.timeout_s, setattr, options, "terminate", True)
+        start = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._pool, model.run, feed, names, options)
+        except Exception as exc:
+            if options.terminate:
+                raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
+            raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
+        finally:
+            timer.cancel()
+        total = sum(a.nbytes for a in outputs.values() if a.dtype != object)
+        if total > self.max_output_bytes:
+            raise ServerError(f"outputs of {total} bytes exceed the limit of {self.max_output_bytes}", status=507)
+        log.debug("inference done in %.2f ms", (time.perf_counter() - start) * 1e3)
+        return outputs
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,262 @@
+"""The model store: upload, vetting, identity, ownership and limits.
+
+Knows nothing of HTTP. An upload is fed chunk by chunk into an
+:class:`UploadSink`, which hashes while counting and refuses as soon as a limit
+is crossed; the finished bytes are vetted (ONNX, no external data, allowed
+operator domains) before onnxruntime ever sees them. Owner tokens are returned
+once and kept only as SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    InvalidInputError,
+    ModelHashMismatchError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ServerError,
+)
+from ..protocol.tensors import DATATYPES, check_shape
+from .inference import LoadedModel, TensorSpec
+
+__all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "UploadSink", "vet_model"]
+
+log = logging.getLogger("blindai.models")
+
+DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+MAX_NAME = 128
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    max_model_bytes: int = 2 << 30
+    max_models: int = 64
+    max_store_bytes: int = 16 << 30
+    allowed_domains: frozenset[str] = DEFAULT_DOMAINS
+    intra_op_threads: int = 0
+
+
+class UploadSink:
+    """Receives an upload's bytes once, hashing and counting as they arrive."""
+
+    def __init__(self, max_bytes: int, declared_length: int | None = None) -> None:
+        if declared_length is not None and declared_length > max_bytes:
+            raise InvalidInputError(
+                f"model of {declared_length} bytes exceeds the limit of {max_bytes} bytes", status=413
+            )
+        self.max_bytes = max_bytes
+        self._hash = hashlib.sha256()
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._buf) + len(chunk) > self.max_bytes:
+            raise InvalidInputError(f"model exceeds the limit of {self.max_bytes} bytes", status=413)
+        self._hash.update(chunk)
+        self._buf += chunk
+
+    def finish(self) -> tuple[bytes, str]:
+        if not self._buf:
+            raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return data, self._hash.hexdigest()
+
+
+def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> None:
+    """Refuse anything that is not a self-contained ONNX model of allowed operators.
+
+    External data is refused whatever its path: a model must never make the
+    server open a file, so the check walks every graph, subgraph and tensor
+    attribute, not only the top-level initializers.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError("the upload is not an ONNX model (protobuf parse failed)", status=422) from exc
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise InvalidInputError("the upload is not an ONNX model (no graph)", status=422)
+    allowed = set(allowed_domains) | {f.domain for f in model.functions}
+    for opset in model.opset_import:
+        if opset.domain not in allowed and opset.domain not in {f.domain for f in model.functions}:
+            raise InvalidInputError(
+                f"operator domain {opset.domain!r} is not allowed (allowed: {sorted(d or 'ai.onnx' for d in allowed_domains)})",
+                status=422,
+            )
+    graphs = [model.graph, *[_function_as_nodes(f) for f in model.functions]]
+    while graphs:
+        g = graphs.pop()
+        tensors = list(getattr(g, "initializer", []))
+        for sp in getattr(g, "sparse_initializer", []):
+            tensors += [sp.values, sp.indices]
+        for node in g.node:
+            if node.domain not in allowed:
+                raise InvalidInputError(f"operator {node.op_type!r} of domain {node.domain!r} is not allowed", status=422)
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                tensors.extend(attr.tensors)
+                if attr.HasField("sparse_tensor"):
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+                raise InvalidInputError(
+                    f"tensor {t.name!r} uses external data; only self-contained models are accepted "
+                    "(save with onnx.save_model(..., save_as_external_data=False))",
+                    status=422,
+                )
+
+
+def _function_as_nodes(f: Any) -> Any:
+    return f  # FunctionProto has .node like a graph, and no initializers
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    model_id: str
+    name: str
+    sha256: str
+    size: int
+    created_at: str
+    owner_token_hash: str
+    model: LoadedModel = field(repr=False)
+    hints: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.model.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.model.outputs
+
+    def info(self) -> dict[str, Any]:
+        """Public metadata: never the owner token or its hash."""
+        return {
+            "model_id": self.model_id,
+            "name": self.name,
+            "sha256": self.sha256,
+            "size": self.size,
+            "created_at": self.created_at,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "hints": dict(self.hints),
+        }
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_hints(shape: str | None, input_datatype: str | None, output_datatype: str | None) -> dict[str, Any]:
+    """Seed-API upload hints: the flat-list input's shape and the datatypes to use."""
+    hints: dict[str, Any] = {}
+    if shape:
+        try:
+            dims = [int(x) for x in shape.split(",") if x.strip()]
+        except ValueError:
+            raise InvalidInputError(f"input shape hint {shape!r} must be comma-separated integers", status=400) from None
+        try:
+            hints["input_shape"] = list(check_shape(dims, "hint"))
+        except ValueError as exc:
+            raise InvalidInputError(str(exc), status=400) from None
+    for key, value in (("input_datatype", input_datatype), ("output_datatype", output_datatype)):
+        if value:
+            if value not in DATATYPES:
+                raise InvalidInputError(f"{key} hint {value!r} is not one of {list(DATATYPES)}", status=400)
+            hints[key] = value
+    return hints
+
+
+class ModelStore:
+    """Models held in TEE memory; thread-safe."""
+
+    def __init__(self, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.Lock()
+
+    def sink(self, declared_length: int | None) -> UploadSink:
+        return UploadSink(self.limits.max_model_bytes, declared_length)
+
+    def add(self, data: bytes, sha256: str, *, name: str | None, hints: dict[str, Any] | None = None) -> tuple[ModelEntry, str]:
+        """Vet, load and register a model; returns the entry and its owner token (shown once)."""
+        if name is not None and (len(name) > MAX_NAME or not name.isprintable()):
+            raise InvalidInputError(f"model name must be printable and at most {MAX_NAME} characters", status=400)
+        with self._lock:
+            self._check_room(len(data))
+        vet_model(data, self.limits.allowed_domains)
+        loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
+        token = secrets.token_urlsafe(32)
+        entry = ModelEntry(
+            model_id=uuid.uuid4().hex,
+            name=name or "model",
+            sha256=sha256,
+            size=len(data),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+            owner_token_hash=hash_token(token),
+            model=loaded,
+            hints=hints or {},
+        )
+        with self._lock:
+            self._check_room(len(data))
+            self._models[entry.model_id] = entry
+        log.info("model %s (%s, %d bytes, sha256 %s) loaded", entry.model_id, entry.name, entry.size, sha256)
+        return entry, token
+
+    def _check_room(self, size: int) -> None:
+        if len(self._models) >= self.limits.max_models:
+            raise ServerError(f"the server already holds {self.limits.max_models} models (the limit)", status=507)
+        used = sum(m.size for m in self._models.values())
+        if used + size > self.limits.max_store_bytes:
+            raise ServerError(
+                f"storing {size} more bytes would exceed the store limit of {self.limits.max_store_bytes}", status=507
+            )
+
+    def get(self, ref: str, *, sha256: str | None = None) -> ModelEntry:
+        """By id, or by name when exactly one model has it; optionally pinned by hash."""
+        with self._lock:
+            entry = self._models.get(ref)
+            if entry is None:
+                named = [m for m in self._models.values() if m.name == ref]
+                if len(named) > 1:
+                    raise InvalidInputError(f"{len(named)} models are named {ref!r}; use a model_id", status=409)
+                entry = named[0] if named else None
+        if entry is None:
+            raise ModelNotFoundError(f"no model {ref!r}", status=404)
+        if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):
+            raise ModelHashMismatchError(
+                f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}", status=412
+            )
+        return entry
+
+    def list(self) -> list[ModelEntry]:
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m.created_at)
+
+    def delete(self, ref: str, token: str | None) -> ModelEntry:
+        entry = self.get(ref)
+        if token is None:
+            raise PermissionDeniedError("deleting a model needs its owner token (Authorization: Bearer ...)", status=401)
+        if not hmac.compare_digest(hash_token(token), entry.owner_token_hash):
+            raise PermissionDeniedError("wrong owner token for this model", status=403)
+        with self._lock:
+            self._models.pop(entry.model_id, None)
+        log.info("model %s deleted", entry.model_id)
+        return entry

@@ -1,0 +1,171 @@
+"""Process lifecycle: pick the evidence provider, make the TLS identity, serve both ports.
+
+Both uvicorn servers share one event loop; SIGTERM/SIGINT stop both cleanly
+(in-flight requests finish, then the process exits 0). Ports may be 0: the
+bound ports are then written to ``--ready-file`` as JSON, so tests and the demo
+never race for a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from .._version import __version__
+from ..attestation.providers import EvidenceProvider, NoTeeError, detect_provider
+from .app import ServerState, attested_app, unattested_app
+from .inference import InferenceEngine
+from .models import ModelStore, StoreLimits
+from .tls import make_identity
+
+__all__ = ["ServerConfig", "run_server", "serve"]
+
+log = logging.getLogger("blindai.server")
+
+SIMULATION_BANNER = "\n".join(
+    [
+        "",
+        "  ##################################################################",
+        "  #  BlindAI is running in SIMULATION MODE.                        #",
+        "  #  There is NO trusted execution environment: the host, its      #",
+        "  #  operator and anyone with access to this machine can read the  #",
+        "  #  models and the data sent here. Use it for development only.   #",
+        "  ##################################################################",
+    ]
+)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    attested_port: int = 50051
+    unattested_port: int = 50052
+    tee: str = "auto"
+    tls_names: list[str] = field(default_factory=list)
+    ready_file: Path | None = None
+    limits: StoreLimits = field(default_factory=StoreLimits)
+    max_request_bytes: int = 256 << 20
+    inference_workers: int | None = None
+    inference_timeout_s: float = 60.0
+    max_output_bytes: int = 1 << 30
+    gramine_dir: Path | None = None
+    tsm_dir: Path | None = None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: we stop both ports together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def make_provider(config: ServerConfig) -> EvidenceProvider:
+    kwargs = {}
+    if config.gramine_dir is not None:
+        kwargs["gramine_dir"] = config.gramine_dir
+    if config.tsm_dir is not None:
+        kwargs["tsm_dir"] = config.tsm_dir
+    return detect_provider(config.tee, **kwargs)
+
+
+async def serve(config: ServerConfig, provider: EvidenceProvider) -> None:
+    identity = make_identity(config.tls_names)
+    state = ServerState(
+        provider=provider,
+        identity=identity,
+        store=ModelStore(config.limits),
+        engine=InferenceEngine(
+            workers=config.inference_workers,
+            timeout_s=config.inference_timeout_s,
+            max_output_bytes=config.max_output_bytes,
+        ),
+        max_request_bytes=config.max_request_bytes,
+    )
+    attested_sock = _listen(config.host, config.attested_port)
+    unattested_sock = _listen(config.host, config.unattested_port)
+    common = {"lifespan": "off", "log_config": None, "access_log": False, "timeout_keep_alive": 30,
+              "timeout_graceful_shutdown": 10}
+    attested = _Server(
+        uvicorn.Config(attested_app(state), ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
+    )
+    unattested = _Server(uvicorn.Config(unattested_app(state), **common))  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("stopping")
+        attested.should_exit = unattested.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        tasks = [
+            asyncio.create_task(attested.serve(sockets=[attested_sock])),
+            asyncio.create_task(unattested.serve(sockets=[unattested_sock])),
+        ]
+        while not (attested.started and unattested.started):
+            if any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.01)
+        ports = {
+            "attested_port": attested_sock.getsockname()[1],
+            "unattested_port": unattested_sock.getsockname()[1],
+            "host": config.host,
+            "tee": provider.tee,
+            "pid": os.getpid(),
+            "version": __version__,
+        }
+        log.info(
+            "BlindAI %s serving: attested (TLS) %s:%d, unattested (evidence) %s:%d, tee=%s",
+            __version__, config.host, ports["attested_port"], config.host, ports["unattested_port"], provider.tee,
+        )
+        if config.ready_file is not None:
+            tmp = config.ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ports))
+            tmp.replace(config.ready_file)
+        await asyncio.gather(*tasks)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        state.engine.close()
+        log.info("stopped")
+
+
+def run_server(config: ServerConfig) -> int:
+    try:
+        provider = make_provider(config)
+    except NoTeeError as exc:
+        log.error(
+            "%s. Refusing to start without a TEE. To run anyway, with NO protection, "
+            "use `blindai serve --simulation` (development only).", exc,
+        )
+        return 2
+    if provider.tee == "simulation":
+        log.warning(SIMULATION_BANNER)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config, provider))
+    else:
+        uvloop.run(serve(config, provider))
+    return 0
