@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     warnings.simplefilter("always", SimulationModeWarning)
     try:
         rc: int = args.func(args)

