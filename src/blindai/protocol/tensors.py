@@ -106,7 +106,9 @@ def encode_binary(array: npt.NDArray[Any]) -> bytes | memoryview:
         return bytes(out)
     target = DATATYPES[datatype]
     arr = np.ascontiguousarray(array, dtype=target)
-    return memoryview(arr).cast("B")
+    if arr.size == 0:
+        return b""
+    return memoryview(arr.reshape(-1)).cast("B")
 
 
 def decode_binary(datatype: str, shape: Sequence[int], data: bytes | memoryview, name: str) -> npt.NDArray[Any]:

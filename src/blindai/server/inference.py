@@ -88,11 +88,12 @@ class LoadedModel:
     def check_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Every declared input present, nothing unknown, datatype, rank and fixed dims match."""
         missing = [n for n in self._input_by_name if n not in inputs]
-        if missing:
-            raise InvalidInputError(f"missing input(s) {missing}; the model takes {list(self._input_by_name)}", status=400)
         unknown = [n for n in inputs if n not in self._input_by_name]
-        if unknown:
-            raise InvalidInputError(f"unknown input(s) {unknown}; the model takes {list(self._input_by_name)}", status=400)
+        if missing or unknown:
+            problems = ([f"unknown input(s) {unknown}"] if unknown else []) + (
+                [f"missing input(s) {missing}"] if missing else []
+            )
+            raise InvalidInputError(f"{'; '.join(problems)}; the model takes {list(self._input_by_name)}", status=400)
         feed: dict[str, npt.NDArray[Any]] = {}
         for name, spec in self._input_by_name.items():
             arr = inputs[name]
@@ -113,7 +114,7 @@ class LoadedModel:
                         status=400,
                     )
             if spec.datatype == "BYTES":
-                arr = np.asarray(arr, dtype=object)
+                arr = _as_strings(name, arr)
             feed[name] = arr
         return feed
 
@@ -130,6 +131,21 @@ class LoadedModel:
     ) -> dict[str, npt.NDArray[Any]]:
         values = self.session.run(names, feed, run_options)
         return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def _as_strings(name: str, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """onnxruntime's string tensors take Python str; BYTES arrive as bytes (UTF-8 on the wire)."""
+    out = np.empty(arr.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(arr.reshape(-1)):
+        if isinstance(item, bytes | bytearray):
+            try:
+                flat[i] = bytes(item).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"input {name!r}: element {i} is not UTF-8 text", status=400) from None
+        else:
+            flat[i] = str(item)
+    return out
 
 
 def _datatype_name(dtype: np.dtype[Any]) -> str:

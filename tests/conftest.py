@@ -1,0 +1,47 @@
+"""Shared fixtures: a real server on free loopback ports, ONNX models built in the tests, vectors."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import blindai
+from blindai.local import LocalServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vectors_dir() -> Path | None:
+    path = Path(os.environ.get("BLINDAI_TEST_VECTORS") or ROOT.parent / "shared" / "vectors")
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    path = vectors_dir()
+    if path is None:
+        pytest.skip("recorded evidence not found: set BLINDAI_TEST_VECTORS or place it at ../shared/vectors")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalServer]:
+    with LocalServer() as srv:
+        yield srv
+
+
+def sim_connect(srv: LocalServer, **kwargs: object) -> blindai.Connection:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", blindai.SimulationModeWarning)
+        return blindai.connect("127.0.0.1", simulation=True, **srv.connect_kwargs(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def conn(server: LocalServer) -> Iterator[blindai.Connection]:
+    c = sim_connect(server)
+    yield c
+    c.close()
