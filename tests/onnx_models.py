@@ -14,7 +14,9 @@ def _model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
     return m
 
 
-def scale_model(dtype: int = TensorProto.FLOAT, shape: list[object] | None = None, factor: float = 2.0) -> onnx.ModelProto:
+def scale_model(
+    dtype: int = TensorProto.FLOAT, shape: list[object] | None = None, factor: float = 2.0
+) -> onnx.ModelProto:
     """y = x * factor, for any numeric dtype."""
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     shape = shape or ["N", 4]

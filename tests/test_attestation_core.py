@@ -85,8 +85,12 @@ def test_simulation_gate_both_ways(signer: sim.SimulationSigner) -> None:
 
 def _claims(**kw: object) -> VerifiedAttestation:
     base: dict[str, object] = dict(
-        tee="sgx", measurements={"mrenclave": "aa" * 32, "mrsigner": "bb" * 32}, debug=False,
-        report_data=bytes(64), tcb_status="UpToDate", svns={"isv_svn": 3, "isv_prod_id": 1},
+        tee="sgx",
+        measurements={"mrenclave": "aa" * 32, "mrsigner": "bb" * 32},
+        debug=False,
+        report_data=bytes(64),
+        tcb_status="UpToDate",
+        svns={"isv_svn": 3, "isv_prod_id": 1},
     )
     base.update(kw)
     return VerifiedAttestation(**base)  # type: ignore[arg-type]
@@ -100,8 +104,14 @@ def test_policy_without_measurement_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["[sgx]\nmrenclave = 'zz'\n", "[sgx]\nmrenclave = []\n", "[nope]\nx = 1\n", "[sgx]\nmrenclave = 'aa'\ntypo = 1\n",
-     "[sgx]\nmrenclave='aa'\nmin_isv_svn = 2\n", "not toml ["],
+    [
+        "[sgx]\nmrenclave = 'zz'\n",
+        "[sgx]\nmrenclave = []\n",
+        "[nope]\nx = 1\n",
+        "[sgx]\nmrenclave = 'aa'\ntypo = 1\n",
+        "[sgx]\nmrenclave='aa'\nmin_isv_svn = 2\n",
+        "not toml [",
+    ],
 )
 def test_bad_policies_are_refused(text: str) -> None:
     with pytest.raises(PolicyLoadError):
@@ -109,7 +119,9 @@ def test_bad_policies_are_refused(text: str) -> None:
 
 
 def test_policy_accepts_matching_claims() -> None:
-    policy = load_policy(f"[sgx]\nmrenclave = ['{'aa' * 32}']\nmrsigner = '{'bb' * 32}'\nisv_prod_id = 1\nmin_isv_svn = 2\n")
+    policy = load_policy(
+        f"[sgx]\nmrenclave = ['{'aa' * 32}']\nmrsigner = '{'bb' * 32}'\nisv_prod_id = 1\nmin_isv_svn = 2\n"
+    )
     validate(_claims(), policy)
 
 

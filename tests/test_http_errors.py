@@ -57,24 +57,37 @@ X_OK = {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5
         (infer_json([{**X_OK, "shape": [1 << 40, 1 << 40]}]), {}, 400, "more than"),
         (infer_json([{**X_OK, "name": "y"}]), {}, 400, "unknown input"),
         (infer_json([{**X_OK, "datatype": "FP128"}]), {}, 400, "unknown datatype"),
-        (infer_json([{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]),
-         {"Inference-Header-Content-Length": "400"}, 400, "beyond"),
-        (infer_json([{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]),
-         {"Inference-Header-Content-Length": "nope"}, 400, "not an integer"),
+        (
+            infer_json([{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]),
+            {"Inference-Header-Content-Length": "400"},
+            400,
+            "beyond",
+        ),
+        (
+            infer_json([{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]),
+            {"Inference-Header-Content-Length": "nope"},
+            400,
+            "not an integer",
+        ),
     ],
 )
-def test_bad_infer_requests(raw: tuple[httpx.Client, httpx.Client, str], body: bytes, headers: dict[str, str],
-                            status: int, needle: str) -> None:
+def test_bad_infer_requests(
+    raw: tuple[httpx.Client, httpx.Client, str], body: bytes, headers: dict[str, str], status: int, needle: str
+) -> None:
     tls, _, model_id = raw
     _assert_error(tls.post(f"/v2/models/{model_id}/infer", content=body, headers=headers), status, needle)
 
 
 def test_binary_size_beyond_body(raw: tuple[httpx.Client, httpx.Client, str]) -> None:
     tls, _, model_id = raw
-    head = json.dumps({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": 24}}]}).encode()
-    resp = tls.post(f"/v2/models/{model_id}/infer", content=head + b"\0" * 8,
-                    headers={"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]}
+    ).encode()
+    resp = tls.post(
+        f"/v2/models/{model_id}/infer",
+        content=head + b"\0" * 8,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
     _assert_error(resp, 400, "runs past")
 
 
@@ -90,8 +103,9 @@ def test_unknown_model_and_route(raw: tuple[httpx.Client, httpx.Client, str]) ->
 
 def test_model_pin_mismatch_is_412(raw: tuple[httpx.Client, httpx.Client, str]) -> None:
     tls, _, model_id = raw
-    resp = tls.post(f"/v2/models/{model_id}/infer", content=infer_json([X_OK]),
-                    headers={"BlindAI-Model-SHA256": "ab" * 32})
+    resp = tls.post(
+        f"/v2/models/{model_id}/infer", content=infer_json([X_OK]), headers={"BlindAI-Model-SHA256": "ab" * 32}
+    )
     _assert_error(resp, 412, "pinned")
 
 

@@ -89,7 +89,7 @@ class FakeEvidenceRewriter:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with urllib.request.urlopen(f"http://127.0.0.1:{upstream_port}{self.path}") as r:
                     doc = json.loads(r.read())
                 doc["certificate"] = cert_pem
@@ -157,8 +157,10 @@ def test_interceptor_with_its_own_certificate_is_refused_and_sees_nothing(fresh_
             warnings.simplefilter("ignore")
             with pytest.raises(blindai.BindingError, match="tls-pin"):
                 blindai.connect(
-                    "127.0.0.1", simulation=True,
-                    unattested_port=fresh_server.unattested_port, attested_port=proxy.port,
+                    "127.0.0.1",
+                    simulation=True,
+                    unattested_port=fresh_server.unattested_port,
+                    attested_port=proxy.port,
                 )
         assert proxy.connections >= 1, "the client never reached the interceptor: the test proves nothing"
         assert proxy.handshakes_completed == 0

@@ -76,7 +76,11 @@ def test_request_round_trip(inputs: dict[str, np.ndarray], binary: bool) -> None
 
 
 def test_response_round_trip_mixed() -> None:
-    outs = {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "b": np.array([True, False]), "c": np.array([b"x", b"yz"], dtype=object)}
+    outs = {
+        "a": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "b": np.array([True, False]),
+        "c": np.array([b"x", b"yz"], dtype=object),
+    }
     chunks, head = encode_response("m", outs, {"a": True, "b": False, "c": True})
     back = decode_response(b"".join(bytes(c) for c in chunks), head)
     np.testing.assert_array_equal(back["a"], outs["a"])
@@ -122,6 +126,7 @@ def test_nested_json_data_is_accepted() -> None:
     np.testing.assert_array_equal(arr, [[1, 2], [3, 4]])
 
 
+ONE_X = b'{"name":"x","shape":[1],"datatype":"FP32","data":[1]}'
 BIN_HEAD = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}'
 
 
@@ -135,7 +140,7 @@ BIN_HEAD = b'{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{
         (BIN_HEAD, len(BIN_HEAD), "runs past"),
         (BIN_HEAD, -1, "beyond"),
         (b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}', None, "neither"),
-        (b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}', None, "twice"),
+        (b'{"inputs":[' + ONE_X + b"," + ONE_X + b"]}", None, "twice"),
     ],
 )
 def test_request_refusals(body: bytes, header: int | None, message: str) -> None:

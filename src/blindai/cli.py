@@ -141,7 +141,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     try:
         from tqdm import tqdm
 
-        if not args.quiet and sys.stderr.isatty() or args.progress:
+        if (not args.quiet and sys.stderr.isatty()) or args.progress:
             bar = tqdm(total=size, unit="B", unit_scale=True, desc="upload", file=sys.stderr)
     except ImportError:
         pass
@@ -236,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(
-            name, help=help_, description=help_, epilog=EXAMPLES.get(name),
+            name,
+            help=help_,
+            description=help_,
+            epilog=EXAMPLES.get(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         return p

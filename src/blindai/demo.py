@@ -32,7 +32,8 @@ MAX_LEN = 128
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("BLINDAI_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "blindai")
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = Path(os.environ.get("BLINDAI_CACHE_DIR") or xdg / "blindai")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -113,13 +114,21 @@ def run_demo(query: str | None = None, notes: list[str] | None = None) -> int:
     print("BlindAI demo: confidential semantic search with all-MiniLM-L6-v2\n")
     t = time.perf_counter()
     model_path = export_minilm()
-    print(f"[1/5] model ready: {model_path.name} ({model_path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
+    size_mb = model_path.stat().st_size / 1e6
+    print(f"[1/5] model ready: {model_path.name} ({size_mb:.1f} MB, {time.perf_counter() - t:.1f} s)")
     with LocalServer(log_level="WARNING") as server:
-        print(f"[2/5] simulation server started on 127.0.0.1 (attested port {server.attested_port}, "
-              f"evidence port {server.unattested_port})")
+        print(
+            f"[2/5] simulation server started on 127.0.0.1 (attested port {server.attested_port}, "
+            f"evidence port {server.unattested_port})"
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            conn = blindai.connect("127.0.0.1", simulation=True, **server.connect_kwargs())
+            conn = blindai.connect(
+                "127.0.0.1",
+                simulation=True,
+                attested_port=server.attested_port,
+                unattested_port=server.unattested_port,
+            )
         with conn:
             a = conn.attestation
             print("[3/5] attestation verified:")

@@ -30,14 +30,29 @@ class LocalServer:
         log_file: Path | None = None,
         startup_timeout: float = 60.0,
         log_level: str = "INFO",
+        attested_port: int = 0,
+        unattested_port: int = 0,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="blindai-server-")
         self.ready_file = Path(self._tmp.name) / "ready.json"
         self.log_path = log_file or Path(self._tmp.name) / "server.log"
         self.args = [
-            sys.executable, "-m", "blindai", "--log-level", log_level, "serve", "--host", host,
-            "--attested-port", "0", "--unattested-port", "0", "--ready-file", str(self.ready_file),
-            *(["--simulation"] if simulation else []), *args,
+            sys.executable,
+            "-m",
+            "blindai",
+            "--log-level",
+            log_level,
+            "serve",
+            "--host",
+            host,
+            "--attested-port",
+            str(attested_port),
+            "--unattested-port",
+            str(unattested_port),
+            "--ready-file",
+            str(self.ready_file),
+            *(["--simulation"] if simulation else []),
+            *args,
         ]
         self.host = host
         self.env = {**os.environ, **(env or {})}

@@ -24,9 +24,7 @@ REPORT_DATA_BYTES = 64
 
 
 def spki_der(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def spki_sha256(cert: x509.Certificate) -> bytes:
@@ -45,7 +43,9 @@ def load_certificate(pem: str | bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
     except ValueError as exc:
-        raise EvidenceParseError("the server's certificate is not a PEM X.509 certificate", check="certificate") from exc
+        raise EvidenceParseError(
+            "the server's certificate is not a PEM X.509 certificate", check="certificate"
+        ) from exc
 
 
 def check_binding(report_data: bytes, cert: x509.Certificate, nonce: bytes) -> None:

@@ -8,6 +8,7 @@ and reports all failures at once, each with got and expected.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -113,14 +114,14 @@ def _int(section: str, key: str, value: object) -> int:
     return value
 
 
-def load_policy(source: str | Path | Mapping[str, Any]) -> Policy:
+def load_policy(source: str | os.PathLike[str] | Mapping[str, Any]) -> Policy:
     """Load a policy from a TOML file path, TOML text, or an already parsed mapping."""
     if isinstance(source, Mapping):
         raw: Mapping[str, Any] = source
     else:
         text: str
         path = Path(source)
-        if isinstance(source, Path) or (len(str(source)) < 4096 and "\n" not in str(source) and path.exists()):
+        if isinstance(source, os.PathLike) or (len(str(source)) < 4096 and "\n" not in str(source) and path.exists()):
             try:
                 text = path.read_text()
             except OSError as exc:
@@ -172,8 +173,12 @@ def validate(verified: VerifiedAttestation, policy: Policy) -> None:
 def policy_from_attestation(verified: VerifiedAttestation) -> str:
     """TOML text that pins exactly what was seen (for ``attest show --write-policy``)."""
     lines = [f"[{verified.tee}]"]
-    pin = {"sgx": ("mrenclave",), "tdx": ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"),
-           "sev-snp": ("measurement",), "simulation": ("measurement",)}[verified.tee]
+    pin = {
+        "sgx": ("mrenclave",),
+        "tdx": ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"),
+        "sev-snp": ("measurement",),
+        "simulation": ("measurement",),
+    }[verified.tee]
     for key in pin:
         if key in verified.measurements:
             lines.append(f'{key} = ["{verified.measurements[key]}"]')

@@ -9,12 +9,13 @@ real ones.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ..errors import BlindAIError
 from . import simulation
@@ -84,7 +85,7 @@ class GramineSgxProvider:
         self._lock = threading.Lock()  # the pseudo-files hold one report_data at a time
         kind = (root / "attestation_type").read_text().strip() if (root / "attestation_type").exists() else ""
         if kind != "dcap":
-            raise NoTeeError(f"{root}/attestation_type is {kind!r}; set sgx.remote_attestation = \"dcap\"")
+            raise NoTeeError(f'{root}/attestation_type is {kind!r}; set sgx.remote_attestation = "dcap"')
 
     def get_evidence(self, report_data: bytes) -> Evidence:
         with self._lock:
@@ -100,7 +101,7 @@ class GramineSgxProvider:
 class TsmProvider:
     """Linux configfs-tsm (``/sys/kernel/config/tsm/report``) for TDX and SEV-SNP guests."""
 
-    _PROVIDERS = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
+    _PROVIDERS: ClassVar[dict[str, str]] = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
 
     def __init__(self, root: Path = TSM_REPORT_DIR) -> None:
         self.root = root
@@ -147,10 +148,8 @@ def _read_int(path: Path) -> int:
 
 
 def _rmdir(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.rmdir()
-    except OSError:
-        pass
 
 
 def detect_provider(

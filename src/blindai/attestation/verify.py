@@ -55,10 +55,7 @@ def verify_evidence(
 def _load_hardware_verifiers() -> None:
     # Imported lazily: they pull dcap-qvl, which a simulation-only client never needs.
     if "sgx" not in _VERIFIERS:
-        try:
-            from . import hardware  # noqa: F401  (registers sgx, tdx, sev-snp)
-        except ImportError:  # pragma: no cover - hardware module always ships
-            pass
+        from . import hardware  # noqa: F401  (registers sgx, tdx, sev-snp)
 
 
 def verify_server_attestation(

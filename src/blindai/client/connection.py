@@ -350,8 +350,12 @@ def connect(
     if not isinstance(tee, str) or not isinstance(evidence_b64, str) or not isinstance(cert_pem, str):
         raise EvidenceParseError("the /attestation answer lacks tee, evidence or certificate", check="parse")
     if doc.get("nonce") != nonce.hex():
-        raise BindingError("the server answered for another nonce (stale or replayed evidence)", check="nonce",
-                           got=doc.get("nonce"), expected=nonce.hex())
+        raise BindingError(
+            "the server answered for another nonce (stale or replayed evidence)",
+            check="nonce",
+            got=doc.get("nonce"),
+            expected=nonce.hex(),
+        )
     try:
         evidence = base64.b64decode(evidence_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -383,9 +387,7 @@ def connect(
     except BaseException:
         http.close()
         raise
-    return Connection(
-        host=host, attested_port=attested_port, attestation=verified, certificate_pem=cert_pem, http=http
-    )
+    return Connection(host=host, attested_port=attested_port, attestation=verified, certificate_pem=cert_pem, http=http)
 
 
 def _check_peer(http: httpx.Client, pin: bytes) -> None:
@@ -410,8 +412,9 @@ def _check_peer(http: httpx.Client, pin: bytes) -> None:
 
     got = spki_sha256(x509.load_der_x509_certificate(der))
     if not hmac.compare_digest(got, pin):
-        raise BindingError("the attested port's key differs from the attested one", check="tls-pin",
-                           got=got, expected=pin)
+        raise BindingError(
+            "the attested port's key differs from the attested one", check="tls-pin", got=got, expected=pin
+        )
     _raise_for(resp)
 
 

@@ -134,9 +134,7 @@ class BlindAiClient:
         data = np.asarray(data_list, dtype=numpy_dtype(dtype_name)).reshape(-1)
         shape = tuple(hints["input_shape"]) if "input_shape" in hints else _infer_shape(spec.shape, data.size)
         if math.prod(shape) != data.size:
-            raise InvalidInputError(
-                f"{data.size} values do not fit the upload shape {list(shape)}", status=400
-            )
+            raise InvalidInputError(f"{data.size} values do not fit the upload shape {list(shape)}", status=400)
         result = self.connection.run_model(model.model_id, {spec.name: data.reshape(shape)})
         out = result.output
         if "output_datatype" in hints:

@@ -108,7 +108,7 @@ def encode_binary(array: npt.NDArray[Any]) -> bytes | memoryview:
     arr = np.ascontiguousarray(array, dtype=target)
     if arr.size == 0:
         return b""
-    return memoryview(arr.reshape(-1)).cast("B")
+    return arr.reshape(-1).view(np.uint8).data
 
 
 def decode_binary(datatype: str, shape: Sequence[int], data: bytes | memoryview, name: str) -> npt.NDArray[Any]:
@@ -136,9 +136,7 @@ def decode_binary(datatype: str, shape: Sequence[int], data: bytes | memoryview,
         return out.reshape(shape)
     expected = count * dtype.itemsize
     if len(data) != expected:
-        raise TensorError(
-            f"tensor {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(data)}"
-        )
+        raise TensorError(f"tensor {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 

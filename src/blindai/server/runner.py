@@ -104,8 +104,13 @@ async def serve(config: ServerConfig, provider: EvidenceProvider) -> None:
     )
     attested_sock = _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
-    common = {"lifespan": "off", "log_config": None, "access_log": False, "timeout_keep_alive": 30,
-              "timeout_graceful_shutdown": 10}
+    common = {
+        "lifespan": "off",
+        "log_config": None,
+        "access_log": False,
+        "timeout_keep_alive": 30,
+        "timeout_graceful_shutdown": 10,
+    }
     attested = _Server(
         uvicorn.Config(attested_app(state), ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
     )
@@ -137,7 +142,12 @@ async def serve(config: ServerConfig, provider: EvidenceProvider) -> None:
         }
         log.info(
             "BlindAI %s serving: attested (TLS) %s:%d, unattested (evidence) %s:%d, tee=%s",
-            __version__, config.host, ports["attested_port"], config.host, ports["unattested_port"], provider.tee,
+            __version__,
+            config.host,
+            ports["attested_port"],
+            config.host,
+            ports["unattested_port"],
+            provider.tee,
         )
         if config.ready_file is not None:
             tmp = config.ready_file.with_suffix(".tmp")
@@ -157,7 +167,8 @@ def run_server(config: ServerConfig) -> int:
     except NoTeeError as exc:
         log.error(
             "%s. Refusing to start without a TEE. To run anyway, with NO protection, "
-            "use `blindai serve --simulation` (development only).", exc,
+            "use `blindai serve --simulation` (development only).",
+            exc,
         )
         return 2
     if provider.tee == "simulation":
