@@ -116,11 +116,69 @@ def cmd_attest_show(args: argparse.Namespace) -> int:
     if args.write_policy:
         Path(args.write_policy).write_text(policy_from_attestation(claims))
     if args.json:
-        print(json.dumps(claims.to_json(), indent=2))
+        print(json.dumps(_claims_json(claims)))
     else:
         _print_claims(claims)
         if args.write_policy:
             print(f"policy pinning these claims written to {args.write_policy}")
+    return 0
+
+
+SPEC_MEASUREMENTS = {
+    "sgx": ("mrenclave", "mrsigner"),
+    "tdx": ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"),
+    "sev-snp": ("measurement",),
+    "simulation": ("measurement",),
+}
+
+
+def _claims_json(claims: Any) -> dict[str, Any]:
+    keys = SPEC_MEASUREMENTS[claims.tee]
+    return {
+        "tee": claims.tee,
+        "tcb_status": claims.tcb_status,
+        "advisory_ids": list(claims.advisory_ids),
+        "debug": claims.debug,
+        "measurements": {k: claims.measurements[k] for k in keys if k in claims.measurements},
+        "report_data": claims.report_data.hex(),
+    }
+
+
+def cmd_attest_verify(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from cryptography import x509
+
+    from .attestation import hardware
+    from .attestation.policy import load_policy, validate
+    from .attestation.verify import TrustOptions, verify_evidence
+    from .errors import BindingError
+
+    evidence = Path(args.evidence).read_bytes()
+    tee = hardware.detect_tee(evidence)
+    collateral = json.loads(Path(args.collateral).read_text()) if args.collateral else None
+    now = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else None
+    if now is not None and now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+    options = TrustOptions(now=now)
+    certs = tuple(Path(c).read_bytes() for c in args.certs or [])
+    if tee == "sev-snp":
+        crl = x509.load_der_x509_crl(Path(args.crl).read_bytes()) if args.crl else None
+        claims = hardware.verify_snp(evidence, collateral, options, certs, crl)
+    else:
+        claims = verify_evidence(tee, evidence, collateral, options)
+    if args.report_data is not None:
+        want = bytes.fromhex(args.report_data).ljust(64, b"\0")
+        if claims.report_data != want:
+            raise BindingError("report_data differs", check="report-data", got=claims.report_data, expected=want)
+    if args.policy:
+        validate(claims, load_policy(Path(args.policy)))
+    if args.json:
+        print(json.dumps(_claims_json(claims)))
+    else:
+        _print_claims(claims)
+        if claims.advisory_ids:
+            print(f"advisories:   {', '.join(claims.advisory_ids)}")
     return 0
 
 
@@ -224,6 +282,7 @@ EXAMPLES = {
     "delete": "example: blindai delete localhost MODEL_ID --policy policy.toml",
     "models": "example: blindai models localhost --simulation",
     "show": "example: blindai attest show localhost --simulation --write-policy policy.toml",
+    "verify": "example: blindai attest verify quote.bin --collateral collateral.json --at 2025-06-20T00:00:00Z --json",
     "demo": "example: blindai demo",
 }
 
@@ -264,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     attest = add("attest", "check attestation evidence")
     asub = attest.add_subparsers(dest="attest_command", required=True)
+    p = add("verify", "verify recorded evidence offline (type detected from the bytes)", asub)
+    p.add_argument("evidence", help="SGX/TDX quote, SEV-SNP report or simulation evidence (binary)")
+    p.add_argument("--collateral", help="Intel collateral JSON (dcap-qvl QuoteCollateralV3 layout)")
+    p.add_argument("--certs", nargs="+", help="SEV-SNP certificates: VCEK/VLEK, ASK/ASVK, ARK (PEM or DER)")
+    p.add_argument("--crl", help="SEV-SNP CRL (DER)")
+    p.add_argument("--at", help="verify at this time (ISO 8601), not now")
+    p.add_argument("--policy", help="also enforce this policy")
+    p.add_argument("--report-data", help="expected report_data (hex, zero-padded to 64 bytes)")
+    p.add_argument("--json", action="store_true", help="print the claims as one JSON object")
+    p.set_defaults(func=cmd_attest_verify)
     p = add("show", "attest a live server and print what it proved", asub)
     _add_connect_args(p)
     p.add_argument("--json", action="store_true")
