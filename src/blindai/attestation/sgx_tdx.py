@@ -321,3 +321,127 @@ def verify_quote(
     except (ValueError, RuntimeError) as exc:
         raise _translate(str(exc)) from exc
     return claims_of(quote, str(report.status), tuple(str(a) for a in report.advisory_ids))
+
+
+# ------------------------------------------------------------------ signatures inside the quote
+
+CERT_TYPE_PCK_CHAIN = 5
+CERT_TYPE_QE_REPORT = 6
+
+
+@dataclass(frozen=True, slots=True)
+class QeCertificationData:
+    qe_report: bytes
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    cert_type: int
+    cert_data: bytes
+
+    @property
+    def qe_body(self) -> SgxReportBody:
+        return _parse_sgx_body(self.qe_report)
+
+
+@dataclass(frozen=True, slots=True)
+class EcdsaSignatureData:
+    signature: bytes
+    attestation_key: bytes
+    qe: QeCertificationData
+
+
+def _take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
+    if pos + n > len(data):
+        raise EvidenceParseError(f"quote signature data truncated in {what}", check="parse")
+    return data[pos : pos + n], pos + n
+
+
+def _parse_qe_cert_data(d: bytes, pos: int) -> QeCertificationData:
+    report, pos = _take(d, pos, SGX_REPORT_SIZE, "the QE report")
+    sig, pos = _take(d, pos, 64, "the QE report signature")
+    raw, pos = _take(d, pos, 2, "the QE auth data size")
+    auth, pos = _take(d, pos, int.from_bytes(raw, "little"), "the QE auth data")
+    head, pos = _take(d, pos, 6, "the certification data header")
+    ctype, csize = struct.unpack("<HI", head)
+    cdata, pos = _take(d, pos, csize, "the certification data")
+    return QeCertificationData(report, sig, auth, ctype, cdata)
+
+
+def parse_signature_data(quote: DcapQuote) -> EcdsaSignatureData:
+    d = quote.signature_data
+    sig, pos = _take(d, 0, 64, "the quote signature")
+    key, pos = _take(d, pos, 64, "the attestation key")
+    if quote.version == 3:
+        return EcdsaSignatureData(sig, key, _parse_qe_cert_data(d, pos))
+    head, pos = _take(d, pos, 6, "the certification data header")
+    ctype, csize = struct.unpack("<HI", head)
+    if ctype != CERT_TYPE_QE_REPORT:
+        raise EvidenceParseError("quote v4/v5 must carry QE report certification data", check="parse",
+                                 got=ctype, expected=CERT_TYPE_QE_REPORT)
+    inner, _ = _take(d, pos, csize, "the QE report certification data")
+    return EcdsaSignatureData(sig, key, _parse_qe_cert_data(inner, 0))
+
+
+def _p256(raw_xy: bytes) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw_xy)
+
+
+def _check_raw_sig(key: Any, sig: bytes, data: bytes, what: str) -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"))
+    try:
+        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise SignatureError(f"{what} does not verify", check="signature") from exc
+
+
+def verify_quote_signatures(
+    quote: DcapQuote, *, root_spki_sha256: tuple[bytes, ...] = (INTEL_SGX_ROOT_SPKI_SHA256,)
+) -> list[x509.Certificate]:
+    """Check what a quote proves on its own, without collateral (no CRLs, no TCB status):
+    1. the attestation key signs header and body; 2. the QE report binds that key
+    (report_data = SHA-256(key || QE auth data) || zeros); 3. the PCK certificate
+    (certification data type 5) signs the QE report; 4. the PCK chain ends at a pinned
+    root key. Returns the PCK chain, leaf first."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    sd = parse_signature_data(quote)
+    _check_raw_sig(_p256(sd.attestation_key), sd.signature, quote.raw[: quote.signed_length - 4], "quote signature")
+    expected = hashlib.sha256(sd.attestation_key + sd.qe.qe_auth_data).digest() + bytes(32)
+    got = sd.qe.qe_body.report_data
+    if got != expected:
+        raise SignatureError("the QE report does not bind the attestation key", check="qe-report-data",
+                             got=got, expected=expected)
+    if sd.qe.cert_type != CERT_TYPE_PCK_CHAIN:
+        raise EvidenceParseError("the quote carries no PCK certificate chain", check="parse",
+                                 got=sd.qe.cert_type, expected=CERT_TYPE_PCK_CHAIN)
+    try:
+        chain = x509.load_pem_x509_certificates(sd.qe.cert_data.rstrip(b"\0"))
+    except ValueError as exc:
+        raise EvidenceParseError("the PCK certificate chain does not parse", check="parse") from exc
+    _check_raw_sig(chain[0].public_key(), sd.qe.qe_report_signature, sd.qe.qe_report, "QE report signature")
+    for cert, issuer in zip(chain, chain[1:] + chain[-1:], strict=True):
+        key = issuer.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or cert.signature_hash_algorithm is None:
+            raise SignatureError("PCK chain uses an unexpected key type", check="chain")
+        try:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        except InvalidSignature as exc:
+            raise SignatureError(f"{_subject(cert)} is not signed by {_subject(issuer)}", check="chain") from exc
+    root = chain[-1].public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if hashlib.sha256(root).digest() not in root_spki_sha256:
+        raise SignatureError("the PCK chain does not end at the Intel SGX root key", check="root",
+                             got=hashlib.sha256(root).digest(), expected=root_spki_sha256[0])
+    return chain
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
