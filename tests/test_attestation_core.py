@@ -135,7 +135,7 @@ def test_policy_reports_every_failure_with_got_and_expected() -> None:
 
 
 def test_policy_for_another_tee_is_refused() -> None:
-    policy = load_policy("[tdx]\nmrtd = ['00']\n")
+    policy = load_policy(f"[tdx]\nmrtd = ['{'00' * 48}']\n")
     with pytest.raises(PolicyError, match="tee"):
         validate(_claims(), policy)
 

@@ -146,7 +146,7 @@ def test_non_simulation_client_refuses_simulation_server(server: LocalServer) ->
     with pytest.raises(blindai.SimulationRefusedError, match="SIMULATION"):
         blindai.connect("127.0.0.1", **server.connect_kwargs())
     with pytest.raises(blindai.SimulationRefusedError):
-        blindai.connect("127.0.0.1", policy="[sgx]\nmrenclave = ['00']\n", **server.connect_kwargs())
+        blindai.connect("127.0.0.1", policy=f"[sgx]\nmrenclave = ['{'00' * 32}']\n", **server.connect_kwargs())
 
 
 def test_simulation_warns_on_every_connect(server: LocalServer) -> None:
@@ -162,7 +162,7 @@ def test_simulation_policy_pins_the_measurement(server: LocalServer) -> None:
         good = f"[simulation]\nmeasurement = ['{first.attestation.measurements['measurement']}']\n"
         sim_connect(server, policy=good).close()
         with pytest.raises(blindai.PolicyError, match="measurement"):
-            sim_connect(server, policy="[simulation]\nmeasurement = ['00']\n")
+            sim_connect(server, policy=f"[simulation]\nmeasurement = ['{'00' * 48}']\n")
         first.close()
 
 

@@ -104,6 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         inference_timeout_s=args.inference_timeout,
         gramine_dir=Path(args.gramine_dir) if args.gramine_dir else None,
         tsm_dir=Path(args.tsm_dir) if args.tsm_dir else None,
+        pccs_url=args.pccs_url,
+        collateral_file=Path(args.collateral_file) if args.collateral_file else None,
     )
     return run_server(config)
 
@@ -317,8 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", type=_size, default=256 << 20)
     p.add_argument("--inference-workers", type=int, default=None)
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
-    p.add_argument("--gramine-dir", help=argparse.SUPPRESS)
-    p.add_argument("--tsm-dir", help=argparse.SUPPRESS)
+    p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")
+    p.add_argument("--collateral-file", help="serve Intel collateral from this JSON file (refreshed by the operator)")
+    p.add_argument("--gramine-dir", default=None, help="Gramine attestation interface (default /dev/attestation)")
+    p.add_argument("--tsm-dir", default=None, help="configfs-tsm report folder (default /sys/kernel/config/tsm/report)")
     p.set_defaults(func=cmd_serve)
 
     attest = add("attest", "check attestation evidence")

@@ -62,7 +62,9 @@ def _seq(*items: bytes) -> bytes:
     return _tlv(0x30, b"".join(items))
 
 
-def sgx_extension(fmspc: bytes, cpusvn: bytes, pcesvn: int, pceid: bytes = b"\0\0", ppid: bytes = b"\x11" * 16) -> bytes:
+def sgx_extension(
+    fmspc: bytes, cpusvn: bytes, pcesvn: int, pceid: bytes = b"\0\0", ppid: bytes = b"\x11" * 16
+) -> bytes:
     tcb = [_seq(_oid(f"{SGX_EXT}.2.{i + 1}"), _int(cpusvn[i])) for i in range(16)]
     tcb.append(_seq(_oid(f"{SGX_EXT}.2.17"), _int(pcesvn)))
     tcb.append(_seq(_oid(f"{SGX_EXT}.2.18"), _tlv(0x04, cpusvn)))
@@ -79,13 +81,15 @@ def sgx_extension(fmspc: bytes, cpusvn: bytes, pcesvn: int, pceid: bytes = b"\0\
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Intel Corporation"),
-        x509.NameAttribute(NameOID.LOCALITY_NAME, "Santa Clara"),
-        x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Intel Corporation"),
+            x509.NameAttribute(NameOID.LOCALITY_NAME, "Santa Clara"),
+            x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+        ]
+    )
 
 
 def _raw_sig(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
@@ -123,10 +127,14 @@ class FakeIntelPki:
         self.certs["root"] = self._cert("Intel SGX Root CA", "root", "root", ca=True)
         self.certs["pck_ca"] = self._cert("Intel SGX PCK Platform CA", "pck_ca", "root", ca=True)
         self.certs["tcb"] = self._cert("Intel SGX TCB Signing", "tcb", "root", ca=False)
-        ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXT), sgx_extension(self.fmspc, self.cpusvn, self.pcesvn))
+        ext = x509.UnrecognizedExtension(
+            x509.ObjectIdentifier(SGX_EXT), sgx_extension(self.fmspc, self.cpusvn, self.pcesvn)
+        )
         self.certs["pck"] = self._cert("Intel SGX PCK Certificate", "pck", "pck_ca", ca=False, extra=ext)
 
-    def _cert(self, cn: str, role: str, issuer: str, *, ca: bool, extra: x509.ExtensionType | None = None) -> x509.Certificate:
+    def _cert(
+        self, cn: str, role: str, issuer: str, *, ca: bool, extra: x509.ExtensionType | None = None
+    ) -> x509.Certificate:
         issuer_name = _name("Intel SGX Root CA") if issuer == "root" else self.certs[issuer].subject
         b = (
             x509.CertificateBuilder()
@@ -144,9 +152,17 @@ class FakeIntelPki:
         )
         if ca:
             b = b.add_extension(
-                x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                              encipher_only=False, decipher_only=False),
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
                 critical=True,
             )
         if extra is not None:
@@ -169,26 +185,53 @@ class FakeIntelPki:
             )
         return b.sign(self.keys[issuer], hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
-    def collateral(self, *, revoke_pck: bool = False, issued: dt.datetime | None = None,
-                   validity: dt.timedelta = dt.timedelta(days=30)) -> dict[str, str]:
+    def collateral(
+        self,
+        *,
+        revoke_pck: bool = False,
+        issued: dt.datetime | None = None,
+        validity: dt.timedelta = dt.timedelta(days=30),
+    ) -> dict[str, str]:
         issued = issued or self.now - dt.timedelta(days=1)
         nxt = issued + validity
         level = {
             "tcb": {"sgxtcbcomponents": [{"svn": b} for b in self.cpusvn], "pcesvn": self.pcesvn},
-            "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate",
+            "tcbDate": "2024-03-13T00:00:00Z",
+            "tcbStatus": "UpToDate",
         }
-        tcb_info = json.dumps({
-            "id": "SGX", "version": 3, "issueDate": _iso(issued), "nextUpdate": _iso(nxt),
-            "fmspc": self.fmspc.hex().upper(), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": 17,
-            "tcbLevels": [level],
-        }, separators=(",", ":"))
-        qe_identity = json.dumps({
-            "id": "QE", "version": 2, "issueDate": _iso(issued), "nextUpdate": _iso(nxt),
-            "tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
-            "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-            "mrsigner": QE_MRSIGNER.hex().upper(), "isvprodid": 1,
-            "tcbLevels": [{"tcb": {"isvsvn": self.qe_isvsvn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}],
-        }, separators=(",", ":"))
+        tcb_info = json.dumps(
+            {
+                "id": "SGX",
+                "version": 3,
+                "issueDate": _iso(issued),
+                "nextUpdate": _iso(nxt),
+                "fmspc": self.fmspc.hex().upper(),
+                "pceId": "0000",
+                "tcbType": 0,
+                "tcbEvaluationDataNumber": 17,
+                "tcbLevels": [level],
+            },
+            separators=(",", ":"),
+        )
+        qe_identity = json.dumps(
+            {
+                "id": "QE",
+                "version": 2,
+                "issueDate": _iso(issued),
+                "nextUpdate": _iso(nxt),
+                "tcbEvaluationDataNumber": 17,
+                "miscselect": "00000000",
+                "miscselectMask": "FFFFFFFF",
+                "attributes": "11000000000000000000000000000000",
+                "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+                "mrsigner": QE_MRSIGNER.hex().upper(),
+                "isvprodid": 1,
+                "tcbLevels": [
+                    {"tcb": {"isvsvn": self.qe_isvsvn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}
+                ],
+            },
+            separators=(",", ":"),
+        )
         revoked = [self.certs["pck"].serial_number] if revoke_pck else []
         return {
             "pck_crl_issuer_chain": _pem(self.certs["pck_ca"], self.certs["root"]),
@@ -202,26 +245,48 @@ class FakeIntelPki:
             "qe_identity_signature": _raw_sig(self.keys["tcb"], qe_identity.encode()).hex(),
         }
 
-    def sgx_quote(self, *, mrenclave: bytes, mrsigner: bytes, report_data: bytes, debug: bool = False,
-                  isv_prod_id: int = 0, isv_svn: int = 1) -> bytes:
+    def sgx_quote(
+        self,
+        *,
+        mrenclave: bytes,
+        mrsigner: bytes,
+        report_data: bytes,
+        debug: bool = False,
+        isv_prod_id: int = 0,
+        isv_svn: int = 1,
+    ) -> bytes:
         """A DCAP quote v3 signed the way Intel's QE signs it."""
         header = struct.pack("<HHIHH16s20s", 3, 2, 0, self.qe_isvsvn, self.pcesvn, QE_VENDOR_ID, bytes(20))
         flags = 0x07 if debug else 0x05
         body = report_body(self.cpusvn, flags, mrenclave, mrsigner, isv_prod_id, isv_svn, report_data)
         attest_key = _raw_pub(self.keys["attest"])
         auth = bytes(range(32))
-        qe_report = report_body(self.cpusvn, 0x11, bytes(32), QE_MRSIGNER, 1, self.qe_isvsvn,
-                                hashlib.sha256(attest_key + auth).digest() + bytes(32))
+        qe_report = report_body(
+            self.cpusvn,
+            0x11,
+            bytes(32),
+            QE_MRSIGNER,
+            1,
+            self.qe_isvsvn,
+            hashlib.sha256(attest_key + auth).digest() + bytes(32),
+        )
         chain = _pem(self.certs["pck"], self.certs["pck_ca"], self.certs["root"]).encode() + b"\0"
         sig_data = (
-            _raw_sig(self.keys["attest"], header + body) + attest_key + qe_report + _raw_sig(self.keys["pck"], qe_report)
-            + struct.pack("<H", len(auth)) + auth + struct.pack("<HI", 5, len(chain)) + chain
+            _raw_sig(self.keys["attest"], header + body)
+            + attest_key
+            + qe_report
+            + _raw_sig(self.keys["pck"], qe_report)
+            + struct.pack("<H", len(auth))
+            + auth
+            + struct.pack("<HI", 5, len(chain))
+            + chain
         )
         return header + body + struct.pack("<I", len(sig_data)) + sig_data
 
 
-def report_body(cpusvn: bytes, flags: int, mrenclave: bytes, mrsigner: bytes, prod_id: int, svn: int,
-                report_data: bytes) -> bytes:
+def report_body(
+    cpusvn: bytes, flags: int, mrenclave: bytes, mrsigner: bytes, prod_id: int, svn: int, report_data: bytes
+) -> bytes:
     b = bytearray(384)
     b[0:16] = cpusvn
     b[48:56] = flags.to_bytes(8, "little")

@@ -56,6 +56,20 @@ _MEASUREMENT_KEYS = {
     "sev-snp": ("measurement", "host_data"),
     "simulation": ("measurement",),
 }
+# Byte length of each measurement, to refuse at load time a value that could never match.
+_SIZES = {
+    "mrenclave": 32,
+    "mrsigner": 32,
+    "mrtd": 48,
+    "rtmr0": 48,
+    "rtmr1": 48,
+    "rtmr2": 48,
+    "rtmr3": 48,
+    "mrconfigid": 48,
+    "mrowner": 48,
+    "measurement": 48,
+    "host_data": 32,
+}
 _REQUIRED = {"sgx": ("mrenclave", "mrsigner"), "tdx": ("mrtd",), "sev-snp": ("measurement",), "simulation": ()}
 
 
@@ -67,6 +81,8 @@ def _hex_list(section: str, key: str, value: object) -> tuple[str, ...]:
     for x in out:
         if not _HEX.match(x) or len(x) % 2:
             raise PolicyLoadError(f"[{section}] {key}: {x!r} is not hex")
+        if key in _SIZES and len(x) != 2 * _SIZES[key]:
+            raise PolicyLoadError(f"[{section}] {key}: {x!r} is {len(x) // 2} bytes; it must be {_SIZES[key]}")
     return out
 
 

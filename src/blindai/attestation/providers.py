@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
+import json
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,9 @@ __all__ = [
     "NoTeeError",
     "SimulationProvider",
     "TsmProvider",
+    "CollateralSource",
+    "FileCollateral",
+    "PccsCollateral",
     "detect_provider",
 ]
 
@@ -75,13 +81,69 @@ class SimulationProvider:
         return None  # simulation sealing uses an explicit, insecure key file
 
 
+class CollateralSource(Protocol):
+    """Where a server finds Intel collateral for its own quotes, to serve beside them."""
+
+    def get(self, quote: bytes) -> dict[str, Any]: ...
+
+
+def _next_update(collateral: dict[str, Any]) -> dt.datetime:
+    """The earliest nextUpdate among TCB Info and QE Identity: when cached collateral goes stale."""
+    times = []
+    for key in ("tcb_info", "qe_identity"):
+        try:
+            times.append(dt.datetime.fromisoformat(json.loads(collateral[key])["nextUpdate"].replace("Z", "+00:00")))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return min(times) if times else dt.datetime.now(dt.UTC)
+
+
+class FileCollateral:
+    """Collateral kept in a JSON file (QuoteCollateralV3 layout) that the operator refreshes; re-read when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cached: tuple[float, dict[str, Any]] | None = None
+
+    def get(self, quote: bytes) -> dict[str, Any]:
+        mtime = self.path.stat().st_mtime
+        if self._cached is None or self._cached[0] != mtime:
+            self._cached = (mtime, json.loads(self.path.read_text()))
+        return self._cached[1]
+
+
+class PccsCollateral:
+    """Collateral fetched from a PCCS (or Intel PCS) through dcap-qvl, cached until its next update."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._cache: dict[str, tuple[dt.datetime, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, quote: bytes) -> dict[str, Any]:
+        import asyncio
+
+        import dcap_qvl
+
+        key = dcap_qvl.parse_quote(quote).fmspc()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > dt.datetime.now(dt.UTC):
+                return hit[1]
+            fetched = asyncio.run(dcap_qvl.get_collateral(self.url, quote))
+            collateral: dict[str, Any] = json.loads(fetched.to_json())
+            self._cache[key] = (_next_update(collateral), collateral)
+            return collateral
+
+
 class GramineSgxProvider:
     """Gramine's pseudo-files: write ``user_report_data``, read ``quote``."""
 
     tee = "sgx"
 
-    def __init__(self, root: Path = GRAMINE_ATTESTATION_DIR) -> None:
+    def __init__(self, root: Path = GRAMINE_ATTESTATION_DIR, collateral: CollateralSource | None = None) -> None:
         self.root = root
+        self.collateral = collateral
         self._lock = threading.Lock()  # the pseudo-files hold one report_data at a time
         kind = (root / "attestation_type").read_text().strip() if (root / "attestation_type").exists() else ""
         if kind != "dcap":
@@ -91,7 +153,7 @@ class GramineSgxProvider:
         with self._lock:
             (self.root / "user_report_data").write_bytes(report_data)
             quote = (self.root / "quote").read_bytes()
-        return Evidence("sgx", quote)
+        return Evidence("sgx", quote, self.collateral.get(quote) if self.collateral else None)
 
     def sealing_key(self) -> bytes | None:
         path = self.root / "keys" / "_sgx_mrenclave"
@@ -103,12 +165,13 @@ class TsmProvider:
 
     _PROVIDERS: ClassVar[dict[str, str]] = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
 
-    def __init__(self, root: Path = TSM_REPORT_DIR) -> None:
+    def __init__(self, root: Path = TSM_REPORT_DIR, collateral: CollateralSource | None = None) -> None:
         self.root = root
+        self.collateral = collateral
         self._lock = threading.Lock()
         entry = self._entry()
         try:
-            name = (entry / "provider").read_text().strip()
+            name = _read_attr(entry / "provider").strip()
         finally:
             _rmdir(entry)
         if name not in self._PROVIDERS:
@@ -133,11 +196,26 @@ class TsmProvider:
                     raise NoTeeError("configfs-tsm report changed while it was read (another writer)")
             finally:
                 _rmdir(entry)
-        collateral = {"snp_certs": base64.b64encode(certs).decode()} if certs else None
+        if self.tee == "sev-snp":
+            collateral = {"snp_certs": base64.b64encode(certs).decode()} if certs else None
+        else:
+            collateral = self.collateral.get(outblob) if self.collateral else None
         return Evidence(self.tee, outblob, collateral)
 
     def sealing_key(self) -> bytes | None:
         return None
+
+
+def _read_attr(path: Path, wait_s: float = 1.0) -> str:
+    """configfs creates an entry's attributes with the directory; allow a moment for slower backends."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _read_int(path: Path) -> int:
@@ -157,6 +235,7 @@ def detect_provider(
     *,
     gramine_dir: Path = GRAMINE_ATTESTATION_DIR,
     tsm_dir: Path = TSM_REPORT_DIR,
+    collateral: CollateralSource | None = None,
 ) -> EvidenceProvider:
     """``auto`` tries Gramine SGX, then configfs-tsm; a named TEE must be present."""
     if tee == "simulation":
@@ -165,14 +244,14 @@ def detect_provider(
     if tee in ("auto", "sgx"):
         try:
             if (gramine_dir / "quote").exists():
-                return GramineSgxProvider(gramine_dir)
+                return GramineSgxProvider(gramine_dir, collateral)
             errors.append(f"no Gramine SGX attestation interface at {gramine_dir}")
         except (NoTeeError, OSError) as exc:
             errors.append(str(exc))
     if tee in ("auto", "tdx", "sev-snp"):
         try:
             if tsm_dir.is_dir():
-                tsm = TsmProvider(tsm_dir)
+                tsm = TsmProvider(tsm_dir, collateral)
                 if tee in ("auto", tsm.tee):
                     return tsm
                 errors.append(f"configfs-tsm offers {tsm.tee}, not {tee}")

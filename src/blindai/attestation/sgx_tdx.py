@@ -22,7 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import CollateralError, EvidenceParseError, SignatureError
+from ..errors import CollateralError, EvidenceParseError, PolicyError, SignatureError
 from .evidence import VerifiedAttestation
 
 __all__ = [
@@ -272,6 +272,9 @@ def _chain_root_spki(chain_pem: str) -> bytes | None:
 
 def _translate(message: str) -> Exception:
     low = message.lower()
+    if "debug" in low:
+        # dcap-qvl refuses debug enclaves and debug TDs outright, whatever the policy says.
+        return PolicyError([("debug", True, False)])
     if any(k in low for k in ("expired", "not yet valid", "notyetvalid", "in the future", "next_update")):
         return CollateralError(
             f"collateral expired or not yet valid at the verification time ({message})", check="collateral-time"
@@ -375,8 +378,12 @@ def parse_signature_data(quote: DcapQuote) -> EcdsaSignatureData:
     head, pos = _take(d, pos, 6, "the certification data header")
     ctype, csize = struct.unpack("<HI", head)
     if ctype != CERT_TYPE_QE_REPORT:
-        raise EvidenceParseError("quote v4/v5 must carry QE report certification data", check="parse",
-                                 got=ctype, expected=CERT_TYPE_QE_REPORT)
+        raise EvidenceParseError(
+            "quote v4/v5 must carry QE report certification data",
+            check="parse",
+            got=ctype,
+            expected=CERT_TYPE_QE_REPORT,
+        )
     inner, _ = _take(d, pos, csize, "the QE report certification data")
     return EcdsaSignatureData(sig, key, _parse_qe_cert_data(inner, 0))
 
@@ -416,11 +423,16 @@ def verify_quote_signatures(
     expected = hashlib.sha256(sd.attestation_key + sd.qe.qe_auth_data).digest() + bytes(32)
     got = sd.qe.qe_body.report_data
     if got != expected:
-        raise SignatureError("the QE report does not bind the attestation key", check="qe-report-data",
-                             got=got, expected=expected)
+        raise SignatureError(
+            "the QE report does not bind the attestation key", check="qe-report-data", got=got, expected=expected
+        )
     if sd.qe.cert_type != CERT_TYPE_PCK_CHAIN:
-        raise EvidenceParseError("the quote carries no PCK certificate chain", check="parse",
-                                 got=sd.qe.cert_type, expected=CERT_TYPE_PCK_CHAIN)
+        raise EvidenceParseError(
+            "the quote carries no PCK certificate chain",
+            check="parse",
+            got=sd.qe.cert_type,
+            expected=CERT_TYPE_PCK_CHAIN,
+        )
     try:
         chain = x509.load_pem_x509_certificates(sd.qe.cert_data.rstrip(b"\0"))
     except ValueError as exc:
@@ -434,12 +446,16 @@ def verify_quote_signatures(
             key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
         except InvalidSignature as exc:
             raise SignatureError(f"{_subject(cert)} is not signed by {_subject(issuer)}", check="chain") from exc
-    root = chain[-1].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    root = (
+        chain[-1].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     if hashlib.sha256(root).digest() not in root_spki_sha256:
-        raise SignatureError("the PCK chain does not end at the Intel SGX root key", check="root",
-                             got=hashlib.sha256(root).digest(), expected=root_spki_sha256[0])
+        raise SignatureError(
+            "the PCK chain does not end at the Intel SGX root key",
+            check="root",
+            got=hashlib.sha256(root).digest(),
+            expected=root_spki_sha256[0],
+        )
     return chain
 
 

@@ -18,11 +18,12 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from .._version import __version__
-from ..attestation.providers import EvidenceProvider, NoTeeError, detect_provider
+from ..attestation.providers import EvidenceProvider, FileCollateral, NoTeeError, PccsCollateral, detect_provider
 from .app import ServerState, attested_app, unattested_app
 from .inference import InferenceEngine
 from .models import ModelStore, StoreLimits
@@ -60,6 +61,8 @@ class ServerConfig:
     max_output_bytes: int = 1 << 30
     gramine_dir: Path | None = None
     tsm_dir: Path | None = None
+    pccs_url: str | None = None
+    collateral_file: Path | None = None
 
 
 class _Server(uvicorn.Server):
@@ -81,7 +84,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def make_provider(config: ServerConfig) -> EvidenceProvider:
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    if config.collateral_file is not None:
+        kwargs["collateral"] = FileCollateral(config.collateral_file)
+    elif config.pccs_url is not None:
+        kwargs["collateral"] = PccsCollateral(config.pccs_url)
     if config.gramine_dir is not None:
         kwargs["gramine_dir"] = config.gramine_dir
     if config.tsm_dir is not None:
