@@ -99,7 +99,7 @@ def _next_update(collateral: dict[str, Any]) -> dt.datetime:
 
 
 class FileCollateral:
-    """Collateral kept in a JSON file (QuoteCollateralV3 layout) that the operator refreshes; re-read when it changes."""
+    """Collateral in a JSON file (QuoteCollateralV3 layout) that the operator refreshes; re-read on change."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
