@@ -36,8 +36,19 @@ class _FifoServer:
                         return
                     f.write(self.respond())
                     self.served += 1
+                self._wait_reader_gone()
             except (BrokenPipeError, FileNotFoundError):
                 continue
+
+    def _wait_reader_gone(self) -> None:
+        """Until the last reader closes, a new open for writing would succeed at once and answer it twice."""
+        while not self._stop:
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader any more
+                return
+            os.close(fd)
+            time.sleep(0.001)
 
     def stop(self) -> None:
         self._stop = True

@@ -185,12 +185,22 @@ class FakeIntelPki:
             )
         return b.sign(self.keys[issuer], hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
+    @property
+    def root_spki_sha256(self) -> bytes:
+        spki = (
+            self.certs["root"]
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        return hashlib.sha256(spki).digest()
+
     def collateral(
         self,
         *,
         revoke_pck: bool = False,
         issued: dt.datetime | None = None,
         validity: dt.timedelta = dt.timedelta(days=30),
+        tee: str = "sgx",
     ) -> dict[str, str]:
         issued = issued or self.now - dt.timedelta(days=1)
         nxt = issued + validity
@@ -199,23 +209,33 @@ class FakeIntelPki:
             "tcbDate": "2024-03-13T00:00:00Z",
             "tcbStatus": "UpToDate",
         }
-        tcb_info = json.dumps(
-            {
-                "id": "SGX",
-                "version": 3,
-                "issueDate": _iso(issued),
-                "nextUpdate": _iso(nxt),
-                "fmspc": self.fmspc.hex().upper(),
-                "pceId": "0000",
-                "tcbType": 0,
-                "tcbEvaluationDataNumber": 17,
-                "tcbLevels": [level],
-            },
-            separators=(",", ":"),
-        )
+        info: dict[str, object] = {
+            "id": "SGX",
+            "version": 3,
+            "issueDate": _iso(issued),
+            "nextUpdate": _iso(nxt),
+            "fmspc": self.fmspc.hex().upper(),
+            "pceId": "0000",
+            "tcbType": 0,
+            "tcbEvaluationDataNumber": 17,
+        }
+        if tee == "tdx":
+            zero_module = {"mrsigner": "00" * 48, "attributes": "00" * 8, "attributesMask": "FF" * 8}
+            info["id"] = "TDX"
+            info["tdxModule"] = zero_module
+            info["tdxModuleIdentities"] = [
+                {
+                    "id": "TDX_01",
+                    **zero_module,
+                    "tcbLevels": [{"tcb": {"isvsvn": 0}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}],
+                }
+            ]
+            level["tcb"]["tdxtcbcomponents"] = [{"svn": b} for b in TEE_TCB_SVN]  # type: ignore[index]
+        info["tcbLevels"] = [level]
+        tcb_info = json.dumps(info, separators=(",", ":"))
         qe_identity = json.dumps(
             {
-                "id": "QE",
+                "id": "TD_QE" if tee == "tdx" else "QE",
                 "version": 2,
                 "issueDate": _iso(issued),
                 "nextUpdate": _iso(nxt),
@@ -225,7 +245,7 @@ class FakeIntelPki:
                 "attributes": "11000000000000000000000000000000",
                 "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
                 "mrsigner": QE_MRSIGNER.hex().upper(),
-                "isvprodid": 1,
+                "isvprodid": 2 if tee == "tdx" else 1,
                 "tcbLevels": [
                     {"tcb": {"isvsvn": self.qe_isvsvn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}
                 ],
@@ -282,6 +302,43 @@ class FakeIntelPki:
             + chain
         )
         return header + body + struct.pack("<I", len(sig_data)) + sig_data
+
+    def tdx_quote(self, *, mrtd: bytes, report_data: bytes, debug: bool = False) -> bytes:
+        """A DCAP quote v4 for a TD (TDREPORT 1.0 body, QE report certification data type 6)."""
+        header = struct.pack("<HHIHH16s20s", 4, 2, 0x81, 0, self.pcesvn, QE_VENDOR_ID, bytes(20))
+        body = bytearray(584)
+        body[0:16] = TEE_TCB_SVN
+        body[120:128] = (0x10000000 | (1 if debug else 0)).to_bytes(8, "little")  # td_attributes
+        body[128:136] = (0xE7).to_bytes(8, "little")  # xfam
+        body[136:184] = mrtd
+        body[520:584] = report_data.ljust(64, b"\0")
+        attest_key = _raw_pub(self.keys["attest"])
+        auth = bytes(range(32))
+        qe_report = report_body(
+            self.cpusvn,
+            0x11,
+            bytes(32),
+            QE_MRSIGNER,
+            2,
+            self.qe_isvsvn,
+            hashlib.sha256(attest_key + auth).digest() + bytes(32),
+        )
+        chain = _pem(self.certs["pck"], self.certs["pck_ca"], self.certs["root"]).encode() + b"\0"
+        inner = (
+            qe_report
+            + _raw_sig(self.keys["pck"], qe_report)
+            + struct.pack("<H", len(auth))
+            + auth
+            + struct.pack("<HI", 5, len(chain))
+            + chain
+        )
+        sig_data = (
+            _raw_sig(self.keys["attest"], header + bytes(body)) + attest_key + struct.pack("<HI", 6, len(inner)) + inner
+        )
+        return header + bytes(body) + struct.pack("<I", len(sig_data)) + sig_data
+
+
+TEE_TCB_SVN = bytes([5, 0, 2] + [0] * 13)
 
 
 def report_body(

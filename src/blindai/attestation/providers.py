@@ -187,6 +187,7 @@ class TsmProvider:
         with self._lock:
             entry = self._entry()
             try:
+                _read_attr(entry / "provider")  # the entry's attributes exist once this one does
                 gen_before = _read_int(entry / "generation")
                 (entry / "inblob").write_bytes(report_data)
                 outblob = (entry / "outblob").read_bytes()

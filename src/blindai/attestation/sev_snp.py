@@ -47,6 +47,7 @@ __all__ = [
     "parse_cert_table",
     "parse_report",
     "sort_certs",
+    "verify_cert_chain",
     "verify_report",
 ]
 
@@ -322,7 +323,7 @@ def verify_report(
     unsafe_ark_spki_sha256: Sequence[bytes] = (),
 ) -> VerifiedAttestation:
     now = now or dt.datetime.now(dt.UTC)
-    end, mid, root = certs.endorsement, certs.intermediate, certs.root
+    end = certs.endorsement
     vlek = report.signing_key == KEY_VLEK
     if report.signing_key not in (KEY_VCEK, KEY_VLEK):
         raise SignatureError(
@@ -336,39 +337,7 @@ def verify_report(
         raise SignatureError(
             f"report says it is signed by the {kind}, but the certificate is {_cn(end)!r}", check="signing-key"
         )
-    # Step 1-2: the chain must end at a pinned ARK.
-    if mid is None or root is None:
-        raise CollateralError(f"the {kind} chain needs its ASK/ASVK and ARK certificates", check="certificates")
-    root_pin = _spki_sha256(root)
-    pinned = set(PINNED_ARK_SPKI_SHA256.values()) | set(unsafe_ark_spki_sha256)
-    if root_pin not in pinned:
-        raise SignatureError(
-            "the ARK is not a pinned AMD root key",
-            check="root",
-            got=root_pin,
-            expected="one of the pinned AMD ARKs (Milan, Genoa, Turin)",
-        )
-    # Step 3: signatures and validity.
-    _check_signed_by(root, root, "ARK self-signature")
-    _check_signed_by(mid, root, "ASK/ASVK")
-    _check_signed_by(end, mid, kind)
-    for cert, what in ((root, "ARK"), (mid, "ASK/ASVK"), (end, kind)):
-        _check_time(cert, now, what)
-    # Step 4: revocation.
-    if crl is not None:
-        root_key = root.public_key()
-        if not isinstance(root_key, rsa.RSAPublicKey) or not crl.is_signature_valid(root_key):
-            raise SignatureError("the CRL is not signed by the ARK", check="crl")
-        if crl.next_update_utc is not None and not crl.last_update_utc <= now <= crl.next_update_utc:
-            raise CollateralError(
-                "the CRL is not current",
-                check="crl-time",
-                got=now.isoformat(),
-                expected=f"{crl.last_update_utc.isoformat()}..{crl.next_update_utc.isoformat()}",
-            )
-        for cert, what in ((mid, "ASK/ASVK"), (end, kind)):
-            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                raise CollateralError(f"the {what} certificate is revoked", check="revocation")
+    verify_cert_chain(certs, crl=crl, now=now, unsafe_ark_spki_sha256=unsafe_ark_spki_sha256)
     # Step 5: the report signature.
     if report.signature_algo != SIG_ALGO_ECDSA_P384_SHA384:
         raise SignatureError(
@@ -415,6 +384,52 @@ def verify_report(
         tcb_status=None,
         svns=svns,
     )
+
+
+def verify_cert_chain(
+    certs: SnpCerts,
+    *,
+    crl: x509.CertificateRevocationList | None = None,
+    now: dt.datetime | None = None,
+    unsafe_ark_spki_sha256: Sequence[bytes] = (),
+) -> None:
+    """Steps 1-4: VCEK/VLEK -> ASK/ASVK -> a pinned ARK, validity at ``now``, revocation."""
+    now = now or dt.datetime.now(dt.UTC)
+    end, mid, root = certs.endorsement, certs.intermediate, certs.root
+    kind = "VLEK" if "VLEK" in _cn(end) else "VCEK"
+    # Steps 1-2: the chain must end at a pinned ARK.
+    if mid is None or root is None:
+        raise CollateralError(f"the {kind} chain needs its ASK/ASVK and ARK certificates", check="certificates")
+    root_pin = _spki_sha256(root)
+    pinned = set(PINNED_ARK_SPKI_SHA256.values()) | set(unsafe_ark_spki_sha256)
+    if root_pin not in pinned:
+        raise SignatureError(
+            "the ARK is not a pinned AMD root key",
+            check="root",
+            got=root_pin,
+            expected="one of the pinned AMD ARKs (Milan, Genoa, Turin)",
+        )
+    # Step 3: signatures and validity.
+    _check_signed_by(root, root, "ARK self-signature")
+    _check_signed_by(mid, root, "ASK/ASVK")
+    _check_signed_by(end, mid, kind)
+    for cert, what in ((root, "ARK"), (mid, "ASK/ASVK"), (end, kind)):
+        _check_time(cert, now, what)
+    # Step 4: revocation.
+    if crl is not None:
+        root_key = root.public_key()
+        if not isinstance(root_key, rsa.RSAPublicKey) or not crl.is_signature_valid(root_key):
+            raise SignatureError("the CRL is not signed by the ARK", check="crl")
+        if crl.next_update_utc is not None and not crl.last_update_utc <= now <= crl.next_update_utc:
+            raise CollateralError(
+                "the CRL is not current",
+                check="crl-time",
+                got=now.isoformat(),
+                expected=f"{crl.last_update_utc.isoformat()}..{crl.next_update_utc.isoformat()}",
+            )
+        for cert, what in ((mid, "ASK/ASVK"), (end, kind)):
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                raise CollateralError(f"the {what} certificate is revoked", check="revocation")
 
 
 def certs_from_collateral(collateral: Mapping[str, Any] | None, extra: Sequence[bytes] = ()) -> SnpCerts:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from .._version import __version__
 from ..attestation.binding import MAX_NONCE_BYTES, report_data_for
 from ..attestation.providers import Evidence, EvidenceProvider
-from ..errors import InvalidInputError, ServerError
+from ..errors import BlindAIError, InvalidInputError, ServerError
 from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response
 from ..protocol.tensors import TensorError
 from .inference import InferenceEngine
@@ -68,7 +68,11 @@ class ServerState:
     def evidence(self, nonce: bytes) -> Evidence:
         if not nonce and self._empty_nonce is not None:
             return self._empty_nonce
-        ev = self.provider.get_evidence(report_data_for(self.identity.spki_sha256, nonce))
+        try:
+            ev = self.provider.get_evidence(report_data_for(self.identity.spki_sha256, nonce))
+        except (OSError, BlindAIError) as exc:
+            log.error("the TEE could not produce evidence: %s", exc)
+            raise ServerError("the TEE could not produce evidence; see the server log", status=503) from exc
         if not nonce:
             self._empty_nonce = ev
         return ev

@@ -1,0 +1,134 @@
+"""FAKE AMD SEV-SNP PKI for tests: ARK -> ASK -> VCEK shaped like AMD's, and reports signed like the PSP's.
+
+Trusted by BlindAI only through an ``unsafe_`` option. RSA keys are 2048-bit (AMD's are
+4096) to keep the tests fast; algorithms, extensions and layouts are AMD's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from blindai.attestation import sev_snp
+
+_OID = "1.3.6.1.4.1.3704.1."
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Engineering"),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Advanced Micro Devices"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _der_int(v: int) -> bytes:
+    body = v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big")
+    return bytes([0x02, len(body)]) + body
+
+
+class FakeAmdPki:
+    def __init__(
+        self,
+        tcb: tuple[int, int, int, int] = (3, 0, 8, 115),
+        chip_id: bytes = b"\x5c" * 64,
+        now: dt.datetime | None = None,
+    ) -> None:
+        self.now = now or dt.datetime.now(dt.UTC)
+        self.tcb, self.chip_id = tcb, chip_id
+        self.ark_key = rsa.generate_private_key(65537, 2048)
+        self.ask_key = rsa.generate_private_key(65537, 2048)
+        self.vcek_key = ec.generate_private_key(ec.SECP384R1())
+        self.ark = self._cert("ARK-Milan", self.ark_key.public_key(), "ARK-Milan", self.ark_key, ca=True)
+        self.ask = self._cert("SEV-Milan", self.ask_key.public_key(), "ARK-Milan", self.ark_key, ca=True)
+        bl, tee, snp, ucode = tcb
+        exts = [
+            (_OID + "1", _der_int(0)),
+            (_OID + "2", b"\x16\x08Milan-B0"),
+            (_OID + "3.1", _der_int(bl)),
+            (_OID + "3.2", _der_int(tee)),
+            (_OID + "3.3", _der_int(snp)),
+            (_OID + "3.8", _der_int(ucode)),
+            (_OID + "4", chip_id),
+        ]
+        self.vcek = self._cert("SEV-VCEK", self.vcek_key.public_key(), "SEV-Milan", self.ask_key, ca=False, exts=exts)
+
+    def _cert(
+        self,
+        cn: str,
+        public: object,
+        issuer: str,
+        key: rsa.RSAPrivateKey,
+        *,
+        ca: bool,
+        exts: list[tuple[str, bytes]] = (),
+    ) -> x509.Certificate:  # type: ignore[assignment]
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(_name(issuer))
+            .public_key(public)
+            .serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+            .not_valid_before(self.now - dt.timedelta(days=30))
+            .not_valid_after(self.now + dt.timedelta(days=3650))
+        )
+        if ca:
+            b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        for oid, raw in exts:
+            b = b.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), raw), critical=False)
+        return b.sign(key, hashes.SHA384(), rsa_padding=padding.PSS(padding.MGF1(hashes.SHA384()), 48))
+
+    @property
+    def ark_pem(self) -> bytes:
+        return self.ark.public_bytes(serialization.Encoding.PEM)
+
+    def cert_blobs(self) -> tuple[bytes, ...]:
+        return tuple(c.public_bytes(serialization.Encoding.DER) for c in (self.vcek, self.ask, self.ark))
+
+    def cert_table(self) -> bytes:
+        """The GHCB certificate table the kernel returns in configfs-tsm's auxblob."""
+        entries = [(sev_snp.GUID_VCEK, self.vcek), (sev_snp.GUID_ASK, self.ask), (sev_snp.GUID_ARK, self.ark)]
+        blobs = [c.public_bytes(serialization.Encoding.DER) for _, c in entries]
+        header_len = 24 * (len(entries) + 1)
+        table, data, offset = bytearray(), bytearray(), header_len
+        for (guid, _), blob in zip(entries, blobs, strict=True):
+            table += guid.bytes_le + struct.pack("<II", offset, len(blob))
+            data += blob
+            offset += len(blob)
+        return bytes(table + bytes(24) + data)
+
+    def report(
+        self,
+        *,
+        report_data: bytes,
+        measurement: bytes,
+        policy: int = 0x30000,
+        guest_svn: int = 0,
+        host_data: bytes = bytes(32),
+    ) -> bytes:
+        bl, tee, snp, ucode = self.tcb
+        tcb = bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
+        r = bytearray(sev_snp.REPORT_SIZE)
+        struct.pack_into("<IIQ", r, 0, 2, guest_svn, policy)
+        struct.pack_into("<II", r, 0x30, 0, sev_snp.SIG_ALGO_ECDSA_P384_SHA384)
+        r[0x38:0x40] = tcb
+        r[0x50:0x90] = report_data.ljust(64, b"\0")
+        r[0x90:0xC0] = measurement
+        r[0xC0:0xE0] = host_data
+        r[0x180:0x188] = tcb
+        r[0x1A0:0x1E0] = self.chip_id
+        r[0x1E0:0x1E8] = tcb
+        r[0x1F0:0x1F8] = tcb
+        rr, ss = decode_dss_signature(self.vcek_key.sign(bytes(r[: sev_snp.SIGNED_SIZE]), ec.ECDSA(hashes.SHA384())))
+        r[0x2A0:0x2E8] = rr.to_bytes(72, "little")
+        r[0x2E8:0x330] = ss.to_bytes(72, "little")
+        return bytes(r)
