@@ -106,6 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tsm_dir=Path(args.tsm_dir) if args.tsm_dir else None,
         pccs_url=args.pccs_url,
         collateral_file=Path(args.collateral_file) if args.collateral_file else None,
+        model_store=Path(args.model_store) if args.model_store else None,
+        sealing_key_file=Path(args.sealing_key_file) if args.sealing_key_file else None,
+        upload_tokens_file=Path(args.upload_tokens) if args.upload_tokens else None,
+        max_inference_memory=args.max_inference_memory,
     )
     return run_server(config)
 
@@ -211,7 +215,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
             bar.update(sent - bar.n)
 
     with _connect(args) as conn:
-        info = conn.upload_model(args.model, name=args.name, progress=progress)
+        info = conn.upload_model(
+            args.model,
+            name=args.name,
+            progress=progress,
+            upload_token=args.upload_token or os.environ.get("BLINDAI_UPLOAD_TOKEN"),
+        )
         token = conn.owner_token(info.model_id)
     if bar is not None:
         bar.close()
@@ -316,7 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-bytes", type=_size, default=2 << 30)
     p.add_argument("--max-models", type=int, default=64)
     p.add_argument("--max-store-bytes", type=_size, default=16 << 30)
-    p.add_argument("--max-request-bytes", type=_size, default=256 << 20)
+    p.add_argument("--max-request-bytes", type=_size, default=256 << 20, help="per inference request")
+    p.add_argument(
+        "--max-inference-memory",
+        type=_size,
+        default=None,
+        help="memory budget shared by all models (default: half of the machine's)",
+    )
+    p.add_argument("--model-store", help="seal models to this folder and load them at start")
+    p.add_argument(
+        "--sealing-key-file", help="simulation only: the INSECURE key file (default DIR/.simulation-sealing-key)"
+    )
+    p.add_argument("--upload-tokens", help="file of accepted upload tokens, one per line (default: uploads are open)")
     p.add_argument("--inference-workers", type=int, default=None)
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")
@@ -348,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="path to the .onnx file")
     p.add_argument("--name")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+    p.add_argument("--upload-token", help="for servers that restrict uploads (or BLINDAI_UPLOAD_TOKEN)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_upload)
 

@@ -140,12 +140,14 @@ class Connection:
         attestation: VerifiedAttestation,
         certificate_pem: str,
         http: httpx.Client,
+        upload_token: str | None = None,
     ) -> None:
         self.host = host
         self.attested_port = attested_port
         self.attestation = attestation
         self.certificate_pem = certificate_pem
         self._http = http
+        self._upload_token = upload_token
         self._owner_tokens: dict[str, str] = {}
         self._metadata: dict[str, ModelInfo] = {}
 
@@ -176,6 +178,7 @@ class Connection:
         *,
         name: str | None = None,
         progress: ProgressCallback | None = None,
+        upload_token: str | None = None,
         _hints: Mapping[str, str] | None = None,
     ) -> ModelInfo:
         """Upload an ONNX model (a path, its bytes, or an ``onnx.ModelProto``), streamed.
@@ -189,10 +192,31 @@ class Connection:
         if name or default_name:
             headers["BlindAI-Model-Name"] = name or default_name or ""
         headers.update(_hints or {})
+        token = upload_token or self._upload_token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         resp = self._request("POST", "/v1/models", content=body, headers=headers)
         obj = resp.json()
         info = ModelInfo.from_json(obj)
         self._owner_tokens[info.model_id] = obj["owner_token"]
+        self._metadata[info.model_id] = info
+        return info
+
+    def replace_model(
+        self,
+        model_id: str,
+        model: str | os.PathLike[str] | bytes | bytearray | memoryview | Any,
+        *,
+        owner_token: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ModelInfo:
+        """New weights under the same id (owner only); the old version serves until the new one is stored."""
+        body, size, _ = _model_body(model, progress)
+        token = owner_token or self._owner_tokens.get(model_id)
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        info = ModelInfo.from_json(self._request("PUT", f"/v1/models/{model_id}", content=body, headers=headers).json())
         self._metadata[info.model_id] = info
         return info
 
@@ -332,6 +356,7 @@ def connect(
     timeout: float = DEFAULT_TIMEOUT,
     now: dt.datetime | None = None,
     unsafe_trust_roots: Sequence[bytes] = (),
+    upload_token: str | None = None,
 ) -> Connection:
     """Attest the server at ``host`` and return a connection bound to its attested key.
 
@@ -339,6 +364,7 @@ def connect(
     the evidence verifies, satisfies ``policy`` and binds the TLS key and nonce.
     ``simulation=True`` accepts only simulation evidence, and warns each time.
     ``unsafe_trust_roots`` adds test PKI roots (PEM) and must never be used in production.
+    ``upload_token`` is sent with uploads to servers that restrict who may upload.
     """
     if nonce is None:
         nonce = secrets.token_bytes(32)
@@ -387,7 +413,14 @@ def connect(
     except BaseException:
         http.close()
         raise
-    return Connection(host=host, attested_port=attested_port, attestation=verified, certificate_pem=cert_pem, http=http)
+    return Connection(
+        host=host,
+        attested_port=attested_port,
+        attestation=verified,
+        certificate_pem=cert_pem,
+        http=http,
+        upload_token=upload_token,
+    )
 
 
 def _check_peer(http: httpx.Client, pin: bytes) -> None:

@@ -160,11 +160,25 @@ def unattested_app(state: ServerState) -> Starlette:
 def attested_app(state: ServerState) -> Starlette:
     store, engine = state.store, state.engine
 
-    async def upload(request: Request) -> Response:
+    def bearer(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
+
+    async def receive_model(request: Request) -> tuple[bytes, str]:
         sink = store.sink(_content_length(request))
         async for chunk in request.stream():
             sink.feed(chunk)
-        data, sha256 = sink.finish()
+        return sink.finish()
+
+    async def replace(request: Request) -> Response:
+        store.check_owner_early(request.path_params["ref"], bearer(request))
+        data, sha256 = await receive_model(request)
+        entry = await asyncio.to_thread(store.replace, request.path_params["ref"], bearer(request), data, sha256)
+        return JSONResponse(entry.info())
+
+    async def upload(request: Request) -> Response:
+        store.check_upload_token(bearer(request))
+        data, sha256 = await receive_model(request)
         hints = parse_hints(
             request.headers.get("blindai-input-shape"),
             request.headers.get("blindai-input-datatype"),
@@ -182,9 +196,7 @@ def attested_app(state: ServerState) -> Starlette:
         return JSONResponse(store.get(request.path_params["ref"]).info())
 
     async def delete_model(request: Request) -> Response:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        entry = store.delete(request.path_params["ref"], token or None)
+        entry = await asyncio.to_thread(store.delete, request.path_params["ref"], bearer(request))
         return JSONResponse({"deleted": entry.model_id})
 
     async def live(_request: Request) -> Response:
@@ -246,6 +258,7 @@ def attested_app(state: ServerState) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{ref}", get_model, methods=["GET"]),
         Route("/v1/models/{ref}", delete_model, methods=["DELETE"]),
+        Route("/v1/models/{ref}", replace, methods=["PUT"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),

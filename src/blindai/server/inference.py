@@ -24,7 +24,7 @@ import onnxruntime as ort
 from ..errors import InvalidInputError, ServerError
 from ..protocol.tensors import DATATYPES
 
-__all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "ort_datatype"]
+__all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "limit_inference_memory", "ort_datatype"]
 
 log = logging.getLogger("blindai.inference")
 
@@ -67,11 +67,33 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, ort_datatype(arg.type), shape)
 
 
+_MEMORY_LIMIT: int | None = None
+
+
+def limit_inference_memory(max_bytes: int) -> None:
+    """Give every session one shared CPU arena bounded at ``max_bytes``.
+
+    A model whose allocations follow its input (ConstantOfShape, Expand, Tile, ...) then
+    fails that one request with an error instead of exhausting the TEE's memory. Weights
+    and activations of all models count against the same budget. Once per process.
+    """
+    global _MEMORY_LIMIT
+    if _MEMORY_LIMIT is not None:
+        return
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg({"max_mem": max_bytes, "arena_extend_strategy": 1}))
+    _MEMORY_LIMIT = max_bytes
+    # onnxruntime's own error lines can quote sizes derived from inputs: keep them out of the logs.
+    ort.set_default_logger_severity(4)
+
+
 class LoadedModel:
     """One onnxruntime session and the declared signature of its model."""
 
     def __init__(self, model_bytes: bytes, *, intra_op_threads: int = 0) -> None:
         opts = ort.SessionOptions()
+        if _MEMORY_LIMIT is not None:
+            opts.add_session_config_entry("session.use_env_allocators", "1")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -197,6 +219,10 @@ class InferenceEngine:
         except Exception as exc:
             if options.terminate:
                 raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
+            if "Available memory of" in str(exc) or isinstance(exc, MemoryError):
+                raise ServerError(
+                    f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
+                ) from exc
             raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
         finally:
             timer.cancel()

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..protocol.tensors import DATATYPES, check_shape
 from .inference import LoadedModel, TensorSpec
+from .sealing import SealedDirectory
 
 __all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "UploadSink", "vet_model"]
 
@@ -184,12 +185,61 @@ def parse_hints(shape: str | None, input_datatype: str | None, output_datatype: 
 
 
 class ModelStore:
-    """Models held in TEE memory; thread-safe."""
+    """Models held in TEE memory, optionally sealed to disk; thread-safe.
 
-    def __init__(self, limits: StoreLimits | None = None) -> None:
+    A model is acknowledged (its upload answered) only once it is durable: vetted,
+    loaded by onnxruntime and, with a sealed directory, fsynced and listed.
+    """
+
+    def __init__(
+        self,
+        limits: StoreLimits | None = None,
+        *,
+        sealed: SealedDirectory | None = None,
+        upload_token_hashes: frozenset[str] | None = None,
+    ) -> None:
         self.limits = limits or StoreLimits()
+        self.sealed = sealed
+        self.upload_token_hashes = upload_token_hashes
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one sealed write at a time keeps the manifest simple
+
+    def load_sealed(self) -> int:
+        """At start: every sealed model that unseals and passes vetting again; the rest is logged."""
+        if self.sealed is None:
+            return 0
+        loaded = 0
+        for model_id, meta, data in self.sealed.load(log):
+            try:
+                vet_model(data, self.limits.allowed_domains)
+                entry = ModelEntry(
+                    model_id=model_id,
+                    name=str(meta["name"]),
+                    sha256=str(meta["sha256"]),
+                    size=len(data),
+                    created_at=str(meta["created_at"]),
+                    owner_token_hash=str(meta["owner_token_hash"]),
+                    model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
+                    hints=dict(meta.get("hints") or {}),
+                )
+            except (ServerError, KeyError, TypeError) as exc:
+                log.error("sealed model %s skipped: %s", model_id, exc)
+                continue
+            with self._lock:
+                self._models[model_id] = entry
+            loaded += 1
+        log.info("loaded %d sealed model(s) from %s", loaded, self.sealed.folder)
+        return loaded
+
+    def check_upload_token(self, token: str | None) -> None:
+        if self.upload_token_hashes is None:
+            return
+        if token is None:
+            raise PermissionDeniedError("this server requires an upload token (Authorization: Bearer ...)", status=401)
+        h = hash_token(token)
+        if not any(hmac.compare_digest(h, allowed) for allowed in self.upload_token_hashes):
+            raise PermissionDeniedError("this upload token is not accepted", status=403)
 
     def sink(self, declared_length: int | None) -> UploadSink:
         return UploadSink(self.limits.max_model_bytes, declared_length)
@@ -204,7 +254,7 @@ class ModelStore:
             self._check_room(len(data))
         vet_model(data, self.limits.allowed_domains)
         loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(32)  # 256 bits
         entry = ModelEntry(
             model_id=uuid.uuid4().hex,
             name=name or "model",
@@ -215,11 +265,55 @@ class ModelStore:
             model=loaded,
             hints=hints or {},
         )
-        with self._lock:
-            self._check_room(len(data))
-            self._models[entry.model_id] = entry
+        with self._write_lock:
+            with self._lock:
+                self._check_room(len(data))
+            self._persist(entry, data)
+            with self._lock:
+                self._models[entry.model_id] = entry
         log.info("model %s (%s, %d bytes, sha256 %s) loaded", entry.model_id, entry.name, entry.size, sha256)
         return entry, token
+
+    def _persist(self, entry: ModelEntry, data: bytes) -> None:
+        if self.sealed is None:
+            return
+        meta = {
+            "name": entry.name,
+            "sha256": entry.sha256,
+            "created_at": entry.created_at,
+            "owner_token_hash": entry.owner_token_hash,
+            "hints": entry.hints,
+        }
+        try:
+            self.sealed.save(entry.model_id, meta, data)
+        except OSError as exc:
+            log.error("sealing model %s failed: %s", entry.model_id, exc.strerror or type(exc).__name__)
+            raise ServerError(
+                "the model could not be stored (disk full or unwritable); it was not added", status=507
+            ) from exc
+
+    def replace(self, ref: str, token: str | None, data: bytes, sha256: str) -> ModelEntry:
+        """New content under the same id, for the owner only; the old version stays until the new one is durable."""
+        old = self.get(ref)
+        self._check_owner(old, token, "replacing")
+        vet_model(data, self.limits.allowed_domains)
+        loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
+        entry = ModelEntry(
+            model_id=old.model_id,
+            name=old.name,
+            sha256=sha256,
+            size=len(data),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+            owner_token_hash=old.owner_token_hash,
+            model=loaded,
+            hints=old.hints,
+        )
+        with self._write_lock:
+            self._persist(entry, data)
+            with self._lock:
+                self._models[entry.model_id] = entry
+        log.info("model %s replaced (%d bytes, sha256 %s)", entry.model_id, entry.size, sha256)
+        return entry
 
     def _check_room(self, size: int) -> None:
         if len(self._models) >= self.limits.max_models:
@@ -251,15 +345,29 @@ class ModelStore:
         with self._lock:
             return sorted(self._models.values(), key=lambda m: m.created_at)
 
-    def delete(self, ref: str, token: str | None) -> ModelEntry:
-        entry = self.get(ref)
+    def check_owner_early(self, ref: str, token: str | None) -> None:
+        """Before receiving a replacement body: refuse strangers without reading their bytes."""
+        self._check_owner(self.get(ref), token, "replacing")
+
+    @staticmethod
+    def _check_owner(entry: ModelEntry, token: str | None, action: str) -> None:
         if token is None:
             raise PermissionDeniedError(
-                "deleting a model needs its owner token (Authorization: Bearer ...)", status=401
+                f"{action} a model needs its owner token (Authorization: Bearer ...)", status=401
             )
         if not hmac.compare_digest(hash_token(token), entry.owner_token_hash):
             raise PermissionDeniedError("wrong owner token for this model", status=403)
-        with self._lock:
-            self._models.pop(entry.model_id, None)
+
+    def delete(self, ref: str, token: str | None) -> ModelEntry:
+        entry = self.get(ref)
+        self._check_owner(entry, token, "deleting")
+        with self._write_lock:
+            if self.sealed is not None:
+                try:
+                    self.sealed.delete(entry.model_id)
+                except OSError as exc:
+                    raise ServerError("the model could not be deleted from the store; it is kept", status=507) from exc
+            with self._lock:
+                self._models.pop(entry.model_id, None)
         log.info("model %s deleted", entry.model_id)
         return entry

@@ -25,8 +25,9 @@ import uvicorn
 from .._version import __version__
 from ..attestation.providers import EvidenceProvider, FileCollateral, NoTeeError, PccsCollateral, detect_provider
 from .app import ServerState, attested_app, unattested_app
-from .inference import InferenceEngine
-from .models import ModelStore, StoreLimits
+from .inference import InferenceEngine, limit_inference_memory
+from .models import ModelStore, StoreLimits, hash_token
+from .sealing import NoSealingKeyError, SealedDirectory, sealing_key_for
 from .tls import make_identity
 
 __all__ = ["ServerConfig", "run_server", "serve"]
@@ -63,6 +64,10 @@ class ServerConfig:
     tsm_dir: Path | None = None
     pccs_url: str | None = None
     collateral_file: Path | None = None
+    model_store: Path | None = None
+    sealing_key_file: Path | None = None
+    upload_tokens_file: Path | None = None
+    max_inference_memory: int | None = None
 
 
 class _Server(uvicorn.Server):
@@ -96,12 +101,44 @@ def make_provider(config: ServerConfig) -> EvidenceProvider:
     return detect_provider(config.tee, **kwargs)
 
 
-async def serve(config: ServerConfig, provider: EvidenceProvider) -> None:
+def default_inference_memory() -> int:
+    """Half of the machine's (or TEE's) memory, shared by every model's weights and activations."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def load_upload_tokens(path: Path) -> frozenset[str]:
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    tokens = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not tokens:
+        raise ValueError(f"{path} holds no upload token")
+    return frozenset(hash_token(t) for t in tokens)
+
+
+def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
+    sealed = None
+    if config.model_store is not None:
+        config.model_store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = sealing_key_for(provider.tee, provider.sealing_key(), config.model_store, config.sealing_key_file)
+        if provider.tee == "simulation":
+            log.warning(
+                "model store %s is sealed with %s: the host can read these models", config.model_store, key.source
+            )
+        sealed = SealedDirectory(config.model_store, key)
+    tokens = load_upload_tokens(config.upload_tokens_file) if config.upload_tokens_file else None
+    store = ModelStore(config.limits, sealed=sealed, upload_token_hashes=tokens)
+    store.load_sealed()
+    return store
+
+
+async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelStore) -> None:
     identity = make_identity(config.tls_names)
     state = ServerState(
         provider=provider,
         identity=identity,
-        store=ModelStore(config.limits),
+        store=store,
         engine=InferenceEngine(
             workers=config.inference_workers,
             timeout_s=config.inference_timeout_s,
@@ -180,10 +217,16 @@ def run_server(config: ServerConfig) -> int:
         return 2
     if provider.tee == "simulation":
         log.warning(SIMULATION_BANNER)
+    limit_inference_memory(config.max_inference_memory or default_inference_memory())
+    try:
+        store = make_store(config, provider)
+    except (NoSealingKeyError, ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config, provider))
+        asyncio.run(serve(config, provider, store))
     else:
-        uvloop.run(serve(config, provider))
+        uvloop.run(serve(config, provider, store))
     return 0
