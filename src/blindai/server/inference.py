@@ -194,6 +194,10 @@ def _providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+# How onnxruntime says an allocation was refused (arena limit, size overflow, allocator failure).
+_OUT_OF_MEMORY = ("Available memory of", "size overflowed", "bad_alloc", "Failed to allocate")
+
+
 class InferenceEngine:
     """Runs models off the event loop, bounded in concurrency, time and output size."""
 
@@ -219,7 +223,7 @@ class InferenceEngine:
         except Exception as exc:
             if options.terminate:
                 raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
-            if "Available memory of" in str(exc) or isinstance(exc, MemoryError):
+            if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
                 raise ServerError(
                     f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
                 ) from exc
