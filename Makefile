@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The official BlindAI 0.6.3 client, for wire-compatibility tests: its own virtualenv, --no-deps plus
+# the imports its client module needs; torch and numpy are borrowed from .venv through a .pth path.
+VENV06 := .venv06
+STAMP06 := $(VENV06)/.installed
 
 .PHONY: demo test lint bench install clean
 
@@ -14,12 +18,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[server,examples,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(STAMP06): $(STAMP) Makefile
+	test -x $(VENV06)/bin/python || $(PYTHON) -m venv $(VENV06)
+	$(VENV06)/bin/python -m pip install -q --no-deps blindai==0.6.3 "numpy>=1.23.5,<1.24" requests==2.31.0 "urllib3<2" idna certifi \
+		charset-normalizer toml "importlib-metadata>=6,<7" "zipp<3.20" typing-extensions sgx-dcap-quote-verify-python==0.0.3
+	$(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))" > \
+		"$$($(VENV06)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/zz-main-venv.pth"
+	touch $(STAMP06)
+
+install: $(STAMP) $(STAMP06)
 
 demo: $(STAMP)
 	$(VENV)/bin/blindai demo
 
-test: $(STAMP)
+test: $(STAMP) $(STAMP06)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

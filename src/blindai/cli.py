@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sealing_key_file=Path(args.sealing_key_file) if args.sealing_key_file else None,
         upload_tokens_file=Path(args.upload_tokens) if args.upload_tokens else None,
         max_inference_memory=args.max_inference_memory,
+        v06_routes=not args.no_v06_routes,
     )
     return run_server(config)
 
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget shared by all models (default: half of the machine's)",
     )
     p.add_argument("--model-store", help="seal models to this folder and load them at start")
+    p.add_argument("--no-v06-routes", action="store_true", help="turn off the BlindAI 0.6 wire routes")
     p.add_argument(
         "--sealing-key-file", help="simulation only: the INSECURE key file (default DIR/.simulation-sealing-key)"
     )

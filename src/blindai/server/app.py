@@ -62,6 +62,7 @@ class ServerState:
     store: ModelStore
     engine: InferenceEngine
     max_request_bytes: int = 256 << 20
+    v06: bool = True
     limiter: NonceRateLimiter = field(default_factory=NonceRateLimiter)
     _empty_nonce: Evidence | None = None
 
@@ -148,10 +149,18 @@ def unattested_app(state: ServerState) -> Starlette:
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "tee": state.provider.tee, "version": __version__})
 
-    return Starlette(
-        routes=[Route("/attestation", attestation), Route("/health", health)],
-        exception_handlers=_HANDLERS,
-    )
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from . import compat_v06
+
+    routes = [Route("/attestation", attestation), Route("/health", health)]
+    if state.v06:
+        routes += compat_v06.unattested_routes(
+            state.identity.certificate.public_bytes(Encoding.DER),
+            state.provider.tee == "simulation",
+            lambda: state.evidence(b""),
+        )
+    return Starlette(routes=routes, exception_handlers=_HANDLERS)
 
 
 # ------------------------------------------------------------------ attested port
@@ -268,4 +277,11 @@ def attested_app(state: ServerState) -> Starlette:
         Route("/v2/models/{ref}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{ref}/versions/{version}/infer", infer, methods=["POST"]),
     ]
+    if state.v06:
+        from . import compat_v06
+
+        async def read(req: Request, limit: int | None = None) -> bytes:
+            return await _read_body(req, limit or state.max_request_bytes)
+
+        routes += compat_v06.attested_routes(store, engine.infer, read)
     return Starlette(routes=routes, exception_handlers=_HANDLERS)

@@ -349,6 +349,16 @@ class ModelStore:
         """Before receiving a replacement body: refuse strangers without reading their bytes."""
         self._check_owner(self.get(ref), token, "replacing")
 
+    def delete_unprotected(self, model_id: str) -> None:
+        """Only for models uploaded through the 0.6 protocol, which has no owner tokens."""
+        entry = self.get(model_id)
+        with self._write_lock:
+            if self.sealed is not None:
+                self.sealed.delete(entry.model_id)
+            with self._lock:
+                self._models.pop(entry.model_id, None)
+        log.info("model %s deleted (0.6 protocol)", entry.model_id)
+
     @staticmethod
     def _check_owner(entry: ModelEntry, token: str | None, action: str) -> None:
         if token is None:

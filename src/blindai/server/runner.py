@@ -68,6 +68,7 @@ class ServerConfig:
     sealing_key_file: Path | None = None
     upload_tokens_file: Path | None = None
     max_inference_memory: int | None = None
+    v06_routes: bool = True
 
 
 class _Server(uvicorn.Server):
@@ -145,6 +146,7 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             max_output_bytes=config.max_output_bytes,
         ),
         max_request_bytes=config.max_request_bytes,
+        v06=config.v06_routes,
     )
     attested_sock = _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
@@ -154,6 +156,7 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
         "access_log": False,
         "timeout_keep_alive": 30,
         "timeout_graceful_shutdown": 10,
+        "server_header": False,
     }
     attested = _Server(
         uvicorn.Config(attested_app(state), ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
