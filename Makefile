@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 VENV06 := .venv06
 STAMP06 := $(VENV06)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench docs install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

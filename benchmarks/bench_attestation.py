@@ -21,20 +21,35 @@ def run(repeat: int = 200) -> list[tuple[Stats, str]]:
         print(f"skipping attestation benchmarks: no vectors at {VECTORS}")
         return []
     out = []
-    for name, when in (("sgx/phala_sgx_quote.bin", "2025-07-01T00:00:00+00:00"),
-                       ("tdx/phala_tdx_quote.bin", "2025-07-01T00:00:00+00:00")):
+    for name, when in (
+        ("sgx/phala_sgx_quote.bin", "2025-07-01T00:00:00+00:00"),
+        ("tdx/phala_tdx_quote.bin", "2025-07-01T00:00:00+00:00"),
+    ):
         quote = (VECTORS / name).read_bytes()
         col = json.loads((VECTORS / name.replace(".bin", ".collateral.json")).read_text())
         tee = hardware.detect_tee(quote)
         opts = TrustOptions(now=dt.datetime.fromisoformat(when))
-        out.append((Stats(f"verify {tee} quote + collateral (parse, dcap-qvl, claims)",
-                          timeit(lambda q=quote, c=col, t=tee, o=opts: verify_evidence(t, q, c, o), repeat)),
-                    "< 10 ms"))
+        out.append(
+            (
+                Stats(
+                    f"verify {tee} quote + collateral (parse, dcap-qvl, claims)",
+                    timeit(lambda q=quote, c=col, t=tee, o=opts: verify_evidence(t, q, c, o), repeat),
+                ),
+                "< 10 ms",
+            )
+        )
     snp = VECTORS / "sev-snp"
     report = (snp / "virtee_milan_report.bin").read_bytes()
     certs = ((snp / "virtee_milan_vcek.der").read_bytes(), (snp / "virtee_cert_chain_milan.pem").read_bytes())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out.append((Stats("verify sev-snp report + VCEK/ASK/ARK chain",
-                          timeit(lambda: hardware.verify_snp(report, None, TrustOptions(), certs), repeat)), "-"))
+        out.append(
+            (
+                Stats(
+                    "verify sev-snp report + VCEK/ASK/ARK chain",
+                    timeit(lambda: hardware.verify_snp(report, None, TrustOptions(), certs), repeat),
+                ),
+                "-",
+            )
+        )
     return out

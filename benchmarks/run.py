@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_attestation  # noqa: E402
-from common import git_rev, machine  # noqa: E402
+import bench_attestation
+from common import git_rev, machine
 
-from blindai import __version__  # noqa: E402
+from blindai import __version__
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

@@ -139,7 +139,8 @@ def test_cli_flow(tmp_path: Path) -> None:
         assert claims["tee"] == "simulation" and len(claims["report_data"]) == 128
         assert "[simulation]" in (tmp_path / "p.toml").read_text()
 
-        up = blindai_cli("upload", *common, str(model), env=env)
+        up = blindai_cli("upload", *common, str(model), "--progress", env=env)
+        assert "upload" in up.stderr and "100%" in up.stderr  # the progress bar
         assert up.returncode == 0, up.stderr
         model_id = json.loads(up.stdout)["model_id"]
         token_file = tmp_path / "config" / "blindai" / "owner-tokens.json"
