@@ -50,12 +50,20 @@ def policy(mrenclave: bytes = MRENCLAVE, extra: str = "") -> str:
     return f'[sgx]\nmrenclave = ["{mrenclave.hex()}"]\nmrsigner = "{MRSIGNER.hex()}"\n{extra}'
 
 
-def start_world(tmp: Path, *, debug: bool = False, bind: bool = True, revoke: bool = False) -> SgxWorld:
-    pki = FakeIntelPki(NOW)
+def start_world(
+    tmp: Path,
+    *,
+    debug: bool = False,
+    bind: bool = True,
+    revoke: bool = False,
+    pki: FakeIntelPki | None = None,
+    mrenclave: bytes = MRENCLAVE,
+) -> SgxWorld:
+    pki = pki or FakeIntelPki(NOW)
 
     def make_quote(user_report_data: bytes) -> bytes:
         rd = user_report_data if bind else bytes(64)
-        return pki.sgx_quote(mrenclave=MRENCLAVE, mrsigner=MRSIGNER, report_data=rd, debug=debug)
+        return pki.sgx_quote(mrenclave=mrenclave, mrsigner=MRSIGNER, report_data=rd, debug=debug)
 
     gramine = FakeGramine(tmp / "dev-attestation", make_quote)
     collateral = tmp / "collateral.json"

@@ -7,7 +7,17 @@ any model or data. See ``blindai.connect``.
 
 from ._version import __version__
 from .attestation import Policy, VerifiedAttestation, load_policy
-from .client import BlindAiClient, Connection, ModelDatumType, ModelInfo, RunResult, connect
+from .client import (
+    BlindAiClient,
+    Connection,
+    Endpoint,
+    ModelDatumType,
+    ModelInfo,
+    ReplicaSet,
+    RunResult,
+    connect,
+    connect_replicas,
+)
 from .errors import (
     AttestationError,
     BindingError,
@@ -33,6 +43,7 @@ __all__ = [
     "BlindAiClient",
     "CollateralError",
     "Connection",
+    "Endpoint",
     "EvidenceParseError",
     "InvalidInputError",
     "ModelDatumType",
@@ -42,6 +53,7 @@ __all__ = [
     "PermissionDeniedError",
     "Policy",
     "PolicyError",
+    "ReplicaSet",
     "RunResult",
     "ServerError",
     "SignatureError",
@@ -51,5 +63,6 @@ __all__ = [
     "VerifiedAttestation",
     "__version__",
     "connect",
+    "connect_replicas",
     "load_policy",
 ]

@@ -1,11 +1,14 @@
 """Client SDK: :func:`connect` and the seed-compatible :class:`BlindAiClient`."""
 
+from .cluster import Endpoint, ReplicaSet, connect_replicas
 from .connection import Connection, ModelInfo, RunResult, TensorInfo, connect
 from .seed import BlindAiClient, ModelDatumType, RunModelResponse, UploadModelResponse
 
 __all__ = [
     "BlindAiClient",
     "Connection",
+    "Endpoint",
+    "ReplicaSet",
     "ModelDatumType",
     "ModelInfo",
     "RunModelResponse",
@@ -13,4 +16,5 @@ __all__ = [
     "TensorInfo",
     "UploadModelResponse",
     "connect",
+    "connect_replicas",
 ]
