@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 VENV06 := .venv06
 STAMP06 := $(VENV06)/.installed
 
-.PHONY: demo test lint bench docs install clean
+.PHONY: demo test lint bench docs install clean fuzz fuzz-short soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,22 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+FUZZ_TARGETS := dcap_quote snp_report detect simulation oip_request oip_json v06_cbor sealed_file ratls_cert
+FUZZ_SECONDS ?= 300
+
+# Long fuzzing: FUZZ_SECONDS per target (default 5 minutes), corpora kept in fuzz/corpus/.
+fuzz: $(STAMP)
+	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t; \
+		$(PY) fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/$$t || exit 1; done
+
+# Bounded form (about 30 s in all), also run by the test suite.
+fuzz-short: $(STAMP)
+	$(MAKE) fuzz FUZZ_SECONDS=3
+
+# Load and soak: N clients for M minutes; writes docs/reliability.md.
+soak: $(STAMP)
+	$(PY) benchmarks/load.py --clients 16 --minutes 10
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict -d site

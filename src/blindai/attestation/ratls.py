@@ -87,7 +87,18 @@ class RaTlsEvidence:
 
 def extract(cert_der: bytes) -> RaTlsEvidence:
     """Read the SubjectPublicKeyInfo and the extensions of a certificate (DER)."""
-    _, cs, ce = _read(cert_der, 0)
+    try:
+        return _extract(cert_der)
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, EvidenceParseError):
+            raise
+        raise EvidenceParseError(f"certificate DER is malformed ({type(exc).__name__})", check="parse") from exc
+
+
+def _extract(cert_der: bytes) -> RaTlsEvidence:
+    tag, cs, ce = _read(cert_der, 0)
+    if tag != 0x30:
+        raise EvidenceParseError("not a DER certificate", check="parse")
     _, _, tbs_vs, tbs_ve = _children(cert_der, cs, ce)[0]
     fields = _children(cert_der, tbs_vs, tbs_ve)
     offset = 1 if fields and fields[0][0] == 0xA0 else 0  # explicit [0] version
@@ -125,14 +136,17 @@ def check_ratls_binding(cert: bytes, kind: str | None = None) -> DcapQuote:
     """
     import cbor2
 
-    der = _pem_to_der(cert) if cert.lstrip().startswith(b"-----BEGIN") else cert
+    try:
+        der = _pem_to_der(cert) if cert.lstrip().startswith(b"-----BEGIN") else cert
+    except ValueError as exc:
+        raise EvidenceParseError("certificate PEM is not base64", check="parse") from exc
     ev = extract(der)
     spki_hash = hashlib.sha256(ev.spki_der).digest()
     kind = kind or ev.kind
     if kind == "dice" and OID_DICE_TAGGED_EVIDENCE in ev.extensions:
         try:
             tagged = cbor2.loads(ev.extensions[OID_DICE_TAGGED_EVIDENCE])
-        except (cbor2.CBORDecodeError, ValueError) as exc:
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise EvidenceParseError("DICE tagged evidence is not CBOR", check="parse") from exc
         if not isinstance(tagged, cbor2.CBORTag) or tagged.tag != CBOR_TAG_DICE:
             raise EvidenceParseError("DICE evidence is not CBOR tag 60000", check="parse")
@@ -140,10 +154,16 @@ def check_ratls_binding(cert: bytes, kind: str | None = None) -> DcapQuote:
         if not isinstance(value, list | tuple) or len(value) != 2 or not all(isinstance(x, bytes) for x in value):
             raise EvidenceParseError("DICE evidence must be [quote, claims] byte strings", check="parse")
         raw_quote, claims_bytes = value
-        claims = cbor2.loads(claims_bytes)
+        try:
+            claims = cbor2.loads(claims_bytes)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+            raise EvidenceParseError("DICE claims are not CBOR", check="parse") from exc
         pk = claims.get("pubkey-hash") if isinstance(claims, dict) else None
         if isinstance(pk, bytes):  # producers wrap the [alg, hash] array in a CBOR byte string
-            pk = cbor2.loads(pk)
+            try:
+                pk = cbor2.loads(pk)
+            except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+                raise EvidenceParseError("pubkey-hash is not CBOR", check="parse") from exc
         if not (isinstance(pk, list) and len(pk) == 2 and pk[0] == HASH_ALG_SHA256 and isinstance(pk[1], bytes)):
             raise EvidenceParseError("claims lack a sha-256 pubkey-hash", check="parse")
         if not hmac.compare_digest(pk[1], spki_hash):

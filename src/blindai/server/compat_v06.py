@@ -98,21 +98,7 @@ def attested_routes(store: ModelStore, infer: Callable[..., Any], read_body: Cal
         store.check_upload_token(None)
         # A CBOR list of byte values takes up to 2 bytes per model byte.
         msg = _load(await read_body(request, store.limits.max_model_bytes * 2 + (1 << 20)))
-        raw = msg.get("model")
-        if isinstance(raw, list):
-            if len(raw) > store.limits.max_model_bytes:
-                raise InvalidInputError(f"model exceeds the limit of {store.limits.max_model_bytes} bytes", status=413)
-            try:
-                data = bytes(raw)
-            except (TypeError, ValueError):
-                raise InvalidInputError("'model' must be a list of byte values", status=400) from None
-        elif isinstance(raw, bytes):
-            data = raw
-        else:
-            raise InvalidInputError("'model' must be the model's bytes", status=400)
-        length = msg.get("length")
-        if length is not None and length != len(data):
-            raise InvalidInputError(f"'length' says {length} bytes but the model has {len(data)}", status=400)
+        data = parse_upload(msg, store.limits.max_model_bytes)
         sink = store.sink(len(data))
         sink.feed(data)
         data, sha256 = sink.finish()
@@ -131,20 +117,7 @@ def attested_routes(store: ModelStore, infer: Callable[..., Any], read_body: Cal
             if not matches:
                 raise ModelNotFoundError("no model with that hash", status=404)
             entry = matches[-1]
-        inputs = msg.get("inputs")
-        if not isinstance(inputs, list) or not inputs:
-            raise InvalidInputError("'inputs' must be a non-empty list of tensors", status=400)
-        names = [s.name for s in entry.inputs]
-        feed: dict[str, Any] = {}
-        for i, t in enumerate(inputs):
-            try:
-                info, blob = t["info"], t["bytes_data"]
-                datatype = DATUM_TYPES[int(info["datum_type"])]
-                shape = check_shape(list(info["fact"]), f"input {i}")
-                name = info.get("node_name") or (names[i] if i < len(names) else f"input {i}")
-                feed[str(name)] = decode_binary(datatype, shape, blob, str(name))
-            except (KeyError, TypeError, IndexError, ValueError) as exc:
-                raise InvalidInputError(f"input {i} is not a 0.6 tensor: {exc}", status=400) from None
+        feed = parse_run_inputs(msg, [s.name for s in entry.inputs])
         outputs = await infer(entry.model, feed, None)
         out = []
         for name, arr in outputs.items():
@@ -174,6 +147,52 @@ def attested_routes(store: ModelStore, infer: Callable[..., Any], read_body: Cal
         Route("/run", run, methods=["POST"]),
         Route("/delete", delete, methods=["POST"]),
     ]
+
+
+def load_message(body: bytes) -> dict[str, Any]:
+    """A 0.6 message: a CBOR map, depth-limited; anything else is a 400."""
+    return _load(body)
+
+
+def parse_upload(msg: dict[str, Any], max_bytes: int) -> bytes:
+    raw = msg.get("model")
+    if isinstance(raw, list):
+        if len(raw) > max_bytes:
+            raise InvalidInputError(f"model exceeds the limit of {max_bytes} bytes", status=413)
+        try:
+            data = bytes(raw)
+        except (TypeError, ValueError):
+            raise InvalidInputError("'model' must be a list of byte values", status=400) from None
+    elif isinstance(raw, bytes):
+        data = raw
+    else:
+        raise InvalidInputError("'model' must be the model's bytes", status=400)
+    length = msg.get("length")
+    if length is not None and length != len(data):
+        raise InvalidInputError(f"'length' says {length} bytes but the model has {len(data)}", status=400)
+    return data
+
+
+def parse_run_inputs(msg: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """0.6 tensors -> named arrays; inputs without node_name take the model's input order."""
+    inputs = msg.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInputError("'inputs' must be a non-empty list of tensors", status=400)
+    feed: dict[str, Any] = {}
+    for i, t in enumerate(inputs):
+        try:
+            info, blob = t["info"], t["bytes_data"]
+            code = info["datum_type"]
+            if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < len(DATUM_TYPES):
+                raise ValueError(f"unknown datum_type {code!r}")
+            if not isinstance(blob, bytes):
+                raise TypeError("bytes_data must be a byte string")
+            shape = check_shape(list(info["fact"]), f"input {i}")
+            name = info.get("node_name") or (names[i] if i < len(names) else f"input {i}")
+            feed[str(name)] = decode_binary(DATUM_TYPES[code], shape, blob, str(name))
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+            raise InvalidInputError(f"input {i} is not a 0.6 tensor: {exc}", status=400) from None
+    return feed
 
 
 def _datum_type(dtype: np.dtype[Any]) -> int:

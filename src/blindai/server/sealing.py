@@ -247,7 +247,18 @@ class SealedDirectory:
             self._live[model_id] = str(meta.get("sha256"))
         if listed is not None and set(listed) - set(self._live):
             log.error("models listed but missing or unreadable: %s", sorted(set(listed) - set(self._live)))
-        self._write_manifest()
+        try:
+            self._write_manifest()
+        except OSError as exc:
+            # A manifest that cannot be replaced (e.g. something else sits at its path) is moved
+            # aside once; if the store stays unwritable, the server still serves what it loaded.
+            broken = manifest.with_name(f"{self.MANIFEST}.broken-{secrets.token_hex(4)}")
+            log.error("cannot write the manifest (%s); moving %s aside to %s", exc.strerror, manifest.name, broken.name)
+            try:
+                manifest.rename(broken)
+                self._write_manifest()
+            except OSError as again:
+                log.error("the model store is not writable (%s): new uploads will be refused", again.strerror)
         return out
 
     def save(self, model_id: str, meta: dict[str, Any], data: bytes) -> None:

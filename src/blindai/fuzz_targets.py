@@ -1,0 +1,129 @@
+"""Parser entry points for fuzzing (hypothesis in the tests, atheris in ``make fuzz``).
+
+Each target feeds untrusted bytes to one parser and lets only the parser's own, declared
+error escape; anything else (IndexError, struct.error, RecursionError, ...) is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+from .errors import BlindAIError
+
+__all__ = ["TARGETS"]
+
+
+def _dcap_quote(data: bytes) -> None:
+    from .attestation import sgx_tdx
+
+    try:
+        q = sgx_tdx.parse_quote(data)
+        sgx_tdx.parse_signature_data(q)
+    except BlindAIError:
+        pass
+
+
+def _snp_report(data: bytes) -> None:
+    from .attestation import sev_snp
+
+    try:
+        sev_snp.parse_report(data)
+        sev_snp.parse_cert_table(data)
+    except BlindAIError:
+        pass
+
+
+def _detect(data: bytes) -> None:
+    from .attestation import hardware
+
+    try:
+        hardware.detect_tee(data)
+    except BlindAIError:
+        pass
+
+
+def _simulation(data: bytes) -> None:
+    from .attestation import simulation
+
+    try:
+        simulation.verify(simulation.parse(data))
+    except BlindAIError:
+        pass
+
+
+def _oip_request(data: bytes) -> None:
+    from .protocol import TensorError, decode_request
+
+    split = data[0] if data else 0
+    try:
+        decode_request(data[1:], split if split < len(data) and split % 2 else None)
+    except TensorError:
+        pass
+
+
+def _oip_json(data: bytes) -> None:
+    """Well-formed JSON of any shape: the decoder must answer with TensorError only."""
+    from .protocol import TensorError, decode_request
+
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return
+    try:
+        decode_request(json.dumps({"inputs": obj} if not isinstance(obj, dict) else obj).encode(), None)
+    except (TensorError, RecursionError):
+        pass
+
+
+def _v06_cbor(data: bytes) -> None:
+    from .server import compat_v06
+
+    try:
+        msg = compat_v06.load_message(data)
+        compat_v06.parse_upload(msg, 1 << 20)
+    except BlindAIError:
+        pass
+    try:
+        msg = compat_v06.load_message(data)
+        compat_v06.parse_run_inputs(msg, ["x", "y"])
+    except BlindAIError:
+        pass
+
+
+_KEY = None
+
+
+def _sealed(data: bytes) -> None:
+    from .server import sealing
+
+    global _KEY
+    if _KEY is None:
+        _KEY = sealing.SealingKey(os.urandom(32), source="fuzz")
+    try:
+        sealing.unseal(_KEY, data)
+    except sealing.SealedFileError:
+        pass
+
+
+def _ratls(data: bytes) -> None:
+    from .attestation import ratls
+
+    try:
+        ratls.check_ratls_binding(data)
+    except BlindAIError:
+        pass
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "dcap_quote": _dcap_quote,
+    "snp_report": _snp_report,
+    "detect": _detect,
+    "simulation": _simulation,
+    "oip_request": _oip_request,
+    "oip_json": _oip_json,
+    "v06_cbor": _v06_cbor,
+    "sealed_file": _sealed,
+    "ratls_cert": _ratls,
+}
