@@ -72,8 +72,11 @@ def run_load(clients: int, seconds: float, seed: int = 0) -> dict[str, object]:
                         target = rng.choice([base.model_id, *mine])
                         conn.run_model(target, x)
                     elif op == "upload":
-                        mine.append(conn.upload_model(onnx_models.mlp(in_dim=64, hidden=256,
-                                                                      seed=rng.randrange(1 << 30))).model_id)
+                        mine.append(
+                            conn.upload_model(
+                                onnx_models.mlp(in_dim=64, hidden=256, seed=rng.randrange(1 << 30))
+                            ).model_id
+                        )
                     else:
                         conn.delete_model(mine.pop(rng.randrange(len(mine))))
                 except blindai.BlindAIError as exc:
@@ -105,8 +108,12 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def hostile_case_count() -> int:
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/hostile"],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/hostile"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return sum(1 for line in out.stdout.splitlines() if "::" in line)
 
 

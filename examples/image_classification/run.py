@@ -21,7 +21,7 @@ import torch
 import blindai
 from blindai.export import export_onnx
 from blindai.local import LocalServer
-from blindai.zoo import resnet_classifier
+from blindai.zoo import RESNET50, resnet_classifier
 
 
 def synthetic_image() -> np.ndarray:
@@ -41,9 +41,7 @@ def main() -> int:
     if args.small:
         model = resnet_classifier(depths=(1, 1), hidden_sizes=(16, 32), num_labels=10)
     else:
-        model = resnet_classifier(
-            depths=(3, 4, 6, 3), hidden_sizes=(256, 512, 1024, 2048), num_labels=1000, layer_type="bottleneck"
-        )
+        model = resnet_classifier(**RESNET50)  # type: ignore[arg-type]
     print(f"model: ResNet from a transformers config, {'small' if args.small else 'ResNet-50'}, RANDOM WEIGHTS")
     path = Path(tempfile.mkdtemp(prefix="blindai-resnet-")) / "resnet.onnx"
     export_onnx(

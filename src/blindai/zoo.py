@@ -18,6 +18,7 @@ __all__ = [
     "resnet_classifier",
     "export_wav2vec2",
     "wav2vec2_argmax",
+    "RESNET50",
     "wav2vec2_processor",
 ]
 
@@ -93,6 +94,10 @@ def export_wav2vec2(module: Any, path: Path, samples: int = 16000) -> bytes:
     )
 
 
+RESNET50 = {"depths": (3, 4, 6, 3), "hidden_sizes": (256, 512, 1024, 2048), "layer_type": "bottleneck",
+            "num_labels": 1000}
+
+
 def resnet_classifier(
     *,
     depths: tuple[int, ...] = (1, 1),
@@ -100,8 +105,9 @@ def resnet_classifier(
     num_labels: int = 10,
     layer_type: str = "basic",
     seed: int = 0,
+    embedding_size: int | None = None,
 ) -> Any:
-    """A ResNet image classifier from a transformers config (random weights); ResNet-50 with defaults of HF."""
+    """A ResNet image classifier from a transformers config (random weights); see RESNET50 for ResNet-50."""
     import torch
     from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -110,7 +116,7 @@ def resnet_classifier(
     cfg = ResNetConfig(
         depths=list(depths),
         hidden_sizes=list(hidden_sizes),
-        embedding_size=hidden_sizes[0],
+        embedding_size=embedding_size or (64 if layer_type == "bottleneck" else hidden_sizes[0]),
         num_labels=num_labels,
         layer_type=layer_type,
     )

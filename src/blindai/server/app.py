@@ -188,6 +188,7 @@ def attested_app(state: ServerState) -> Starlette:
     async def upload(request: Request) -> Response:
         store.check_upload_token(bearer(request))
         data, sha256 = await receive_model(request)
+        # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.
         hints = parse_hints(
             request.headers.get("blindai-input-shape"),
             request.headers.get("blindai-input-datatype"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import io
 import logging
 import secrets
 import threading
@@ -49,7 +50,12 @@ class StoreLimits:
 
 
 class UploadSink:
-    """Receives an upload's bytes once, hashing and counting as they arrive."""
+    """Receives an upload's bytes once, hashing and counting as they arrive.
+
+    The body is written into one buffer sized from Content-Length up front, and handed
+    over without a copy (``BytesIO.getvalue`` returns its own buffer when nothing else
+    holds it), so a model is held once, not twice, before vetting.
+    """
 
     def __init__(self, max_bytes: int, declared_length: int | None = None) -> None:
         if declared_length is not None and declared_length > max_bytes:
@@ -58,19 +64,26 @@ class UploadSink:
             )
         self.max_bytes = max_bytes
         self._hash = hashlib.sha256()
-        self._buf = bytearray()
+        self._buf = io.BytesIO()
+        self._size = 0
+        if declared_length:
+            self._buf.seek(declared_length - 1)
+            self._buf.write(b"\0")  # allocate once
+            self._buf.seek(0)
 
     def feed(self, chunk: bytes) -> None:
-        if len(self._buf) + len(chunk) > self.max_bytes:
+        if self._size + len(chunk) > self.max_bytes:
             raise InvalidInputError(f"model exceeds the limit of {self.max_bytes} bytes", status=413)
         self._hash.update(chunk)
-        self._buf += chunk
+        self._buf.write(chunk)
+        self._size += len(chunk)
 
     def finish(self) -> tuple[bytes, str]:
-        if not self._buf:
+        if not self._size:
             raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        self._buf.truncate(self._size)  # a body shorter than declared
+        data = self._buf.getvalue()
+        self._buf = io.BytesIO()
         return data, self._hash.hexdigest()
 
 
