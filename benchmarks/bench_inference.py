@@ -20,11 +20,12 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import blindai  # noqa: E402
-from blindai.demo import cache_dir, export_minilm  # noqa: E402
-from blindai.local import LocalServer  # noqa: E402
-from common import Stats, interleaved, timeit  # noqa: E402
-from tests import onnx_models  # noqa: E402
+from common import Stats, interleaved, timeit
+from tests import onnx_models
+
+import blindai
+from blindai.demo import cache_dir, export_minilm
+from blindai.local import LocalServer
 
 
 def session_options() -> ort.SessionOptions:
@@ -32,6 +33,7 @@ def session_options() -> ort.SessionOptions:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = 0
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.force_spinning_stop", "1")  # as the server does
     return so
 
 

@@ -25,10 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import blindai  # noqa: E402
-from blindai.local import LocalServer  # noqa: E402
-from common import machine  # noqa: E402
-from tests import onnx_models  # noqa: E402
+from common import machine
+from tests import onnx_models
+
+import blindai
+from blindai.local import LocalServer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
@@ -63,7 +64,7 @@ def run_load(clients: int, seconds: float, seed: int = 0) -> dict[str, object]:
             x = np.random.default_rng(i).standard_normal((8, 64)).astype(np.float32)
             while time.monotonic() < stop:
                 r = rng.random()
-                op = "run" if r < 0.9 or not mine and r < 0.95 else ("upload" if r < 0.95 else "delete")
+                op = "run" if r < 0.9 or (not mine and r < 0.95) else ("upload" if r < 0.95 else "delete")
                 if op == "delete" and not mine:
                     op = "upload"
                 t = time.perf_counter()

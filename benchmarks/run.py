@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_attestation  # noqa: E402
-import bench_inference as bi  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from common import git_rev, machine  # noqa: E402
+import bench_attestation
+import bench_inference as bi
+import onnxruntime as ort
+from common import git_rev, machine
 
-from blindai import __version__  # noqa: E402
-from blindai.local import LocalServer  # noqa: E402
+from blindai import __version__
+from blindai.local import LocalServer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
@@ -57,7 +57,8 @@ def main() -> int:
         out("## Latency (ms)")
         out()
         out(
-            "| model | raw median | raw p90 | secure median | secure p90 | spread raw / secure | ratio | added ms | target |"
+            "| model | raw median | raw p90 | secure median | secure p90 | spread raw / secure | ratio | added ms "
+            "| target |"
         )
         out("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         targets = {
@@ -72,7 +73,8 @@ def main() -> int:
             raw, sec = r["raw"], r["secure"]
             out(
                 f"| {r['model']} | {raw.median:.2f} | {raw.p90:.2f} | {sec.median:.2f} | {sec.p90:.2f} | "
-                f"{raw.spread:.2f} / {sec.spread:.2f} | {r['ratio']:.3f} | {r['delta_ms']:+.2f} | {text}: {ok(check(r))} |"
+                f"{raw.spread:.2f} / {sec.spread:.2f} | {r['ratio']:.3f} | {r['delta_ms']:+.2f} | "
+                f"{text}: {ok(check(r))} |"
             )
         out()
         out("## Throughput, all-MiniLM-L6-v2 seq 128 (requests/s)")
@@ -84,14 +86,16 @@ def main() -> int:
         out(f"| raw, best of 1 and 2 threads in-process | {tp['raw']:.1f} | 1.00 | |")
         for k in ("secure x4", "secure x16"):
             out(
-                f"| {k} concurrent SDK clients | {tp[k]:.1f} | {tp[k] / tp['raw']:.2f} | >= 0.9x: {ok(tp[k] / tp['raw'] >= 0.9)} |"
+                f"| {k} concurrent SDK clients | {tp[k]:.1f} | {tp[k] / tp['raw']:.2f} | "
+                f">= 0.9x: {ok(tp[k] / tp['raw'] >= 0.9)} |"
             )
         out()
         out("## Connect (evidence, verification, TLS handshake), simulation, loopback")
         out()
         c = bi.connect_time(srv, 20 if q else 50)
         out(
-            f"median {c.median:.1f} ms, p90 {c.p90:.1f} ms, spread {c.spread:.2f}; target <= 30 ms: {ok(c.median <= 30)}"
+            f"median {c.median:.1f} ms, p90 {c.p90:.1f} ms, spread {c.spread:.2f}; "
+            f"target <= 30 ms: {ok(c.median <= 30)}"
         )
         out()
         out("## Upload: BlindAI 0.6 CBOR wire format vs native, same server (MiniLM, 86 MiB)")
@@ -121,7 +125,8 @@ def main() -> int:
     m = bi.memory((), 2000 if q else 10000)
     out(f"- idle RSS {m['idle']:.0f} MB (target <= 150 MB: {ok(m['idle'] <= 150)})")
     out(
-        f"- RSS after 1,000 warm-up requests {m['warm']:.0f} MB, after {2000 if q else 10000:,} more {m['after']:.0f} MB: "
+        f"- RSS after 1,000 warm-up requests {m['warm']:.0f} MB, "
+        f"after {2000 if q else 10000:,} more {m['after']:.0f} MB: "
         f"growth {100 * m['growth']:.1f}% (target <= 5%: {ok(m['growth'] <= 0.05)})"
     )
     out()

@@ -25,9 +25,16 @@ with atheris.instrument_imports(include=["blindai"]):
     from blindai.fuzz_targets import TARGETS
 
 
-SEED_FOR = {"dcap_quote": ["sgx", "tdx"], "detect": ["sgx", "tdx", "snp", "sim"], "snp_report": ["snp"],
-            "simulation": ["sim"], "sealed_file": ["sealed"], "v06_cbor": ["v06"], "oip_request": ["oip"],
-            "oip_json": ["oip"]}
+SEED_FOR = {
+    "dcap_quote": ["sgx", "tdx"],
+    "detect": ["sgx", "tdx", "snp", "sim"],
+    "snp_report": ["snp"],
+    "simulation": ["sim"],
+    "sealed_file": ["sealed"],
+    "v06_cbor": ["v06"],
+    "oip_request": ["oip"],
+    "oip_json": ["oip"],
+}
 
 
 def seed_corpus(target: str, args: list[str]) -> None:

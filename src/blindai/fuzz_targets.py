@@ -6,6 +6,7 @@ error escape; anything else (IndexError, struct.error, RecursionError, ...) is a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -38,29 +39,23 @@ def _snp_report(data: bytes) -> None:
 def _detect(data: bytes) -> None:
     from .attestation import hardware
 
-    try:
+    with contextlib.suppress(BlindAIError):
         hardware.detect_tee(data)
-    except BlindAIError:
-        pass
 
 
 def _simulation(data: bytes) -> None:
     from .attestation import simulation
 
-    try:
+    with contextlib.suppress(BlindAIError):
         simulation.verify(simulation.parse(data))
-    except BlindAIError:
-        pass
 
 
 def _oip_request(data: bytes) -> None:
     from .protocol import TensorError, decode_request
 
     split = data[0] if data else 0
-    try:
+    with contextlib.suppress(TensorError):
         decode_request(data[1:], split if split < len(data) and split % 2 else None)
-    except TensorError:
-        pass
 
 
 def _oip_json(data: bytes) -> None:
@@ -71,10 +66,8 @@ def _oip_json(data: bytes) -> None:
         obj = json.loads(data)
     except (ValueError, RecursionError):
         return
-    try:
+    with contextlib.suppress(TensorError, RecursionError):
         decode_request(json.dumps({"inputs": obj} if not isinstance(obj, dict) else obj).encode(), None)
-    except (TensorError, RecursionError):
-        pass
 
 
 def _v06_cbor(data: bytes) -> None:
@@ -101,19 +94,15 @@ def _sealed(data: bytes) -> None:
     global _KEY
     if _KEY is None:
         _KEY = sealing.SealingKey(os.urandom(32), source="fuzz")
-    try:
+    with contextlib.suppress(sealing.SealedFileError):
         sealing.unseal(_KEY, data)
-    except sealing.SealedFileError:
-        pass
 
 
 def _ratls(data: bytes) -> None:
     from .attestation import ratls
 
-    try:
+    with contextlib.suppress(BlindAIError):
         ratls.check_ratls_binding(data)
-    except BlindAIError:
-        pass
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

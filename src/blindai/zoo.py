@@ -94,8 +94,12 @@ def export_wav2vec2(module: Any, path: Path, samples: int = 16000) -> bytes:
     )
 
 
-RESNET50 = {"depths": (3, 4, 6, 3), "hidden_sizes": (256, 512, 1024, 2048), "layer_type": "bottleneck",
-            "num_labels": 1000}
+RESNET50 = {
+    "depths": (3, 4, 6, 3),
+    "hidden_sizes": (256, 512, 1024, 2048),
+    "layer_type": "bottleneck",
+    "num_labels": 1000,
+}
 
 
 def resnet_classifier(

@@ -49,8 +49,9 @@ def test_kill_9_during_inference(tmp_path: Path) -> None:
     kept = conn.upload_model(onnx_models.mlp(seed=41))
     slow = conn.upload_model(slow_model(layers=6000))
     outcome: list[object] = []
-    t = threading.Thread(target=lambda: outcome.append(
-        _catch(lambda: conn.run_model(slow.model_id, np.ones((384, 384), np.float32)))))
+    t = threading.Thread(
+        target=lambda: outcome.append(_catch(lambda: conn.run_model(slow.model_id, np.ones((384, 384), np.float32))))
+    )
     t.start()
     time.sleep(0.3)
     srv.stop(signal.SIGKILL)
@@ -68,7 +69,7 @@ def test_kill_9_during_inference(tmp_path: Path) -> None:
 def _catch(fn: object) -> object:
     try:
         return fn()  # type: ignore[operator]
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+    except BaseException as exc:
         return exc
 
 
@@ -82,12 +83,12 @@ def test_kill_9_at_random_moments_of_upload_and_sealing(tmp_path: Path) -> None:
         conn = sim_connect(srv)
         results: list[object] = []
 
-        def upload(seed: int = round_) -> None:
+        def upload(conn: blindai.Connection, results: list[object], seed: int) -> None:
             for i in range(3):
-                r = _catch(lambda i=i: conn.upload_model(big if i % 2 else onnx_models.mlp(seed=100 + seed * 3 + i)))
-                results.append(r)
+                model = big if i % 2 else onnx_models.mlp(seed=100 + seed * 3 + i).SerializeToString()
+                results.append(_catch(lambda m=model: conn.upload_model(m)))
 
-        t = threading.Thread(target=upload)
+        t = threading.Thread(target=upload, args=(conn, results, round_))
         t.start()
         time.sleep(rng.uniform(0.0, 0.4))
         srv.stop(signal.SIGKILL)
@@ -102,9 +103,13 @@ def test_kill_9_at_random_moments_of_upload_and_sealing(tmp_path: Path) -> None:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True
-    ).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a size-limited tmpfs here (needs root); the full-disk fault is untested")
     try:
         yield mnt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -24,10 +25,8 @@ def test_non_tls_bytes_on_the_tls_port(server: LocalServer) -> None:
         with socket.create_connection(("127.0.0.1", server.attested_port), timeout=5) as s:
             s.sendall(junk)
             s.shutdown(socket.SHUT_WR)
-            try:
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
                 s.recv(4096)
-            except (ConnectionResetError, TimeoutError):
-                pass
     with sim_connect(server) as conn:
         assert conn.list_models() is not None
 
@@ -37,16 +36,21 @@ def test_tls_garbage_after_the_handshake(server: LocalServer) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cadata=conn.certificate_pem)
         ctx.check_hostname = False
-        for junk in (os.urandom(2048), b"POST /v1/models HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
-                     b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n"):
-            with socket.create_connection(("127.0.0.1", server.attested_port), timeout=5) as raw:
-                with ctx.wrap_socket(raw) as tls:
-                    tls.sendall(junk)
-                    try:
-                        answer = tls.recv(4096)
-                    except (ssl.SSLError, ConnectionResetError, TimeoutError):
-                        answer = b""
-                    assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+        for junk in (
+            os.urandom(2048),
+            b"POST /v1/models HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+            b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
+        ):
+            with (
+                socket.create_connection(("127.0.0.1", server.attested_port), timeout=5) as raw,
+                ctx.wrap_socket(raw) as tls,
+            ):
+                tls.sendall(junk)
+                try:
+                    answer = tls.recv(4096)
+                except (ssl.SSLError, ConnectionResetError, TimeoutError):
+                    answer = b""
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
         assert conn.list_models() is not None
 
 
@@ -89,8 +93,12 @@ def test_hundreds_of_concurrent_requests(server: LocalServer) -> None:
 
         def call(i: int) -> bool:
             if i % 10 == 0:
-                return bool(httpx.get(f"http://127.0.0.1:{server.unattested_port}/attestation",
-                                      params={"nonce": f"{i:04x}"}).status_code in (200, 429))
+                return bool(
+                    httpx.get(
+                        f"http://127.0.0.1:{server.unattested_port}/attestation", params={"nonce": f"{i:04x}"}
+                    ).status_code
+                    in (200, 429)
+                )
             return bool(np.allclose(conn.run_model(info.model_id, x).output, expected))
 
         with ThreadPoolExecutor(48) as pool:
@@ -102,9 +110,8 @@ def test_server_log_after_the_abuse_has_no_tracebacks_of_crashes(tmp_path: Path)
     with LocalServer() as srv:
         with socket.create_connection(("127.0.0.1", srv.attested_port)) as s:
             s.sendall(os.urandom(1000))
-        with sim_connect(srv) as conn:
-            with pytest.raises(blindai.InvalidInputError):
-                conn.upload_model(b"junk")
+        with sim_connect(srv) as conn, pytest.raises(blindai.InvalidInputError):
+            conn.upload_model(b"junk")
         assert srv.proc is not None and srv.proc.poll() is None
         log = srv.log()
     assert "internal server error" not in log.lower() and "Traceback" not in log
@@ -120,7 +127,17 @@ def test_fuzz_harness_runs_bounded() -> None:
     from tests.conftest import ROOT
 
     for target in TARGETS:
-        out = subprocess.run([sys.executable, str(ROOT / "fuzz" / "fuzz.py"), target, "-runs=3000",
-                              "-artifact_prefix=/tmp/blindai-fuzz-"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "fuzz" / "fuzz.py"),
+                target,
+                "-runs=3000",
+                "-artifact_prefix=/tmp/blindai-fuzz-",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, (target, out.stderr[-2000:])
         assert "Done 3000 runs" in out.stderr

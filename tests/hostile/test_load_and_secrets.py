@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from blindai.server import tls
-from tests.conftest import ROOT, sim_connect
 from tests import onnx_models
+from tests.conftest import ROOT, sim_connect
 
 
 def test_short_load_has_no_errors_and_flat_memory() -> None:
@@ -38,14 +38,14 @@ def test_tls_private_key_lives_in_memory_only(monkeypatch: pytest.MonkeyPatch) -
     ident = tls.make_identity()
     ctx = RecordingContext()
     tls._load_key_in_memory(ctx, ident.certificate_pem.encode(), ident._key)  # type: ignore[arg-type]
-    (path, data), = ctx.seen
+    ((path, data),) = ctx.seen
     assert path.startswith("/proc/self/fd/")  # an anonymous memory file, on no disk
     assert b"PRIVATE KEY" in data
     # Without memfd_create: only an encrypted PEM ever touches a file, deleted at once.
     monkeypatch.delattr(tls.os, "memfd_create")
     ctx = RecordingContext()
     tls._load_key_in_memory(ctx, ident.certificate_pem.encode(), ident._key)  # type: ignore[arg-type]
-    (path, data), = ctx.seen
+    ((path, data),) = ctx.seen
     assert b"ENCRYPTED PRIVATE KEY" in data and b"BEGIN PRIVATE KEY" not in data
     assert not Path(path).exists()
     assert "PRIVATE" not in repr(ident)

@@ -39,8 +39,12 @@ def _seeds() -> dict[str, bytes]:
         "snp": FakeAmdPki().report(report_data=b"r", measurement=b"m" * 48),
         "sim": simulation.SimulationSigner(b"\0" * 48).sign(bytes(64)),
         "sealed": sealing.seal(sealing.SealingKey(os.urandom(16), source="t"), "id1", {"a": 1}, b"x" * 100),
-        "v06": cbor2.dumps({"model_id": "m", "inputs": [{"info": {"fact": [2], "datum_type": 0, "node_name": "x"},
-                                                         "bytes_data": b"\0" * 8}]}),
+        "v06": cbor2.dumps(
+            {
+                "model_id": "m",
+                "inputs": [{"info": {"fact": [2], "datum_type": 0, "node_name": "x"}, "bytes_data": b"\0" * 8}],
+            }
+        ),
         "oip": json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}).encode(),
     }
     vectors = Path(os.environ.get("BLINDAI_TEST_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors")
@@ -51,8 +55,16 @@ def _seeds() -> dict[str, bytes]:
 
 
 SEEDS = _seeds()
-PAIRS = [("dcap_quote", "sgx"), ("dcap_quote", "tdx"), ("snp_report", "snp"), ("simulation", "sim"),
-         ("sealed_file", "sealed"), ("v06_cbor", "v06"), ("oip_request", "oip"), ("detect", "tdx")]
+PAIRS = [
+    ("dcap_quote", "sgx"),
+    ("dcap_quote", "tdx"),
+    ("snp_report", "snp"),
+    ("simulation", "sim"),
+    ("sealed_file", "sealed"),
+    ("v06_cbor", "v06"),
+    ("oip_request", "oip"),
+    ("detect", "tdx"),
+]
 PAIRS += [("dcap_quote", "phala_tdx"), ("ratls_cert", "ratls")] if "ratls" in SEEDS else []
 
 
@@ -76,10 +88,33 @@ def test_mutated_valid_inputs(target: str, seed: str, data: st.DataObject) -> No
 
 
 @SETTINGS
-@given(obj=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
-                            ["name", "shape", "datatype", "data", "parameters", "inputs", "outputs",
-                             "binary_data_size", "binary_data_output", "id"]), c, max_size=5), max_leaves=30))
+@given(
+    obj=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda c: (
+            st.lists(c, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "name",
+                        "shape",
+                        "datatype",
+                        "data",
+                        "parameters",
+                        "inputs",
+                        "outputs",
+                        "binary_data_size",
+                        "binary_data_output",
+                        "id",
+                    ]
+                ),
+                c,
+                max_size=5,
+            )
+        ),
+        max_leaves=30,
+    )
+)
 def test_oip_json_of_any_shape(obj: object) -> None:
     TARGETS["oip_json"](json.dumps(obj).encode())
 

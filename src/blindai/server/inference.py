@@ -68,7 +68,6 @@ def _spec(arg: Any) -> TensorSpec:
 
 
 _MEMORY_LIMIT: int | None = None
-_SPIN = os.environ.get("BLINDAI_ORT_SPINNING", "0") == "1"
 
 
 def limit_inference_memory(max_bytes: int) -> None:
@@ -99,10 +98,9 @@ class LoadedModel:
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        if not _SPIN:
-            # Idle onnxruntime threads spin by default, taking the cores the event loop and TLS
-            # need between runs; without spinning, the secure path measured faster (performance.md).
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Threads spin during a run (fast parallel sections) but stop as soon as it returns, so
+        # they do not take the cores the event loop and TLS need between runs (performance.md).
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=_providers())
         except Exception as exc:  # onnxruntime raises several unrelated types
@@ -110,6 +108,10 @@ class LoadedModel:
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._input_by_name = {s.name: s for s in self.inputs}
+        # One run at a time per model: each run already uses every core (intra-op threads),
+        # so concurrent runs of one model would only oversubscribe them. Other models still
+        # run in parallel. Created lazily, in the event loop that awaits it.
+        self._turn: asyncio.Semaphore | None = None
         self._output_names = [s.name for s in self.outputs]
 
     def check_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
@@ -144,6 +146,11 @@ class LoadedModel:
                 arr = _as_strings(name, arr)
             feed[name] = arr
         return feed
+
+    def turn(self) -> asyncio.Semaphore:
+        if self._turn is None:
+            self._turn = asyncio.Semaphore(1)
+        return self._turn
 
     def output_names(self, requested: list[str] | None) -> list[str]:
         if requested is None:
@@ -219,22 +226,23 @@ class InferenceEngine:
         names = model.output_names(requested)
         options = ort.RunOptions()
         loop = asyncio.get_running_loop()
-        # Setting `terminate` from the loop thread makes onnxruntime abort the run
-        # at its next check, freeing the worker instead of leaving it stuck.
-        timer = loop.call_later(self.timeout_s, setattr, options, "terminate", True)
-        start = time.perf_counter()
-        try:
-            outputs = await loop.run_in_executor(self._pool, model.run, feed, names, options)
-        except Exception as exc:
-            if options.terminate:
-                raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
-            if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
-                raise ServerError(
-                    f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
-                ) from exc
-            raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
-        finally:
-            timer.cancel()
+        async with model.turn():
+            # Setting `terminate` from the loop thread makes onnxruntime abort the run at its
+            # next check, freeing the worker; the clock starts when the run does, not in the queue.
+            timer = loop.call_later(self.timeout_s, setattr, options, "terminate", True)
+            start = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(self._pool, model.run, feed, names, options)
+            except Exception as exc:
+                if options.terminate:
+                    raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
+                if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
+                    raise ServerError(
+                        f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
+                    ) from exc
+                raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
+            finally:
+                timer.cancel()
         total = sum(a.nbytes for a in outputs.values() if a.dtype != object)
         if total > self.max_output_bytes:
             raise ServerError(f"outputs of {total} bytes exceed the limit of {self.max_output_bytes}", status=507)
