@@ -122,12 +122,9 @@ def cmd_attest_show(args: argparse.Namespace) -> int:
         claims = conn.attestation
     if args.write_policy:
         Path(args.write_policy).write_text(policy_from_attestation(claims))
-    if args.json:
-        print(json.dumps(_claims_json(claims)))
-    else:
-        _print_claims(claims)
-        if args.write_policy:
-            print(f"policy pinning these claims written to {args.write_policy}")
+    _emit_claims(claims, args.json)
+    if args.write_policy and not args.json:
+        print(f"policy pinning these claims written to {args.write_policy}")
     return 0
 
 
@@ -180,13 +177,17 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
             raise BindingError("report_data differs", check="report-data", got=claims.report_data, expected=want)
     if args.policy:
         validate(claims, load_policy(Path(args.policy)))
-    if args.json:
-        print(json.dumps(_claims_json(claims)))
-    else:
-        _print_claims(claims)
-        if claims.advisory_ids:
-            print(f"advisories:   {', '.join(claims.advisory_ids)}")
+    _emit_claims(claims, args.json)
     return 0
+
+
+def _emit_claims(claims: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_claims_json(claims)))
+        return
+    _print_claims(claims)
+    if claims.advisory_ids:
+        print(f"advisories:   {', '.join(claims.advisory_ids)}")
 
 
 def _print_claims(claims: Any) -> None:

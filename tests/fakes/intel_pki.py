@@ -265,6 +265,28 @@ class FakeIntelPki:
             "qe_identity_signature": _raw_sig(self.keys["tcb"], qe_identity.encode()).hex(),
         }
 
+    def _qe_certification(self, attest_key: bytes, qe_prod_id: int) -> bytes:
+        """QE report (binding the attestation key), its PCK signature, QE auth data, and the PCK chain (type 5)."""
+        auth = bytes(range(32))
+        qe_report = report_body(
+            self.cpusvn,
+            0x11,
+            bytes(32),
+            QE_MRSIGNER,
+            qe_prod_id,
+            self.qe_isvsvn,
+            hashlib.sha256(attest_key + auth).digest() + bytes(32),
+        )
+        chain = _pem(self.certs["pck"], self.certs["pck_ca"], self.certs["root"]).encode() + b"\0"
+        return (
+            qe_report
+            + _raw_sig(self.keys["pck"], qe_report)
+            + struct.pack("<H", len(auth))
+            + auth
+            + struct.pack("<HI", 5, len(chain))
+            + chain
+        )
+
     def sgx_quote(
         self,
         *,
@@ -280,27 +302,7 @@ class FakeIntelPki:
         flags = 0x07 if debug else 0x05
         body = report_body(self.cpusvn, flags, mrenclave, mrsigner, isv_prod_id, isv_svn, report_data)
         attest_key = _raw_pub(self.keys["attest"])
-        auth = bytes(range(32))
-        qe_report = report_body(
-            self.cpusvn,
-            0x11,
-            bytes(32),
-            QE_MRSIGNER,
-            1,
-            self.qe_isvsvn,
-            hashlib.sha256(attest_key + auth).digest() + bytes(32),
-        )
-        chain = _pem(self.certs["pck"], self.certs["pck_ca"], self.certs["root"]).encode() + b"\0"
-        sig_data = (
-            _raw_sig(self.keys["attest"], header + body)
-            + attest_key
-            + qe_report
-            + _raw_sig(self.keys["pck"], qe_report)
-            + struct.pack("<H", len(auth))
-            + auth
-            + struct.pack("<HI", 5, len(chain))
-            + chain
-        )
+        sig_data = _raw_sig(self.keys["attest"], header + body) + attest_key + self._qe_certification(attest_key, 1)
         return header + body + struct.pack("<I", len(sig_data)) + sig_data
 
     def tdx_quote(self, *, mrtd: bytes, report_data: bytes, debug: bool = False) -> bytes:
@@ -313,25 +315,7 @@ class FakeIntelPki:
         body[136:184] = mrtd
         body[520:584] = report_data.ljust(64, b"\0")
         attest_key = _raw_pub(self.keys["attest"])
-        auth = bytes(range(32))
-        qe_report = report_body(
-            self.cpusvn,
-            0x11,
-            bytes(32),
-            QE_MRSIGNER,
-            2,
-            self.qe_isvsvn,
-            hashlib.sha256(attest_key + auth).digest() + bytes(32),
-        )
-        chain = _pem(self.certs["pck"], self.certs["pck_ca"], self.certs["root"]).encode() + b"\0"
-        inner = (
-            qe_report
-            + _raw_sig(self.keys["pck"], qe_report)
-            + struct.pack("<H", len(auth))
-            + auth
-            + struct.pack("<HI", 5, len(chain))
-            + chain
-        )
+        inner = self._qe_certification(attest_key, 2)
         sig_data = (
             _raw_sig(self.keys["attest"], header + bytes(body)) + attest_key + struct.pack("<HI", 6, len(inner)) + inner
         )

@@ -55,6 +55,18 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+def _entry(name: str, array: npt.NDArray[Any], binary: bool, blobs: Chunks) -> dict[str, Any]:
+    """One tensor's header entry; in binary mode its bytes are appended to ``blobs``."""
+    entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array)}
+    if binary:
+        blob = encode_binary(array)
+        entry["parameters"] = {"binary_data_size": len(blob) if isinstance(blob, bytes) else blob.nbytes}
+        blobs.append(blob)
+    else:
+        entry["data"] = encode_json_data(array)
+    return entry
+
+
 def encode_request(
     inputs: Mapping[str, npt.NDArray[Any]],
     *,
@@ -67,14 +79,7 @@ def encode_request(
     header_inputs: list[dict[str, Any]] = []
     blobs: Chunks = []
     for name, array in inputs.items():
-        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array)}
-        if binary:
-            blob = encode_binary(array)
-            entry["parameters"] = {"binary_data_size": len(blob) if isinstance(blob, bytes) else blob.nbytes}
-            blobs.append(blob)
-        else:
-            entry["data"] = encode_json_data(array)
-        header_inputs.append(entry)
+        header_inputs.append(_entry(name, array, binary, blobs))
     params: dict[str, Any] = dict(parameters or {})
     params["binary_data_output"] = binary_output
     header: dict[str, Any] = {"inputs": header_inputs, "parameters": params}
@@ -180,15 +185,7 @@ def encode_response(
     entries: list[dict[str, Any]] = []
     blobs: Chunks = []
     for name, array in outputs.items():
-        arr = np.asarray(array)
-        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr)}
-        if binary.get(name, False):
-            blob = encode_binary(arr)
-            entry["parameters"] = {"binary_data_size": len(blob) if isinstance(blob, bytes) else blob.nbytes}
-            blobs.append(blob)
-        else:
-            entry["data"] = encode_json_data(arr)
-        entries.append(entry)
+        entries.append(_entry(name, np.asarray(array), binary.get(name, False), blobs))
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
     if request_id is not None:
         header["id"] = request_id
