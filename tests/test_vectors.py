@@ -451,3 +451,70 @@ def test_cli_verify_failures_name_the_check(vectors: Path, tmp_path: Path, args:
     assert out.returncode == 1
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(f"error: {check}:"), out.stderr
+
+
+# ------------------------------------------------------------------ SNP shapes the recorded vectors lack
+
+
+@pytest.mark.parametrize(("product", "vlek"), [("Turin", False), ("Milan", True), ("Turin", True)])
+def test_snp_v3_turin_and_vlek_reports(product: str, vlek: bool) -> None:
+    from tests.fakes.amd_pki import FakeAmdPki
+
+    fake = FakeAmdPki(product=product, vlek=vlek, tcb=(4, 1, 22, 213), fmc=3)
+    data = fake.report(report_data=b"nonce", measurement=b"\x42" * 48)
+    report = sev_snp.parse_report(data)
+    assert report.version == (3 if product == "Turin" else 2)
+    if product == "Turin":
+        assert report.product == "Turin"
+    claims = hardware.verify_snp(data, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+    assert claims.svns["tcb.snp"] == 22 and claims.svns["tcb.microcode"] == 213
+    if product == "Turin":
+        assert claims.svns["tcb.fmc"] == 3 and claims.svns["tcb.bootloader"] == 4
+    # the same report claiming the other key kind is refused
+    flipped = bytearray(data)
+    flipped[0x48] ^= 0x04
+    with pytest.raises(SignatureError):
+        hardware.verify_snp(bytes(flipped), None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+
+
+def test_snp_reported_tcb_must_match_the_vcek() -> None:
+    from tests.fakes.amd_pki import FakeAmdPki
+
+    fake = FakeAmdPki(product="Turin")
+    fake.tcb = (9, 9, 9, 9)  # the PSP now reports a TCB the VCEK was not issued for
+    data = fake.report(report_data=b"", measurement=bytes(48))
+    with pytest.raises(SignatureError, match="REPORTED_TCB"):
+        hardware.verify_snp(data, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+
+
+def test_snp_certificates_from_the_auxblob_table() -> None:
+    from tests.fakes.amd_pki import FakeAmdPki
+
+    fake = FakeAmdPki()
+    table = fake.cert_table()
+    assert len(sev_snp.parse_cert_table(table)) == 3
+    import base64
+
+    data = fake.report(report_data=b"", measurement=bytes(48))
+    claims = hardware.verify_snp(
+        data, {"snp_certs": base64.b64encode(table).decode()}, TrustOptions(unsafe_trust_roots=(fake.ark_pem,))
+    )
+    assert claims.tee == "sev-snp"
+
+
+def test_collateral_is_fetched_only_when_allowed(vectors: Path) -> None:
+    quote, _ = load(vectors, "sgx/phala_sgx_quote.bin")
+    with pytest.raises(CollateralError, match="no collateral") as info:
+        verify_evidence("sgx", quote, None, TrustOptions())
+    assert info.value.check == "collateral"
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens: the fetch must fail closed, naming the URL
+    with pytest.raises(CollateralError, match="could not fetch collateral") as info:
+        verify_evidence(
+            "sgx", quote, None, TrustOptions(collateral_url=f"http://127.0.0.1:{port}/sgx/certification/v4/")
+        )
+    assert info.value.check == "collateral-fetch"

@@ -164,7 +164,7 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
     now = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else None
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
-    options = TrustOptions(now=now)
+    options = TrustOptions(now=now, collateral_url=args.pccs_url)
     certs = tuple(Path(c).read_bytes() for c in args.certs or [])
     if tee == "sev-snp":
         crl = x509.load_der_x509_crl(Path(args.crl).read_bytes()) if args.crl else None
@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collateral", help="Intel collateral JSON (dcap-qvl QuoteCollateralV3 layout)")
     p.add_argument("--certs", nargs="+", help="SEV-SNP certificates: VCEK/VLEK, ASK/ASVK, ARK (PEM or DER)")
     p.add_argument("--crl", help="SEV-SNP CRL (DER)")
+    p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) when no --collateral")
     p.add_argument("--at", help="verify at this time (ISO 8601), not now")
     p.add_argument("--policy", help="also enforce this policy")
     p.add_argument("--report-data", help="expected report_data (hex, zero-padded to 64 bytes)")

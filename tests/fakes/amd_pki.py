@@ -37,30 +37,53 @@ def _der_int(v: int) -> bytes:
 
 
 class FakeAmdPki:
+    """``product``: "Milan" (report v2, Milan TCB layout) or "Turin" (report v3 with CPUID, FMC in the TCB).
+    ``vlek``: sign with a VLEK (VLEK -> ASVK -> ARK) instead of a VCEK."""
+
     def __init__(
         self,
         tcb: tuple[int, int, int, int] = (3, 0, 8, 115),
         chip_id: bytes = b"\x5c" * 64,
         now: dt.datetime | None = None,
+        product: str = "Milan",
+        vlek: bool = False,
+        fmc: int = 1,
     ) -> None:
         self.now = now or dt.datetime.now(dt.UTC)
-        self.tcb, self.chip_id = tcb, chip_id
+        self.tcb, self.chip_id, self.product, self.vlek, self.fmc = tcb, chip_id, product, vlek, fmc
         self.ark_key = rsa.generate_private_key(65537, 2048)
         self.ask_key = rsa.generate_private_key(65537, 2048)
         self.vcek_key = ec.generate_private_key(ec.SECP384R1())
-        self.ark = self._cert("ARK-Milan", self.ark_key.public_key(), "ARK-Milan", self.ark_key, ca=True)
-        self.ask = self._cert("SEV-Milan", self.ask_key.public_key(), "ARK-Milan", self.ark_key, ca=True)
+        ark, ask = f"ARK-{product}", (f"SEV-VLEK-{product}" if vlek else f"SEV-{product}")
+        self.ark = self._cert(ark, self.ark_key.public_key(), ark, self.ark_key, ca=True)
+        self.ask = self._cert(ask, self.ask_key.public_key(), ark, self.ark_key, ca=True)
         bl, tee, snp, ucode = tcb
+        name = b"Milan-B0" if product == "Milan" else b"Turin"
         exts = [
             (_OID + "1", _der_int(0)),
-            (_OID + "2", b"\x16\x08Milan-B0"),
+            (_OID + "2", bytes([0x16, len(name)]) + name),
             (_OID + "3.1", _der_int(bl)),
             (_OID + "3.2", _der_int(tee)),
             (_OID + "3.3", _der_int(snp)),
             (_OID + "3.8", _der_int(ucode)),
-            (_OID + "4", chip_id),
         ]
-        self.vcek = self._cert("SEV-VCEK", self.vcek_key.public_key(), "SEV-Milan", self.ask_key, ca=False, exts=exts)
+        if product == "Turin":
+            exts.append((_OID + "3.9", _der_int(fmc)))
+        exts.append((_OID + "4", chip_id[:8] if product == "Turin" else chip_id))
+        self.vcek = self._cert(
+            "SEV-VLEK" if vlek else "SEV-VCEK",
+            self.vcek_key.public_key(),
+            ask,
+            self.ask_key,
+            ca=False,
+            exts=[] if vlek else exts,
+        )
+
+    def _tcb_bytes(self) -> bytes:
+        bl, tee, snp, ucode = self.tcb
+        if self.product == "Turin":
+            return bytes([self.fmc, bl, tee, snp, 0, 0, 0, ucode])
+        return bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
 
     def _cert(
         self,
@@ -115,11 +138,13 @@ class FakeAmdPki:
         guest_svn: int = 0,
         host_data: bytes = bytes(32),
     ) -> bytes:
-        bl, tee, snp, ucode = self.tcb
-        tcb = bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
+        tcb = self._tcb_bytes()
         r = bytearray(sev_snp.REPORT_SIZE)
-        struct.pack_into("<IIQ", r, 0, 2, guest_svn, policy)
+        struct.pack_into("<IIQ", r, 0, 3 if self.product == "Turin" else 2, guest_svn, policy)
         struct.pack_into("<II", r, 0x30, 0, sev_snp.SIG_ALGO_ECDSA_P384_SHA384)
+        struct.pack_into("<I", r, 0x48, (sev_snp.KEY_VLEK if self.vlek else sev_snp.KEY_VCEK) << 2)
+        if self.product == "Turin":
+            r[0x188:0x18B] = bytes([0x1A, 0x02, 0x01])  # CPUID family, model, stepping
         r[0x38:0x40] = tcb
         r[0x50:0x90] = report_data.ljust(64, b"\0")
         r[0x90:0xC0] = measurement

@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import EvidenceParseError
+from ..errors import CollateralError, EvidenceParseError
 from . import sev_snp, sgx_tdx, simulation
 from .evidence import VerifiedAttestation
 from .verify import TrustOptions, register_verifier
@@ -34,6 +34,21 @@ def detect_tee(data: bytes) -> str:
     raise EvidenceParseError("not SGX or TDX quote, SEV-SNP report or simulation evidence", check="detect")
 
 
+def fetch_collateral(url: str, quote: bytes) -> dict[str, Any]:
+    """Collateral from a PCCS (or Intel PCS: ``dcap_qvl.INTEL_PCS_URL``); only when the user asked for it."""
+    import asyncio
+    import json
+
+    import dcap_qvl
+
+    try:
+        fetched = asyncio.run(dcap_qvl.get_collateral(url, quote))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CollateralError(f"could not fetch collateral from {url}: {exc}", check="collateral-fetch") from exc
+    result: dict[str, Any] = json.loads(fetched.to_json())
+    return result
+
+
 def _roots(options: TrustOptions) -> list[x509.Certificate]:
     out: list[x509.Certificate] = []
     for pem in options.unsafe_trust_roots:
@@ -50,6 +65,8 @@ def verify_dcap(tee: str) -> Any:
             )
         roots = _roots(options)
         root_der = roots[0].public_bytes(serialization.Encoding.DER) if roots else None
+        if collateral is None and options.collateral_url is not None:
+            collateral = fetch_collateral(options.collateral_url, quote.raw)
         return sgx_tdx.verify_quote(quote, collateral, now=options.now, unsafe_root_ca_der=root_der)
 
     return verifier

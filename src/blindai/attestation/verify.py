@@ -30,6 +30,8 @@ class TrustOptions:
 
     now: dt.datetime | None = None
     unsafe_trust_roots: tuple[bytes, ...] = ()
+    # Network access for collateral is opt-in: a PCCS URL, or Intel PCS's. None: never fetch.
+    collateral_url: str | None = None
 
 
 Verifier = Callable[[bytes, Mapping[str, Any] | None, TrustOptions], VerifiedAttestation]

@@ -357,6 +357,7 @@ def connect(
     now: dt.datetime | None = None,
     unsafe_trust_roots: Sequence[bytes] = (),
     upload_token: str | None = None,
+    collateral_url: str | None = None,
 ) -> Connection:
     """Attest the server at ``host`` and return a connection bound to its attested key.
 
@@ -365,6 +366,8 @@ def connect(
     ``simulation=True`` accepts only simulation evidence, and warns each time.
     ``unsafe_trust_roots`` adds test PKI roots (PEM) and must never be used in production.
     ``upload_token`` is sent with uploads to servers that restrict who may upload.
+    ``collateral_url`` (a PCCS, or Intel PCS) lets the client fetch Intel collateral itself when
+    the server sends none; without it the client never goes to the network for collateral.
     """
     if nonce is None:
         nonce = secrets.token_bytes(32)
@@ -395,7 +398,7 @@ def connect(
         nonce=nonce,
         policy=loaded,
         simulation_ok=simulation,
-        options=TrustOptions(now=now, unsafe_trust_roots=tuple(unsafe_trust_roots)),
+        options=TrustOptions(now=now, unsafe_trust_roots=tuple(unsafe_trust_roots), collateral_url=collateral_url),
     )
     pin = spki_sha256(cert)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

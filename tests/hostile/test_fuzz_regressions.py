@@ -1,0 +1,27 @@
+"""Inputs that once crashed a parser (found by the property tests / atheris); each must now fail cleanly."""
+
+from __future__ import annotations
+
+import pytest
+
+from blindai.attestation import ratls
+from blindai.errors import EvidenceParseError
+from blindai.fuzz_targets import TARGETS
+
+CRASHERS = [
+    # ratls.extract indexed an empty child list on a two-byte "certificate" (IndexError).
+    ("ratls_cert", b"\x00\x00"),
+    ("ratls_cert", b"\x30\x00"),
+    ("ratls_cert", b"\x30\x02\x30\x00"),
+    ("ratls_cert", b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
+]
+
+
+@pytest.mark.parametrize(("target", "data"), CRASHERS)
+def test_former_crashers(target: str, data: bytes) -> None:
+    TARGETS[target](data)
+
+
+def test_ratls_malformed_der_is_a_parse_error() -> None:
+    with pytest.raises(EvidenceParseError):
+        ratls.extract(b"\x00\x00")
