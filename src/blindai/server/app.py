@@ -65,9 +65,15 @@ class ServerState:
     v06: bool = True
     limiter: NonceRateLimiter = field(default_factory=NonceRateLimiter)
     _empty_nonce: Evidence | None = None
+    _empty_nonce_at: float = 0.0
+
+    # Evidence for the empty nonce is cached, but not longer than this: collateral served with
+    # it (TCB Info, CRLs) changes, and clients refuse expired collateral.
+    EMPTY_NONCE_TTL_S = 300.0
 
     def evidence(self, nonce: bytes) -> Evidence:
-        if not nonce and self._empty_nonce is not None:
+        fresh = time.monotonic() - self._empty_nonce_at < self.EMPTY_NONCE_TTL_S
+        if not nonce and self._empty_nonce is not None and fresh:
             return self._empty_nonce
         try:
             ev = self.provider.get_evidence(report_data_for(self.identity.spki_sha256, nonce))
@@ -75,7 +81,7 @@ class ServerState:
             log.error("the TEE could not produce evidence: %s", exc)
             raise ServerError("the TEE could not produce evidence; see the server log", status=503) from exc
         if not nonce:
-            self._empty_nonce = ev
+            self._empty_nonce, self._empty_nonce_at = ev, time.monotonic()
         return ev
 
 
