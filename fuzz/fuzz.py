@@ -43,9 +43,9 @@ def seed_corpus(target: str, args: list[str]) -> None:
     if not folders or any(folders[0].iterdir()):
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.hostile.test_parser_properties import _seeds
+    from tests.fakes.seeds import valid_inputs
 
-    seeds = _seeds()
+    seeds = valid_inputs()
     for name in SEED_FOR.get(target, []):
         (folders[0] / f"seed-{name}").write_bytes(seeds[name])
 

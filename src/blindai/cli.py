@@ -38,11 +38,10 @@ def _load_tokens() -> dict[str, str]:
         return {}
 
 
-def _save_token(model_id: str, token: str) -> Path:
+def _write_tokens(tokens: dict[str, str]) -> Path:
+    """Owner tokens are credentials: the file is created 0600 and replaced atomically."""
     path = _token_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tokens = _load_tokens()
-    tokens[model_id] = token
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -51,14 +50,14 @@ def _save_token(model_id: str, token: str) -> Path:
     return path
 
 
+def _save_token(model_id: str, token: str) -> Path:
+    return _write_tokens({**_load_tokens(), model_id: token})
+
+
 def _forget_token(model_id: str) -> None:
     tokens = _load_tokens()
     if tokens.pop(model_id, None) is not None:
-        path = _token_file()
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(tokens, f, indent=2)
-        os.replace(path.with_suffix(".tmp"), path)
+        _write_tokens(tokens)
 
 
 def _add_connect_args(p: argparse.ArgumentParser) -> None:

@@ -18,14 +18,9 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.local import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
-from tests.test_model_store import slow_model
-
-
-def store_server(store: Path, *extra: str) -> LocalServer:
-    return LocalServer("--model-store", str(store), *extra).start()
+from tests.test_model_store import slow_model, store_server
 
 
 def assert_store_clean(store: Path, expected: set[str]) -> None:

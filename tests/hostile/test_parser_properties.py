@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blindai.fuzz_targets import TARGETS
+from tests.fakes.seeds import valid_inputs
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -23,38 +21,7 @@ def test_random_bytes(name: str, data: bytes) -> None:
     TARGETS[name](data)
 
 
-def _seeds() -> dict[str, bytes]:
-    """Valid inputs to mutate: fake-PKI quotes, a simulation record, a sealed file, real vectors when present."""
-    import datetime as dt
-
-    from blindai.attestation import simulation
-    from blindai.server import sealing
-    from tests.fakes.amd_pki import FakeAmdPki
-    from tests.fakes.intel_pki import FakeIntelPki
-
-    pki = FakeIntelPki(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
-    seeds = {
-        "sgx": pki.sgx_quote(mrenclave=b"a" * 32, mrsigner=b"b" * 32, report_data=b"r"),
-        "tdx": pki.tdx_quote(mrtd=b"m" * 48, report_data=b"r"),
-        "snp": FakeAmdPki().report(report_data=b"r", measurement=b"m" * 48),
-        "sim": simulation.SimulationSigner(b"\0" * 48).sign(bytes(64)),
-        "sealed": sealing.seal(sealing.SealingKey(os.urandom(16), source="t"), "id1", {"a": 1}, b"x" * 100),
-        "v06": cbor2.dumps(
-            {
-                "model_id": "m",
-                "inputs": [{"info": {"fact": [2], "datum_type": 0, "node_name": "x"}, "bytes_data": b"\0" * 8}],
-            }
-        ),
-        "oip": json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}).encode(),
-    }
-    vectors = Path(os.environ.get("BLINDAI_TEST_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors")
-    if vectors.is_dir():
-        seeds["phala_tdx"] = (vectors / "tdx" / "phala_tdx_quote.bin").read_bytes()
-        seeds["ratls"] = (vectors / "ra-tls" / "gramine-cert.pem").read_bytes()
-    return seeds
-
-
-SEEDS = _seeds()
+SEEDS = valid_inputs()
 PAIRS = [
     ("dcap_quote", "sgx"),
     ("dcap_quote", "tdx"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import hashlib
 import hmac
 import os
 import secrets
@@ -452,11 +451,3 @@ def _check_peer(http: httpx.Client, pin: bytes) -> None:
             "the attested port's key differs from the attested one", check="tls-pin", got=got, expected=pin
         )
     _raise_for(resp)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(UPLOAD_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()

@@ -28,7 +28,7 @@ from ..errors import BlindAIError, InvalidInputError, ServerError
 from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response
 from ..protocol.tensors import TensorError
 from .inference import InferenceEngine
-from .models import ModelStore, parse_hints
+from .models import ModelStore, UploadSink, parse_hints
 from .tls import TlsIdentity
 
 __all__ = ["ServerState", "attested_app", "unattested_app"]
@@ -109,15 +109,10 @@ _HANDLERS: dict[Any, Any] = {ServerError: _on_server_error, HTTPException: _on_h
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it (or its declared length) passes the limit."""
-    declared = _content_length(request)
-    if declared is not None and declared > limit:
-        raise InvalidInputError(f"request body of {declared} bytes exceeds the limit of {limit} bytes", status=413)
-    buf = bytearray()
+    sink = UploadSink(limit, _content_length(request), what="request body")
     async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise InvalidInputError(f"request body exceeds the limit of {limit} bytes", status=413)
-    return bytes(buf)
+        sink.feed(chunk)
+    return sink.body()
 
 
 def _content_length(request: Request) -> int | None:

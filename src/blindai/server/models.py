@@ -50,20 +50,21 @@ class StoreLimits:
 
 
 class UploadSink:
-    """Receives an upload's bytes once, hashing and counting as they arrive.
+    """Receives a body once, counting (and for models hashing) as it arrives.
 
     The body is written into one buffer sized from Content-Length up front, and handed
     over without a copy (``BytesIO.getvalue`` returns its own buffer when nothing else
-    holds it), so a model is held once, not twice, before vetting.
+    holds it), so it is held once, not twice. Refused (413) as soon as a limit is crossed.
     """
 
-    def __init__(self, max_bytes: int, declared_length: int | None = None) -> None:
+    def __init__(self, max_bytes: int, declared_length: int | None = None, *, what: str = "model") -> None:
         if declared_length is not None and declared_length > max_bytes:
             raise InvalidInputError(
-                f"model of {declared_length} bytes exceeds the limit of {max_bytes} bytes", status=413
+                f"{what} of {declared_length} bytes exceeds the limit of {max_bytes} bytes", status=413
             )
         self.max_bytes = max_bytes
-        self._hash = hashlib.sha256()
+        self.what = what
+        self._hash = hashlib.sha256() if what == "model" else None
         self._buf = io.BytesIO()
         self._size = 0
         if declared_length:
@@ -73,18 +74,24 @@ class UploadSink:
 
     def feed(self, chunk: bytes) -> None:
         if self._size + len(chunk) > self.max_bytes:
-            raise InvalidInputError(f"model exceeds the limit of {self.max_bytes} bytes", status=413)
-        self._hash.update(chunk)
+            raise InvalidInputError(f"{self.what} exceeds the limit of {self.max_bytes} bytes", status=413)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self._buf.write(chunk)
         self._size += len(chunk)
 
-    def finish(self) -> tuple[bytes, str]:
-        if not self._size:
-            raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
+    def body(self) -> bytes:
         self._buf.truncate(self._size)  # a body shorter than declared
         data = self._buf.getvalue()
         self._buf = io.BytesIO()
-        return data, self._hash.hexdigest()
+        return data
+
+    def finish(self) -> tuple[bytes, str]:
+        """The model and its SHA-256."""
+        if not self._size:
+            raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
+        assert self._hash is not None
+        return self.body(), self._hash.hexdigest()
 
 
 def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> None:
