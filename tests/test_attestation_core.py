@@ -126,7 +126,8 @@ def test_policy_accepts_matching_claims() -> None:
 
 
 def test_policy_reports_every_failure_with_got_and_expected() -> None:
-    policy = load_policy(f"[sgx]\nmrenclave = ['{'cc' * 32}']\nmrsigner = '{'bb' * 32}'\nmin_isv_svn = 5\n")
+    signer = f"mrsigner = '{'bb' * 32}'\nisv_prod_id = 1\nmin_isv_svn = 5\n"
+    policy = load_policy(f"[sgx]\nmrenclave = ['{'cc' * 32}']\n{signer}")
     with pytest.raises(PolicyError) as info:
         validate(_claims(debug=True, tcb_status="OutOfDate"), policy)
     fields = {f for f, _, _ in info.value.failures}
@@ -135,7 +136,7 @@ def test_policy_reports_every_failure_with_got_and_expected() -> None:
 
 
 def test_policy_for_another_tee_is_refused() -> None:
-    policy = load_policy(f"[tdx]\nmrtd = ['{'00' * 48}']\n")
+    policy = load_policy(f"[tdx]\nmrtd = ['{'00' * 48}']\nunpinned_rtmrs = [0, 1, 2, 3]\n")
     with pytest.raises(PolicyError, match="tee"):
         validate(_claims(), policy)
 

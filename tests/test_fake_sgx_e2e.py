@@ -47,7 +47,8 @@ class SgxWorld:
 
 
 def policy(mrenclave: bytes = MRENCLAVE, extra: str = "") -> str:
-    return f'[sgx]\nmrenclave = ["{mrenclave.hex()}"]\nmrsigner = "{MRSIGNER.hex()}"\n{extra}'
+    signer = f'mrsigner = "{MRSIGNER.hex()}"\nisv_prod_id = 0\nmin_isv_svn = 1\n'
+    return f'[sgx]\nmrenclave = ["{mrenclave.hex()}"]\n{signer}{extra}'
 
 
 def start_world(

@@ -26,6 +26,7 @@ from tests.fakes.devices import FakeTsm
 from tests.fakes.intel_pki import FakeIntelPki
 
 MEASUREMENT = bytes.fromhex("ab" * 48)
+ZERO_RTMRS = "".join(f'rtmr{i} = ["{"00" * 48}"]\n' for i in range(4))  # the FAKE TD's RTMRs
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,11 @@ def snp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeAmdPki, 
         "sev_guest",
         lambda inblob: (pki.report(report_data=inblob, measurement=MEASUREMENT), pki.cert_table()),
     )
-    server = LocalServer("--tee", "sev-snp", "--tsm-dir", str(tsm.root), simulation=False).start()
+    crl = tmp_path_factory.mktemp("crl") / "vcek.crl"
+    crl.write_bytes(pki.crl())
+    server = LocalServer(
+        "--tee", "sev-snp", "--tsm-dir", str(tsm.root), "--snp-crl-file", str(crl), simulation=False
+    ).start()
     yield pki, server, tsm
     server.stop()
     tsm.stop()
@@ -100,7 +105,7 @@ def test_tdx_server_evidence_path(tmp_path: Path) -> None:
             "127.0.0.1",
             attested_port=server.attested_port,
             unattested_port=server.unattested_port,
-            policy=f'[tdx]\nmrtd = ["{"7d" * 48}"]\n',
+            policy=f'[tdx]\nmrtd = ["{"7d" * 48}"]\n{ZERO_RTMRS}',
             unsafe_trust_roots=[pki.root_pem],
         ) as conn:
             assert (conn.attestation.tee, conn.attestation.tcb_status) == ("tdx", "UpToDate")
@@ -111,7 +116,7 @@ def test_tdx_server_evidence_path(tmp_path: Path) -> None:
                 "127.0.0.1",
                 attested_port=server.attested_port,
                 unattested_port=server.unattested_port,
-                policy=f'[tdx]\nmrtd = ["{"00" * 48}"]\n',
+                policy=f'[tdx]\nmrtd = ["{"00" * 48}"]\n{ZERO_RTMRS}',
                 unsafe_trust_roots=[pki.root_pem],
             )
     finally:

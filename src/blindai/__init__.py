@@ -15,6 +15,7 @@ from .client import (
     ModelInfo,
     ReplicaSet,
     RunResult,
+    attest,
     connect,
     connect_replicas,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "TransportError",
     "VerifiedAttestation",
     "__version__",
+    "attest",
     "connect",
     "connect_replicas",
     "load_policy",

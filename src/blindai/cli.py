@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import BlindAIError, SimulationModeWarning
+from .client.tokens import forget_token, load_tokens, save_token
+from .errors import AttestationError, BlindAIError, SimulationModeWarning
+from .tees import TEES
 
 __all__ = ["main"]
 
@@ -25,59 +27,49 @@ def _size(text: str) -> int:
     return int(t)
 
 
-def _token_file() -> Path:
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "blindai" / "owner-tokens.json"
-
-
-def _load_tokens() -> dict[str, str]:
-    try:
-        data = json.loads(_token_file().read_text())
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_tokens(tokens: dict[str, str]) -> Path:
-    """Owner tokens are credentials: the file is created 0600 and replaced atomically."""
-    path = _token_file()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(tokens, f, indent=2)
-    os.replace(tmp, path)
-    return path
-
-
-def _save_token(model_id: str, token: str) -> Path:
-    return _write_tokens({**_load_tokens(), model_id: token})
-
-
-def _forget_token(model_id: str) -> None:
-    tokens = _load_tokens()
-    if tokens.pop(model_id, None) is not None:
-        _write_tokens(tokens)
-
-
 def _add_connect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("host", help="server host name or address")
     p.add_argument("--attested-port", type=int, default=50051)
     p.add_argument("--unattested-port", type=int, default=50052)
     p.add_argument("--policy", help="policy TOML file (required unless --simulation)")
     p.add_argument("--simulation", action="store_true", help="accept a SIMULATION server (no protection)")
+    p.add_argument(
+        "--unsafe-trust-root",
+        action="append",
+        metavar="PEM",
+        help="also trust this root certificate file (test PKIs only: never in production; repeatable)",
+    )
+    p.add_argument(
+        "--collateral-url",
+        help="fetch collateral yourself from this PCCS / Intel PCS (SGX, TDX) or AMD KDS (SEV-SNP CRL) "
+        "and ignore what the host serves",
+    )
+
+
+def _trust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    roots = []
+    for path in args.unsafe_trust_root or []:
+        try:
+            roots.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise _CliError(f"cannot read --unsafe-trust-root {path}: {exc.strerror or exc}") from exc
+    return {
+        "unattested_port": args.unattested_port,
+        "policy": args.policy,
+        "simulation": args.simulation,
+        "unsafe_trust_roots": roots,
+        "collateral_url": args.collateral_url,
+    }
 
 
 def _connect(args: argparse.Namespace) -> Any:
-    from .client.connection import connect
+    from .client.connect import connect
 
-    return connect(
-        args.host,
-        attested_port=args.attested_port,
-        unattested_port=args.unattested_port,
-        policy=args.policy,
-        simulation=args.simulation,
-    )
+    return connect(args.host, attested_port=args.attested_port, **_trust_kwargs(args))
+
+
+class _CliError(BlindAIError):
+    """An ordinary mistake on the command line: one line, exit 2."""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -105,6 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tsm_dir=Path(args.tsm_dir) if args.tsm_dir else None,
         pccs_url=args.pccs_url,
         collateral_file=Path(args.collateral_file) if args.collateral_file else None,
+        snp_crl_file=Path(args.snp_crl_file) if args.snp_crl_file else None,
+        snp_crl_url=args.snp_crl_url,
         model_store=Path(args.model_store) if args.model_store else None,
         sealing_key_file=Path(args.sealing_key_file) if args.sealing_key_file else None,
         upload_tokens_file=Path(args.upload_tokens) if args.upload_tokens else None,
@@ -115,28 +109,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_attest_show(args: argparse.Namespace) -> int:
-    from .attestation.policy import policy_from_attestation
+    """Verify a live server's evidence (no policy needed) and optionally write a first policy.
 
-    with _connect(args) as conn:
-        claims = conn.attestation
-    if args.write_policy:
-        Path(args.write_policy).write_text(policy_from_attestation(claims))
+    Nothing is written unless every check passed: evidence, collateral, CRLs, the pinned
+    vendor root, the binding of the TLS key and the nonce (and ``--policy`` when given)."""
+    from .attestation.policy import Policy
+    from .client.connect import attest
+
+    claims = attest(args.host, **_trust_kwargs(args))
+    policy_text = Policy.from_attestation(claims).to_toml() if args.write_policy else None
     _emit_claims(claims, args.json)
-    if args.write_policy and not args.json:
-        print(f"policy pinning these claims written to {args.write_policy}")
+    if args.write_policy and policy_text is not None:
+        try:
+            Path(args.write_policy).write_text(policy_text)
+        except OSError as exc:
+            raise _CliError(f"cannot write the policy to {args.write_policy}: {exc.strerror or exc}") from exc
+        if not args.json:
+            print(f"policy pinning these claims written to {args.write_policy}")
+            if claims.simulation:
+                print("note: a [simulation] policy accepts a SIMULATION server: no hardware protects it")
     return 0
 
 
-SPEC_MEASUREMENTS = {
-    "sgx": ("mrenclave", "mrsigner"),
-    "tdx": ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"),
-    "sev-snp": ("measurement",),
-    "simulation": ("measurement",),
-}
-
-
 def _claims_json(claims: Any) -> dict[str, Any]:
-    keys = SPEC_MEASUREMENTS[claims.tee]
+    keys = TEES[claims.tee].shown
     return {
         "tee": claims.tee,
         "tcb_status": claims.tcb_status,
@@ -185,19 +181,11 @@ def _emit_claims(claims: Any, as_json: bool) -> None:
         print(json.dumps(_claims_json(claims)))
         return
     _print_claims(claims)
-    if claims.advisory_ids:
-        print(f"advisories:   {', '.join(claims.advisory_ids)}")
 
 
 def _print_claims(claims: Any) -> None:
-    label = " (SIMULATION: no hardware guarantee)" if claims.simulation else ""
-    print(f"tee:          {claims.tee}{label}")
-    for k, v in claims.measurements.items():
-        print(f"{k + ':':13} {v}")
-    print(f"debug:        {claims.debug}")
-    if claims.tcb_status is not None:
-        print(f"tcb_status:   {claims.tcb_status}")
-    print(f"report_data:  {claims.report_data.hex()}")
+    print(claims)
+    print(f"{'report_data:':15} {claims.report_data.hex()}")
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -225,7 +213,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         token = conn.owner_token(info.model_id)
     if bar is not None:
         bar.close()
-    path = _save_token(info.model_id, token) if token else None
+    path = save_token(info.model_id, token) if token else None
     print(json.dumps({"model_id": info.model_id, "sha256": info.sha256, "name": info.name}))
     if path is not None:
         print(f"owner token saved to {path}", file=sys.stderr)
@@ -265,10 +253,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    token = args.owner_token or _load_tokens().get(args.model_id)
+    token = args.owner_token or load_tokens().get(args.model_id)
     with _connect(args) as conn:
         conn.delete_model(args.model_id, owner_token=token)
-    _forget_token(args.model_id)
+    forget_token(args.model_id)
     print(f"deleted {args.model_id}")
     return 0
 
@@ -343,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")
     p.add_argument("--collateral-file", help="serve Intel collateral from this JSON file (refreshed by the operator)")
+    p.add_argument(
+        "--snp-crl-file", help="SEV-SNP: serve this VCEK/VLEK CRL (DER or PEM, refreshed by the operator)"
+    )
+    p.add_argument(
+        "--snp-crl-url",
+        help="SEV-SNP: fetch the VCEK/VLEK CRL from this AMD KDS (https://kdsintf.amd.com) or mirror, and serve it",
+    )
     p.add_argument("--gramine-dir", default=None, help="Gramine attestation interface (default /dev/attestation)")
     p.add_argument("--tsm-dir", default=None, help="configfs-tsm report folder (default /sys/kernel/config/tsm/report)")
     p.set_defaults(func=cmd_serve)
@@ -360,10 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-data", help="expected report_data (hex, zero-padded to 64 bytes)")
     p.add_argument("--json", action="store_true", help="print the claims as one JSON object")
     p.set_defaults(func=cmd_attest_verify)
-    p = add("show", "attest a live server and print what it proved", asub)
+    p = add("show", "verify a live server's evidence (no policy needed) and print what it proved", asub)
     _add_connect_args(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--write-policy", help="write a policy pinning what was seen")
+    p.add_argument("--json", action="store_true", help="print the claims as one JSON object")
+    p.add_argument(
+        "--write-policy", metavar="FILE", help="write a first policy pinning everything seen (only if all checks pass)"
+    )
     p.set_defaults(func=cmd_attest_show)
 
     p = add("upload", "upload an ONNX model over the attested channel")
@@ -409,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
+    except _CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except AttestationError as exc:
+        print(f"error: {exc.cli_text}", file=sys.stderr)
+        return 1
     except BlindAIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

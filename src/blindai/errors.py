@@ -53,7 +53,8 @@ class AttestationError(BlindAIError):
     """The server's evidence was not accepted; no model or input was sent.
 
     ``check`` names the failed check; ``got`` and ``expected`` are shown when
-    they make sense, so an operator can tell what to fix.
+    they make sense, so an operator can tell what to fix. ``cli_text`` says the
+    same in the command line's terms (``--simulation`` rather than ``simulation=True``).
     """
 
     def __init__(
@@ -63,14 +64,15 @@ class AttestationError(BlindAIError):
         check: str = "attestation",
         got: object | None = None,
         expected: object | None = None,
+        cli_message: str | None = None,
     ) -> None:
         self.check = check
         self.got = got
         self.expected = expected
-        text = f"{check}: {message}"
-        if got is not None or expected is not None:
-            text += f" (got {_show(got)}, expected {_show(expected)})"
-        super().__init__(text)
+        detail = f" (got {_show(got)}, expected {_show(expected)})" if got is not None or expected is not None else ""
+        # The same failure told in the command line's words (flags, not keyword arguments).
+        self.cli_text = f"{check}: {cli_message or message}{detail}"
+        super().__init__(f"{check}: {message}{detail}")
 
 
 def _show(value: object) -> str:

@@ -114,6 +114,19 @@ class FakeAmdPki:
     def ark_pem(self) -> bytes:
         return self.ark.public_bytes(serialization.Encoding.PEM)
 
+    def crl(
+        self, *, revoked: tuple[x509.Certificate, ...] = (), validity: dt.timedelta = dt.timedelta(days=7)
+    ) -> bytes:
+        """A CRL signed by the ARK, DER, like KDS serves at /vcek/v1/{product}/crl."""
+        b = x509.CertificateRevocationListBuilder().issuer_name(self.ark.subject)
+        b = b.last_update(self.now - dt.timedelta(days=1)).next_update(self.now + validity)
+        for cert in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(self.now).build()
+            )
+        crl = b.sign(self.ark_key, hashes.SHA384(), rsa_padding=padding.PSS(padding.MGF1(hashes.SHA384()), 48))
+        return crl.public_bytes(serialization.Encoding.DER)
+
     def cert_blobs(self) -> tuple[bytes, ...]:
         return tuple(c.public_bytes(serialization.Encoding.DER) for c in (self.vcek, self.ask, self.ark))
 

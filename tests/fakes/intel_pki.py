@@ -305,7 +305,9 @@ class FakeIntelPki:
         sig_data = _raw_sig(self.keys["attest"], header + body) + attest_key + self._qe_certification(attest_key, 1)
         return header + body + struct.pack("<I", len(sig_data)) + sig_data
 
-    def tdx_quote(self, *, mrtd: bytes, report_data: bytes, debug: bool = False) -> bytes:
+    def tdx_quote(
+        self, *, mrtd: bytes, report_data: bytes, debug: bool = False, rtmrs: tuple[bytes, ...] = ()
+    ) -> bytes:
         """A DCAP quote v4 for a TD (TDREPORT 1.0 body, QE report certification data type 6)."""
         header = struct.pack("<HHIHH16s20s", 4, 2, 0x81, 0, self.pcesvn, QE_VENDOR_ID, bytes(20))
         body = bytearray(584)
@@ -313,6 +315,8 @@ class FakeIntelPki:
         body[120:128] = (0x10000000 | (1 if debug else 0)).to_bytes(8, "little")  # td_attributes
         body[128:136] = (0xE7).to_bytes(8, "little")  # xfam
         body[136:184] = mrtd
+        for i, rtmr in enumerate(rtmrs):  # RTMR0..3 follow MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG
+            body[328 + 48 * i : 376 + 48 * i] = rtmr
         body[520:584] = report_data.ljust(64, b"\0")
         attest_key = _raw_pub(self.keys["attest"])
         inner = self._qe_certification(attest_key, 2)

@@ -2,12 +2,15 @@
 
 from .binding import DOMAIN, check_binding, report_data_for, spki_sha256
 from .evidence import VerifiedAttestation
-from .policy import Policy, load_policy, policy_from_attestation, validate
-from .verify import TrustOptions, verify_evidence, verify_server_attestation
+from .policy import Policy, PolicyLoadError, TeePolicy, load_policy, policy_from_attestation, validate
+from .trust import TrustOptions
+from .verify import verify_evidence, verify_server_attestation
 
 __all__ = [
     "DOMAIN",
     "Policy",
+    "PolicyLoadError",
+    "TeePolicy",
     "TrustOptions",
     "VerifiedAttestation",
     "check_binding",

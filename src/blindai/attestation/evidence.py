@@ -31,8 +31,12 @@ class VerifiedAttestation:
     """Claims of evidence whose signatures, chains and collateral all verified.
 
     ``measurements`` maps a TEE-specific name (``mrenclave``, ``mrtd``,
-    ``measurement``, ...) to lowercase hex. ``simulation`` is True only for the
-    no-TEE mode, whose claims are not backed by any hardware.
+    ``measurement``, ...) to lowercase hex. ``svns`` holds the numeric claims
+    (security versions, product ids, SNP ``vmpl`` and ``guest_policy``).
+    ``crl_checked``: revocation lists were verified with the evidence.
+    ``tls_key_sha256``: SHA-256 of the TLS public key (SPKI) the evidence binds,
+    set once the binding was checked. ``simulation`` is True only for the no-TEE
+    mode, whose claims are not backed by any hardware.
     """
 
     tee: TeeKind
@@ -42,6 +46,8 @@ class VerifiedAttestation:
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     svns: dict[str, int] = field(default_factory=dict)
+    crl_checked: bool = False
+    tls_key_sha256: bytes | None = None
 
     @property
     def simulation(self) -> bool:
@@ -56,4 +62,22 @@ class VerifiedAttestation:
             "measurements": dict(self.measurements),
             "report_data": self.report_data.hex(),
             "svns": dict(self.svns),
+            "crl_checked": self.crl_checked,
+            "tls_key_sha256": self.tls_key_sha256.hex() if self.tls_key_sha256 is not None else None,
         }
+
+    def __str__(self) -> str:
+        label = " (SIMULATION: no hardware protects this server)" if self.simulation else ""
+        lines = [f"tee:            {self.tee}{label}"]
+        lines += [f"{k + ':':15} {v}" for k, v in self.measurements.items()]
+        lines += [f"{k + ':':15} {v}" for k, v in self.svns.items()]
+        lines.append(f"debug:          {self.debug}")
+        if self.tcb_status is not None:
+            lines.append(f"tcb_status:     {self.tcb_status}")
+        if self.advisory_ids:
+            lines.append(f"advisories:     {', '.join(self.advisory_ids)}")
+        if not self.simulation:
+            lines.append(f"crl_checked:    {self.crl_checked}")
+        if self.tls_key_sha256 is not None:
+            lines.append(f"tls_key_sha256: {self.tls_key_sha256.hex()}")
+        return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Hardware verifiers (SGX, TDX, SEV-SNP), registered with the dispatcher, and type detection."""
+"""Hardware verification glue (SGX, TDX, SEV-SNP): collateral sources, trust roots, type detection."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 from collections.abc import Mapping
@@ -13,9 +14,11 @@ from cryptography.hazmat.primitives import serialization
 from ..errors import CollateralError, EvidenceParseError
 from . import sev_snp, sgx_tdx, simulation
 from .evidence import VerifiedAttestation
-from .verify import TrustOptions, register_verifier
+from .trust import TrustOptions, unsafe_roots
 
-__all__ = ["detect_tee", "verify_dcap", "verify_snp"]
+__all__ = ["detect_tee", "fetch_collateral", "fetch_snp_crl", "load_crl", "verify_dcap", "verify_snp"]
+
+KDS_URL = "https://kdsintf.amd.com"
 
 
 def detect_tee(data: bytes) -> str:
@@ -49,27 +52,44 @@ def fetch_collateral(url: str, quote: bytes) -> dict[str, Any]:
     return result
 
 
-def _roots(options: TrustOptions) -> list[x509.Certificate]:
-    out: list[x509.Certificate] = []
-    for pem in options.unsafe_trust_roots:
-        out += x509.load_pem_x509_certificates(pem) if b"BEGIN" in pem else [x509.load_der_x509_certificate(pem)]
-    return out
+def load_crl(data: bytes | str) -> x509.CertificateRevocationList:
+    """A CRL as PEM text, DER bytes, or base64 of DER (how the server's collateral carries it)."""
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        if b"-----BEGIN" in raw:
+            return x509.load_pem_x509_crl(raw)
+        try:
+            return x509.load_der_x509_crl(raw)
+        except ValueError:
+            return x509.load_der_x509_crl(base64.b64decode(raw, validate=True))
+    except ValueError as exc:
+        raise EvidenceParseError("the CRL is not a PEM or DER X.509 CRL", check="crl") from exc
 
 
-def verify_dcap(tee: str) -> Any:
-    def verifier(evidence: bytes, collateral: Mapping[str, Any] | None, options: TrustOptions) -> VerifiedAttestation:
-        quote = sgx_tdx.parse_quote(evidence)
-        if quote.tee != tee:
-            raise EvidenceParseError(
-                f"the server says {tee} but the quote is {quote.tee}", check="tee", got=quote.tee, expected=tee
-            )
-        roots = _roots(options)
-        root_der = roots[0].public_bytes(serialization.Encoding.DER) if roots else None
-        if collateral is None and options.collateral_url is not None:
-            collateral = fetch_collateral(options.collateral_url, quote.raw)
-        return sgx_tdx.verify_quote(quote, collateral, now=options.now, unsafe_root_ca_der=root_der)
+def fetch_snp_crl(url: str, product: str, vlek: bool) -> x509.CertificateRevocationList:
+    """The VCEK (or VLEK) CRL from an AMD KDS-shaped service: ``{url}/{vcek|vlek}/v1/{product}/crl``."""
+    import httpx
 
-    return verifier
+    full = f"{url.rstrip('/')}/{'vlek' if vlek else 'vcek'}/v1/{product}/crl"
+    try:
+        resp = httpx.get(full, timeout=30, follow_redirects=True)
+        resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise CollateralError(f"could not fetch the SEV-SNP CRL from {full}: {exc}", check="collateral-fetch") from exc
+    return load_crl(resp.content)
+
+
+def verify_dcap(tee: str, evidence: bytes, collateral: Mapping[str, Any] | None, options: TrustOptions) -> Any:
+    quote = sgx_tdx.parse_quote(evidence)
+    if quote.tee != tee:
+        raise EvidenceParseError(
+            f"the server says {tee} but the quote is {quote.tee}", check="tee", got=quote.tee, expected=tee
+        )
+    roots = unsafe_roots(options)
+    root_der = roots[0].public_bytes(serialization.Encoding.DER) if roots else None
+    if options.collateral_url is not None:  # the client's own source wins over the host's
+        collateral = fetch_collateral(options.collateral_url, quote.raw)
+    return sgx_tdx.verify_quote(quote, collateral, now=options.now, unsafe_root_ca_der=root_der)
 
 
 def verify_snp(
@@ -79,19 +99,22 @@ def verify_snp(
     extra_certs: tuple[bytes, ...] = (),
     crl: x509.CertificateRevocationList | None = None,
 ) -> VerifiedAttestation:
+    """Steps: parse the report; certificates from the given files and/or the host's table; the CRL
+    from the caller, else the client's own KDS (``collateral_url``), else the host's collateral;
+    then :func:`sev_snp.verify_report` against the pinned ARKs (plus ``unsafe_`` test roots)."""
     report = sev_snp.parse_report(evidence)
     certs = sev_snp.certs_from_collateral(collateral, extra_certs)
     pins = [
         hashlib.sha256(
             c.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         ).digest()
-        for c in _roots(options)
+        for c in unsafe_roots(options)
     ]
-    if crl is None and collateral and isinstance(collateral.get("crl"), str):
-        crl = x509.load_pem_x509_crl(collateral["crl"].encode())
+    if crl is None and options.collateral_url is not None:
+        product = sev_snp.cert_product(certs.endorsement) or report.product
+        if product is None:
+            raise CollateralError("cannot tell the AMD product to fetch its CRL", check="collateral-fetch")
+        crl = fetch_snp_crl(options.collateral_url, product, report.signing_key == sev_snp.KEY_VLEK)
+    elif crl is None and collateral and isinstance(collateral.get("crl"), str):
+        crl = load_crl(collateral["crl"])
     return sev_snp.verify_report(report, certs, crl=crl, now=options.now, unsafe_ark_spki_sha256=pins)
-
-
-register_verifier("sgx", verify_dcap("sgx"))
-register_verifier("tdx", verify_dcap("tdx"))
-register_verifier("sev-snp", lambda ev, col, opts: verify_snp(ev, col, opts))

@@ -32,7 +32,10 @@ __all__ = [
     "TsmProvider",
     "CollateralSource",
     "FileCollateral",
+    "FileSnpCrl",
+    "KdsSnpCrl",
     "PccsCollateral",
+    "SnpCrlSource",
     "detect_provider",
 ]
 
@@ -49,9 +52,6 @@ class Evidence:
     tee: str
     evidence: bytes
     collateral: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"tee": self.tee, "evidence": base64.b64encode(self.evidence).decode(), "collateral": self.collateral}
 
 
 class EvidenceProvider(Protocol):
@@ -136,6 +136,71 @@ class PccsCollateral:
             return collateral
 
 
+class SnpCrlSource(Protocol):
+    """Where a SEV-SNP server finds the VCEK/VLEK CRL to serve beside its reports.
+
+    CRLs are signed by AMD's root key, so the host cannot forge one; serving it lets
+    clients check revocation without going to the network themselves."""
+
+    def get(self, report: bytes, cert_table: bytes) -> str: ...
+
+
+def _crl_pem(raw: bytes) -> tuple[str, dt.datetime]:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .hardware import load_crl
+
+    crl = load_crl(raw)
+    nxt = crl.next_update_utc or dt.datetime.now(dt.UTC)
+    return crl.public_bytes(Encoding.PEM).decode(), nxt
+
+
+class FileSnpCrl:
+    """A CRL file (DER or PEM) that the operator refreshes (e.g. a cron job on KDS); re-read on change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cached: tuple[float, str] | None = None
+        _crl_pem(path.read_bytes())  # refuse to start with a file that is not a CRL
+
+    def get(self, report: bytes, cert_table: bytes) -> str:
+        mtime = self.path.stat().st_mtime
+        if self._cached is None or self._cached[0] != mtime:
+            self._cached = (mtime, _crl_pem(self.path.read_bytes())[0])
+        return self._cached[1]
+
+
+class KdsSnpCrl:
+    """The CRL fetched from AMD KDS (or a mirror) for this machine's product, cached until its next update."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._cache: dict[str, tuple[dt.datetime, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, report: bytes, cert_table: bytes) -> str:
+        import httpx
+
+        from . import sev_snp
+
+        parsed = sev_snp.parse_report(report)
+        certs = sev_snp.sort_certs(sev_snp.parse_cert_table(cert_table)) if cert_table else None
+        product = (sev_snp.cert_product(certs.endorsement) if certs else None) or parsed.product
+        if product is None:
+            raise NoTeeError("cannot tell this machine's AMD product to fetch its CRL: use --snp-crl-file")
+        kind = "vlek" if parsed.signing_key == sev_snp.KEY_VLEK else "vcek"
+        key = f"{kind}/{product}"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > dt.datetime.now(dt.UTC):
+                return hit[1]
+            resp = httpx.get(f"{self.url}/{kind}/v1/{product}/crl", timeout=30, follow_redirects=True)
+            resp.raise_for_status()
+            pem, nxt = _crl_pem(resp.content)
+            self._cache[key] = (nxt, pem)
+            return pem
+
+
 class GramineSgxProvider:
     """Gramine's pseudo-files: write ``user_report_data``, read ``quote``."""
 
@@ -165,9 +230,15 @@ class TsmProvider:
 
     _PROVIDERS: ClassVar[dict[str, str]] = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
 
-    def __init__(self, root: Path = TSM_REPORT_DIR, collateral: CollateralSource | None = None) -> None:
+    def __init__(
+        self,
+        root: Path = TSM_REPORT_DIR,
+        collateral: CollateralSource | None = None,
+        snp_crl: SnpCrlSource | None = None,
+    ) -> None:
         self.root = root
         self.collateral = collateral
+        self.snp_crl = snp_crl
         self._lock = threading.Lock()
         entry = self._entry()
         try:
@@ -197,8 +268,12 @@ class TsmProvider:
                     raise NoTeeError("configfs-tsm report changed while it was read (another writer)")
             finally:
                 _rmdir(entry)
+        collateral: dict[str, Any] | None
         if self.tee == "sev-snp":
-            collateral = {"snp_certs": base64.b64encode(certs).decode()} if certs else None
+            snp: dict[str, Any] = {"snp_certs": base64.b64encode(certs).decode()} if certs else {}
+            if self.snp_crl is not None:
+                snp["crl"] = self.snp_crl.get(outblob, certs)
+            collateral = snp or None
         else:
             collateral = self.collateral.get(outblob) if self.collateral else None
         return Evidence(self.tee, outblob, collateral)
@@ -237,6 +312,7 @@ def detect_provider(
     gramine_dir: Path = GRAMINE_ATTESTATION_DIR,
     tsm_dir: Path = TSM_REPORT_DIR,
     collateral: CollateralSource | None = None,
+    snp_crl: SnpCrlSource | None = None,
 ) -> EvidenceProvider:
     """``auto`` tries Gramine SGX, then configfs-tsm; a named TEE must be present."""
     if tee == "simulation":
@@ -252,7 +328,7 @@ def detect_provider(
     if tee in ("auto", "tdx", "sev-snp"):
         try:
             if tsm_dir.is_dir():
-                tsm = TsmProvider(tsm_dir, collateral)
+                tsm = TsmProvider(tsm_dir, collateral, snp_crl)
                 if tee in ("auto", tsm.tee):
                     return tsm
                 errors.append(f"configfs-tsm offers {tsm.tee}, not {tee}")

@@ -375,7 +375,7 @@ def verify_report(
                     "CHIP_ID differs from the VCEK's hwID", check="chip-id", got=report.chip_id[: len(hw)], expected=hw
                 )
     svns = {f"tcb.{k}": v for k, v in tcb.as_dict().items()}
-    svns["guest_svn"] = report.guest_svn
+    svns.update({"guest_svn": report.guest_svn, "vmpl": report.vmpl, "guest_policy": report.policy})
     return VerifiedAttestation(
         tee="sev-snp",
         measurements={"measurement": report.measurement.hex(), "host_data": report.host_data.hex()},
@@ -383,6 +383,7 @@ def verify_report(
         report_data=report.report_data,
         tcb_status=None,
         svns=svns,
+        crl_checked=crl is not None,
     )
 
 

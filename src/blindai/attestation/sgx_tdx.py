@@ -236,9 +236,11 @@ def claims_of(quote: DcapQuote, tcb_status: str | None, advisories: tuple[str, .
             tcb_status=tcb_status,
             advisory_ids=advisories,
             svns={"isv_svn": body.isv_svn, "isv_prod_id": body.isv_prod_id},
+            crl_checked=True,  # dcap-qvl checks the PCK and root CRLs of the collateral
         )
     meas = {"mrtd": body.mr_td.hex(), "mrconfigid": body.mr_config_id.hex(), "mrowner": body.mr_owner.hex()}
     meas.update({f"rtmr{i}": r.hex() for i, r in enumerate(body.rtmrs)})
+    meas.update({"xfam": body.xfam.hex(), "td_attributes": body.td_attributes.hex()})
     return VerifiedAttestation(
         tee="tdx",
         measurements=meas,
@@ -246,6 +248,7 @@ def claims_of(quote: DcapQuote, tcb_status: str | None, advisories: tuple[str, .
         report_data=body.report_data,
         tcb_status=tcb_status,
         advisory_ids=advisories,
+        crl_checked=True,
     )
 
 

@@ -1,63 +1,84 @@
-"""Client side: turn a server's ``/attestation`` answer into verified, bound claims.
+"""Client side: turn a server's evidence into verified, bound claims.
 
 Order, always: gate on simulation -> parse -> verify (signatures, chains,
 collateral, time) -> check the binding of the TLS key and nonce -> validate the
-policy. Nothing is sent to the attested port unless all of it passed.
+policy. Nothing is sent to the attested port unless all of it passed. Every
+failure is an :class:`~blindai.errors.AttestationError` naming its check: a
+malformed input that slips past a parser is caught at this boundary and refused
+as ``parse``, never leaked as a foreign exception.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
+import struct
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
 
-from ..errors import AttestationError, SimulationModeWarning, SimulationRefusedError
-from . import simulation
-from .binding import check_binding, load_certificate
+from ..errors import (
+    AttestationError,
+    BlindAIError,
+    CollateralError,
+    EvidenceParseError,
+    SimulationModeWarning,
+    SimulationRefusedError,
+)
+from . import hardware, simulation
+from .binding import check_binding, load_certificate, spki_sha256
 from .evidence import VerifiedAttestation
 from .policy import Policy, validate
+from .trust import TrustOptions
 
-__all__ = ["TrustOptions", "register_verifier", "verify_evidence", "verify_server_attestation"]
+__all__ = ["TrustOptions", "verify_evidence", "verify_server_attestation"]
 
-
-@dataclass(frozen=True, slots=True)
-class TrustOptions:
-    """Injected time and trust anchors (never global); ``unsafe_`` roots are for test PKIs."""
-
-    now: dt.datetime | None = None
-    unsafe_trust_roots: tuple[bytes, ...] = ()
-    # Network access for collateral is opt-in: a PCCS URL, or Intel PCS's. None: never fetch.
-    collateral_url: str | None = None
-
-
-Verifier = Callable[[bytes, Mapping[str, Any] | None, TrustOptions], VerifiedAttestation]
-_VERIFIERS: dict[str, Verifier] = {
-    "simulation": lambda ev, _col, _opts: simulation.verify(simulation.parse(ev)),
-}
-
-
-def register_verifier(tee: str, verifier: Verifier) -> None:
-    _VERIFIERS[tee] = verifier
+_FOREIGN = (ValueError, TypeError, KeyError, IndexError, struct.error, UnicodeError, OverflowError, AttributeError)
 
 
 def verify_evidence(
     tee: str, evidence: bytes, collateral: Mapping[str, Any] | None, options: TrustOptions | None = None
 ) -> VerifiedAttestation:
-    _load_hardware_verifiers()
-    verifier = _VERIFIERS.get(tee)
-    if verifier is None:
-        raise AttestationError(f"unknown TEE kind {tee!r}", check="tee", got=tee, expected=sorted(_VERIFIERS))
-    return verifier(evidence, collateral, options or TrustOptions())
+    """Parse and verify evidence of kind ``tee`` (no policy, no binding): the claims it proves."""
+    opts = options or TrustOptions()
+    try:
+        match tee:
+            case "simulation":
+                return simulation.verify(simulation.parse(evidence))
+            case "sgx" | "tdx":
+                verified: VerifiedAttestation = hardware.verify_dcap(tee, evidence, collateral, opts)
+                return verified
+            case "sev-snp":
+                return hardware.verify_snp(evidence, collateral, opts)
+            case _:
+                raise AttestationError(
+                    f"unknown TEE kind {tee!r}", check="tee", got=tee, expected="simulation, sgx, tdx or sev-snp"
+                )
+    except BlindAIError:
+        raise
+    except _FOREIGN as exc:
+        raise EvidenceParseError(f"malformed {tee} evidence or collateral ({type(exc).__name__}: {exc})") from exc
 
 
-def _load_hardware_verifiers() -> None:
-    # Imported lazily: they pull dcap-qvl, which a simulation-only client never needs.
-    if "sgx" not in _VERIFIERS:
-        from . import hardware  # noqa: F401  (registers sgx, tdx, sev-snp)
+def _simulation_gate(tee: str, simulation_ok: bool, policy: Policy | None) -> None:
+    sim_policy = policy is not None and policy.for_tee("simulation") is not None
+    if tee == "simulation" and not (simulation_ok or sim_policy):
+        raise SimulationRefusedError(
+            "the server runs in SIMULATION mode: no TEE protects your data. "
+            "Pass simulation=True only for development and tests",
+            check="simulation",
+            cli_message="the server runs in SIMULATION mode: no TEE protects your data. "
+            "Pass --simulation only for development and tests",
+        )
+    if tee != "simulation" and simulation_ok:
+        raise SimulationRefusedError(
+            f"simulation=True only accepts simulation evidence, but the server offers {tee!r}: "
+            "connect without simulation=True and give a policy",
+            check="simulation",
+            cli_message=f"--simulation only accepts simulation evidence, but the server offers {tee!r}: "
+            "drop --simulation and give --policy",
+        )
 
 
 def verify_server_attestation(
@@ -70,30 +91,39 @@ def verify_server_attestation(
     policy: Policy | None,
     simulation_ok: bool,
     options: TrustOptions | None = None,
+    require_policy: bool = True,
 ) -> tuple[VerifiedAttestation, x509.Certificate]:
-    if tee == "simulation" and not simulation_ok:
-        raise SimulationRefusedError(
-            "the server runs in SIMULATION mode: no TEE protects your data. "
-            "Pass simulation=True only for development and tests",
-            check="simulation",
-        )
-    if tee != "simulation" and simulation_ok:
-        raise SimulationRefusedError(
-            f"simulation=True only accepts simulation evidence, but the server offers {tee!r}: "
-            "connect without simulation=True and give a policy",
-            check="simulation",
-        )
-    if tee != "simulation" and policy is None:
+    """The whole client-side decision for one ``/attestation`` answer.
+
+    ``require_policy=False`` is for bootstrapping (``blindai.attest``): evidence, collateral,
+    binding and nonce are still verified against the pinned vendor roots, and the safe
+    defaults that need no expected value (a current SEV-SNP CRL) still apply.
+    A policy with a ``[simulation]`` section accepts simulation evidence, like ``simulation=True``.
+    """
+    _simulation_gate(tee, simulation_ok, policy)
+    if tee != "simulation" and policy is None and require_policy:
         raise AttestationError(
-            f"a policy is required to trust {tee!r} evidence (which measurement do you expect?); "
-            "write one with `blindai attest show HOST --write-policy policy.toml`",
+            f"a policy is required to trust {tee!r} evidence (which measurement do you expect?); build a first one "
+            "from the server with blindai.attest(host) and blindai.Policy.from_attestation(...)",
             check="policy",
+            cli_message=f"a policy is required to trust {tee!r} evidence (which measurement do you expect?); "
+            "write one with `blindai attest show HOST --write-policy policy.toml`",
         )
     verified = verify_evidence(tee, evidence, collateral, options)
     cert = load_certificate(certificate_pem)
     check_binding(verified.report_data, cert, nonce)
-    if policy is not None and (tee != "simulation" or policy.for_tee("simulation") is not None):
+    verified = dataclasses.replace(verified, tls_key_sha256=spki_sha256(cert))
+    if (policy is not None and not verified.simulation) or (
+        policy is not None and policy.for_tee("simulation") is not None
+    ):
         validate(verified, policy)
+    elif verified.tee == "sev-snp" and not verified.crl_checked:
+        raise CollateralError(
+            "no current VCEK/VLEK CRL came with the SEV-SNP evidence, so revocation was not checked: "
+            "have the server serve one (blindai serve --snp-crl-file/--snp-crl-url), fetch it yourself "
+            "(collateral_url=KDS), or accept the risk with require_crl = false in a policy",
+            check="crl",
+        )
     if verified.simulation:
         warnings.warn(
             "connected to a BlindAI server in SIMULATION mode: no hardware protects the data you send",

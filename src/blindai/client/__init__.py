@@ -1,7 +1,8 @@
 """Client SDK: :func:`connect` and the seed-compatible :class:`BlindAiClient`."""
 
 from .cluster import Endpoint, ReplicaSet, connect_replicas
-from .connection import Connection, ModelInfo, RunResult, TensorInfo, connect
+from .connect import attest, connect
+from .connection import Connection, ModelInfo, RunResult, TensorInfo
 from .seed import BlindAiClient, ModelDatumType, RunModelResponse, UploadModelResponse
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "RunResult",
     "TensorInfo",
     "UploadModelResponse",
+    "attest",
     "connect",
     "connect_replicas",
 ]

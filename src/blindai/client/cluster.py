@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AttestationError, BlindAIError, TransportError
-from .connection import Connection, ModelInfo, RunResult, connect
+from ..errors import BlindAIError
+from .connect import connect
+from .connection import Connection, ModelInfo, RunResult
 
 __all__ = ["Endpoint", "ReplicaSet", "connect_replicas"]
 
@@ -103,7 +104,7 @@ def connect_replicas(
         for ep, fut in [(ep, pool.submit(one, ep)) for ep in eps]:
             try:
                 good[ep] = fut.result()
-            except (AttestationError, TransportError) as exc:
+            except BlindAIError as exc:  # attestation, transport, or a server error: this replica only
                 refused[ep] = exc
     if len(good) < require:
         for c in good.values():

@@ -1,19 +1,13 @@
-"""The client SDK: attest first, then talk only to the attested key.
+"""An attested connection: model management and inference over the pinned channel.
 
-``connect()`` fetches evidence with a fresh random nonce from the unattested
-port, verifies it, checks that it binds the server's TLS public key and the
-nonce, and only then opens TLS to the attested port trusting exactly that
-certificate. No model or input byte is sent before all of that passed.
+Made by :func:`blindai.connect` (``client/connect.py``) once the server's evidence
+verified; every TLS handshake of its connection pool is checked against the attested
+key (``attestation/channel.py``), so a reconnection cannot land on another server.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as dt
-import hmac
 import os
-import secrets
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +18,12 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from ..attestation.binding import MAX_NONCE_BYTES, spki_sha256
+from ..attestation.binding import load_certificate
+from ..attestation.channel import is_pin_failure, pinned_context
 from ..attestation.evidence import VerifiedAttestation
-from ..attestation.policy import Policy, load_policy
-from ..attestation.verify import TrustOptions, verify_server_attestation
 from ..errors import (
-    AttestationError,
     BindingError,
     BlindAIError,
-    EvidenceParseError,
     InvalidInputError,
     ModelHashMismatchError,
     ModelNotFoundError,
@@ -42,7 +33,7 @@ from ..errors import (
 )
 from ..protocol.infer import HEADER_LENGTH, decode_response, encode_request
 
-__all__ = ["Connection", "ModelInfo", "RunResult", "TensorInfo", "connect"]
+__all__ = ["Connection", "ModelInfo", "RunResult", "TensorInfo"]
 
 DEFAULT_TIMEOUT = 60.0
 UPLOAD_CHUNK = 1 << 20
@@ -106,7 +97,8 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
 }
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def raise_for_status(resp: httpx.Response) -> None:
+    """Turn an error answer into the typed :class:`~blindai.errors.ServerError` for its status."""
     if resp.status_code < 400:
         return
     try:
@@ -116,7 +108,8 @@ def _raise_for(resp: httpx.Response) -> None:
     raise _STATUS_ERRORS.get(resp.status_code, ServerError)(message, status=resp.status_code)
 
 
-def _host_for_url(host: str) -> str:
+def host_for_url(host: str) -> str:
+    """Bracket IPv6 literals for URLs."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
@@ -129,7 +122,11 @@ def _as_array(value: Any) -> npt.NDArray[Any]:
 
 
 class Connection:
-    """An attested connection. Use :func:`connect` to make one; close it (or use ``with``)."""
+    """An attested connection. Use :func:`blindai.connect` to make one; close it (or use ``with``).
+
+    ``attestation`` holds the verified claims; ``certificate_pem`` is exactly the attested
+    certificate (one certificate, PEM). Third-party clients should use :meth:`ssl_context`.
+    """
 
     def __init__(
         self,
@@ -152,13 +149,31 @@ class Connection:
 
     # -- plumbing
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def request_raw(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request over the pinned channel, transport errors typed (a refused key is a BindingError)."""
         try:
-            resp = self._http.request(method, url, **kwargs)
+            return self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
+            if is_pin_failure(exc):
+                raise BindingError(
+                    "the attested port presented a TLS key that is not the one bound in the evidence "
+                    "(another server, or someone in between): nothing was sent",
+                    check="tls-pin",
+                ) from exc
             raise TransportError(f"{method} {url} failed: {exc}") from exc
-        _raise_for(resp)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        resp = self.request_raw(method, url, **kwargs)
+        raise_for_status(resp)
         return resp
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new client context pinned to the attested key, for third-party clients (tritonclient...).
+
+        It trusts only the attested certificate and, on standard-library sockets, checks the
+        key again after every handshake. Host names are not checked: pass any host.
+        """
+        return pinned_context(load_certificate(self.certificate_pem))
 
     def close(self) -> None:
         self._http.close()
@@ -317,137 +332,3 @@ def _bytes_chunks(data: bytes, progress: ProgressCallback) -> Iterator[bytes]:
         chunk = view[start : start + UPLOAD_CHUNK]
         progress(start + len(chunk), len(view))
         yield bytes(chunk)
-
-
-# ---------------------------------------------------------------- connect
-
-
-def fetch_attestation(host: str, port: int, nonce: bytes, timeout: float) -> dict[str, Any]:
-    url = f"http://{_host_for_url(host)}:{port}/attestation"
-    try:
-        with httpx.Client(timeout=timeout, trust_env=False) as client:
-            resp = client.get(url, params={"nonce": nonce.hex()})
-    except httpx.TransportError as exc:
-        raise TransportError(f"cannot reach the unattested port {url}: {exc}") from exc
-    if resp.status_code != 200:
-        try:
-            message = resp.json().get("error", resp.text)
-        except ValueError:
-            message = resp.text[:300]
-        raise AttestationError(f"the server refused to give evidence ({resp.status_code}): {message}", check="fetch")
-    try:
-        doc = resp.json()
-    except ValueError as exc:
-        raise EvidenceParseError("the /attestation answer is not JSON", check="parse") from exc
-    if not isinstance(doc, dict):
-        raise EvidenceParseError("the /attestation answer is not a JSON object", check="parse")
-    return doc
-
-
-def connect(
-    host: str,
-    *,
-    attested_port: int = 50051,
-    unattested_port: int = 50052,
-    policy: str | os.PathLike[str] | Policy | None = None,
-    simulation: bool = False,
-    nonce: bytes | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    now: dt.datetime | None = None,
-    unsafe_trust_roots: Sequence[bytes] = (),
-    upload_token: str | None = None,
-    collateral_url: str | None = None,
-) -> Connection:
-    """Attest the server at ``host`` and return a connection bound to its attested key.
-
-    Raises :class:`~blindai.errors.AttestationError` (and sends nothing) unless
-    the evidence verifies, satisfies ``policy`` and binds the TLS key and nonce.
-    ``simulation=True`` accepts only simulation evidence, and warns each time.
-    ``unsafe_trust_roots`` adds test PKI roots (PEM) and must never be used in production.
-    ``upload_token`` is sent with uploads to servers that restrict who may upload.
-    ``collateral_url`` (a PCCS, or Intel PCS) lets the client fetch Intel collateral itself when
-    the server sends none; without it the client never goes to the network for collateral.
-    """
-    if nonce is None:
-        nonce = secrets.token_bytes(32)
-    if len(nonce) > MAX_NONCE_BYTES:
-        raise ValueError(f"nonce must be at most {MAX_NONCE_BYTES} bytes")
-    loaded = load_policy(policy) if policy is not None and not isinstance(policy, Policy) else policy
-    doc = fetch_attestation(host, unattested_port, nonce, timeout)
-    tee, evidence_b64, cert_pem = doc.get("tee"), doc.get("evidence"), doc.get("certificate")
-    if not isinstance(tee, str) or not isinstance(evidence_b64, str) or not isinstance(cert_pem, str):
-        raise EvidenceParseError("the /attestation answer lacks tee, evidence or certificate", check="parse")
-    if doc.get("nonce") != nonce.hex():
-        raise BindingError(
-            "the server answered for another nonce (stale or replayed evidence)",
-            check="nonce",
-            got=doc.get("nonce"),
-            expected=nonce.hex(),
-        )
-    try:
-        evidence = base64.b64decode(evidence_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EvidenceParseError("evidence is not base64", check="parse") from exc
-    collateral = doc.get("collateral")
-    verified, cert = verify_server_attestation(
-        tee=tee,
-        evidence=evidence,
-        collateral=collateral if isinstance(collateral, dict) else None,
-        certificate_pem=cert_pem,
-        nonce=nonce,
-        policy=loaded,
-        simulation_ok=simulation,
-        options=TrustOptions(now=now, unsafe_trust_roots=tuple(unsafe_trust_roots), collateral_url=collateral_url),
-    )
-    pin = spki_sha256(cert)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(cadata=cert_pem)
-    # The trust store holds exactly the attested certificate, so only its key can
-    # complete the handshake; host names add nothing to that and are not checked.
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    http = httpx.Client(
-        base_url=f"https://{_host_for_url(host)}:{attested_port}", verify=ctx, timeout=timeout, trust_env=False
-    )
-    try:
-        _check_peer(http, pin)
-    except BaseException:
-        http.close()
-        raise
-    return Connection(
-        host=host,
-        attested_port=attested_port,
-        attestation=verified,
-        certificate_pem=cert_pem,
-        http=http,
-        upload_token=upload_token,
-    )
-
-
-def _check_peer(http: httpx.Client, pin: bytes) -> None:
-    """A request that carries nothing secret, to see the peer's key before anything else is sent."""
-    try:
-        resp = http.get("/v2/health/ready")
-    except httpx.ConnectError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or isinstance(exc.__cause__, ssl.SSLCertVerificationError):
-            raise BindingError(
-                "the attested port presented a TLS certificate that is not the one bound in the evidence",
-                check="tls-pin",
-            ) from exc
-        raise TransportError(f"cannot reach the attested port: {exc}") from exc
-    except httpx.TransportError as exc:
-        raise TransportError(f"cannot reach the attested port: {exc}") from exc
-    stream = resp.extensions.get("network_stream")
-    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-    der = ssl_object.getpeercert(True) if ssl_object is not None else None
-    if der is None:
-        raise BindingError("could not read the attested port's certificate", check="tls-pin")
-    from cryptography import x509
-
-    got = spki_sha256(x509.load_der_x509_certificate(der))
-    if not hmac.compare_digest(got, pin):
-        raise BindingError(
-            "the attested port's key differs from the attested one", check="tls-pin", got=got, expected=pin
-        )
-    _raise_for(resp)

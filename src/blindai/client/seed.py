@@ -3,8 +3,13 @@
 ``BlindAiClient().connect_server(...)``, ``upload_model(model, shape, dtype,
 dtype_out)`` and ``run_model(flat_list)`` map onto :func:`blindai.connect`.
 Flat lists are reshaped with the shape given at upload; that shape travels to
-the server as a hint, so a new client (the tutorial's second script) can run the
-last uploaded model without uploading it again.
+the server as a hint.
+
+Which model ``run_model`` runs is never "whatever was uploaded last": that would run
+a stranger's upload on this user's data. It runs the model this client uploaded; else
+the one its user last uploaded to that server from this machine (the tutorial's second
+script, recorded in the user's config folder, pinned by hash); else the only model of
+a single-model server; otherwise it refuses and says to pass ``model_id=``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, ModelNotFoundError
-from .connection import Connection, ModelInfo, connect
+from . import tokens
+from .connect import connect
+from .connection import Connection, ModelInfo
 
 __all__ = ["BlindAiClient", "ModelDatumType", "RunModelResponse", "UploadModelResponse"]
 
@@ -88,9 +95,12 @@ class BlindAiClient:
         simulation: bool = False,
         untrusted_port: int = 50052,
         attested_port: int = 50051,
+        **connect_kwargs: Any,
     ) -> None:
         """Attest the server, then connect. ``server_name`` and ``certificate`` are accepted
-        for compatibility: the attested key is pinned directly, which is stronger."""
+        for compatibility: the attested key is pinned directly, which is stronger. Other
+        keyword arguments (``unsafe_trust_roots``, ``now``, ``collateral_url``...) go to
+        :func:`blindai.connect`."""
         if certificate is not None:
             warnings.warn(
                 "certificate= is ignored: the unattested port carries only public evidence, "
@@ -105,6 +115,7 @@ class BlindAiClient:
             unattested_port=untrusted_port,
             policy=policy,
             simulation=simulation,
+            **connect_kwargs,
         )
 
     def upload_model(
@@ -120,12 +131,20 @@ class BlindAiClient:
         }
         if shape is not None:
             hints["BlindAI-Input-Shape"] = ",".join(str(int(d)) for d in tuple(shape))
-        self._model = self.connection.upload_model(model, _hints=hints)
+        conn = self.connection
+        self._model = conn.upload_model(model, _hints=hints)
+        token = conn.owner_token(self._model.model_id)
+        try:
+            tokens.set_seed_last_upload(conn.host, conn.attested_port, self._model.model_id, self._model.sha256)
+            if token:
+                tokens.save_token(self._model.model_id, token)
+        except OSError:
+            pass  # a read-only home only costs the second script its shortcut
         return UploadModelResponse(self._model.model_id, self._model.sha256)
 
-    def run_model(self, data_list: Any) -> RunModelResponse:
-        """Run the model this client uploaded, or else the server's latest upload."""
-        model = self._model or self._latest()
+    def run_model(self, data_list: Any, *, model_id: str | None = None) -> RunModelResponse:
+        """Run this client's model (see the module docstring for which one), or ``model_id``."""
+        model = self._pick(model_id)
         hints = model.hints
         spec = model.inputs[0]
         dtype_name = hints.get("input_datatype", spec.datatype)
@@ -135,17 +154,41 @@ class BlindAiClient:
         shape = tuple(hints["input_shape"]) if "input_shape" in hints else _infer_shape(spec.shape, data.size)
         if math.prod(shape) != data.size:
             raise InvalidInputError(f"{data.size} values do not fit the upload shape {list(shape)}", status=400)
-        result = self.connection.run_model(model.model_id, {spec.name: data.reshape(shape)})
+        result = self.connection.run_model(
+            model.model_id, {spec.name: data.reshape(shape)}, model_sha256=model.sha256
+        )
         out = result.output
         if "output_datatype" in hints:
             out = out.astype(numpy_dtype(hints["output_datatype"]))
         return RunModelResponse(out.reshape(-1).tolist(), model.model_id)
 
-    def _latest(self) -> ModelInfo:
-        models = self.connection.list_models()
+    def _pick(self, model_id: str | None) -> ModelInfo:
+        conn = self.connection
+        if model_id is not None:
+            return conn.get_model(model_id)
+        if self._model is not None:
+            return self._model
+        last = tokens.seed_last_upload(conn.host, conn.attested_port)
+        if last is not None:
+            try:
+                info = conn.get_model(last["model_id"])
+            except ModelNotFoundError:
+                info = None
+            if info is not None and info.sha256 == last["sha256"]:
+                self._model = info
+                return info
+        models = conn.list_models()
+        if len(models) == 1:
+            self._model = models[0]
+            return models[0]
         if not models:
-            raise ModelNotFoundError("no model has been uploaded to this server", status=404)
-        return models[-1]
+            raise ModelNotFoundError("no model to run: upload one with upload_model() first", status=404)
+        raise InvalidInputError(
+            f"this server holds {len(models)} models and none was uploaded by this client: pass "
+            "run_model(data, model_id=...) with the id upload_model() returned, so that your data "
+            "never goes to a model someone else uploaded",
+            status=400,
+        )
 
     def close_connection(self) -> None:
         if self._conn is not None:

@@ -25,6 +25,7 @@ from .._version import __version__
 from ..attestation.binding import MAX_NONCE_BYTES, report_data_for
 from ..attestation.providers import Evidence, EvidenceProvider
 from ..errors import BlindAIError, InvalidInputError, ServerError
+from ..protocol.attestation_doc import encode_attestation_doc
 from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response
 from ..protocol.tensors import TensorError
 from .inference import InferenceEngine
@@ -143,9 +144,16 @@ def unattested_app(state: ServerState) -> Starlette:
         if nonce and not state.limiter.allow():
             raise ServerError("too many fresh attestation requests; retry shortly", status=429)
         ev = await asyncio.to_thread(state.evidence, nonce)
-        body = ev.to_json()
-        body.update({"certificate": state.identity.certificate_pem, "nonce": nonce.hex(), "version": __version__})
-        return JSONResponse(body)
+        return JSONResponse(
+            encode_attestation_doc(
+                tee=ev.tee,
+                evidence=ev.evidence,
+                collateral=ev.collateral,
+                certificate_pem=state.identity.certificate_pem,
+                nonce=nonce,
+                version=__version__,
+            )
+        )
 
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "tee": state.provider.tee, "version": __version__})

@@ -23,7 +23,15 @@ from typing import Any
 import uvicorn
 
 from .._version import __version__
-from ..attestation.providers import EvidenceProvider, FileCollateral, NoTeeError, PccsCollateral, detect_provider
+from ..attestation.providers import (
+    EvidenceProvider,
+    FileCollateral,
+    FileSnpCrl,
+    KdsSnpCrl,
+    NoTeeError,
+    PccsCollateral,
+    detect_provider,
+)
 from .app import ServerState, attested_app, unattested_app
 from .inference import InferenceEngine, limit_inference_memory
 from .models import ModelStore, StoreLimits, hash_token
@@ -64,6 +72,8 @@ class ServerConfig:
     tsm_dir: Path | None = None
     pccs_url: str | None = None
     collateral_file: Path | None = None
+    snp_crl_file: Path | None = None
+    snp_crl_url: str | None = None
     model_store: Path | None = None
     sealing_key_file: Path | None = None
     upload_tokens_file: Path | None = None
@@ -95,6 +105,10 @@ def make_provider(config: ServerConfig) -> EvidenceProvider:
         kwargs["collateral"] = FileCollateral(config.collateral_file)
     elif config.pccs_url is not None:
         kwargs["collateral"] = PccsCollateral(config.pccs_url)
+    if config.snp_crl_file is not None:
+        kwargs["snp_crl"] = FileSnpCrl(config.snp_crl_file)
+    elif config.snp_crl_url is not None:
+        kwargs["snp_crl"] = KdsSnpCrl(config.snp_crl_url)
     if config.gramine_dir is not None:
         kwargs["gramine_dir"] = config.gramine_dir
     if config.tsm_dir is not None:
