@@ -20,6 +20,18 @@ def vectors_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Owner tokens and the seed client's records go to a folder of this test run, not the user's."""
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     path = vectors_dir()

@@ -1,6 +1,8 @@
 """Open Inference Protocol conformance, checked with an independent client: tritonclient[http].
 
-tritonclient trusts exactly the certificate that blindai.connect attested (ssl_options ca_certs).
+tritonclient trusts exactly the certificate that blindai.connect attested: the FAQ's recipe
+(``ssl_options={"ca_certs": <the attested certificate>, "server_hostname": "blindai-srv"}``)
+against a default ``blindai serve``, and ``Connection.ssl_context()`` as the context factory.
 """
 
 from __future__ import annotations
@@ -23,18 +25,58 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, blindai.Connection]]:
-    with LocalServer("--tls-name", "127.0.0.1") as srv:
+    with LocalServer() as srv:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             conn = blindai.connect("127.0.0.1", simulation=True, **srv.connect_kwargs())
         ca = Path(tmp_path_factory.mktemp("ca")) / "attested.pem"
         ca.write_text(conn.certificate_pem)
         client = httpclient.InferenceServerClient(
-            url=f"127.0.0.1:{srv.attested_port}", ssl=True, ssl_options={"ca_certs": str(ca)}
+            url=f"127.0.0.1:{srv.attested_port}",
+            ssl=True,
+            ssl_options={"ca_certs": str(ca), "server_hostname": "blindai-srv"},
         )
         yield client, conn
         client.close()
         conn.close()
+
+
+def test_recipes_refuse_an_interceptor_and_send_it_nothing(
+    triton: tuple[object, blindai.Connection], tmp_path: Path
+) -> None:
+    from tests.fakes.attacker import ChannelAttacker, Plan
+
+    _, conn = triton
+    ca = tmp_path / "attested.pem"
+    ca.write_text(conn.certificate_pem)
+    attacker = ChannelAttacker(conn.attested_port, Plan(terminate_from=0))
+    url = f"127.0.0.1:{attacker.port}"
+    try:
+        by_file = httpclient.InferenceServerClient(
+            url=url, ssl=True, ssl_options={"ca_certs": str(ca), "server_hostname": "blindai-srv"}
+        )
+        by_context = httpclient.InferenceServerClient(
+            url=url, ssl=True, ssl_context_factory=lambda **_: conn.ssl_context(), insecure=True
+        )
+        for client in (by_file, by_context):
+            with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+                client.is_server_live()
+            client.close()
+        assert attacker.terminate_attempts >= 2 and bytes(attacker.plaintext) == b""
+    finally:
+        attacker.close()
+
+
+def test_ssl_context_recipe_works(triton: tuple[object, blindai.Connection]) -> None:
+    _, conn = triton
+    client = httpclient.InferenceServerClient(
+        url=f"127.0.0.1:{conn.attested_port}",
+        ssl=True,
+        ssl_context_factory=lambda **_: conn.ssl_context(),
+        insecure=True,
+    )
+    assert client.is_server_live()
+    client.close()
 
 
 def test_server_metadata_and_health(triton: tuple[object, blindai.Connection]) -> None:

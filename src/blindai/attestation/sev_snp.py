@@ -433,17 +433,24 @@ def verify_cert_chain(
                 raise CollateralError(f"the {what} certificate is revoked", check="revocation")
 
 
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise EvidenceParseError(f"collateral {what} is not base64", check="certificates") from exc
+
+
 def certs_from_collateral(collateral: Mapping[str, Any] | None, extra: Sequence[bytes] = ()) -> SnpCerts:
     """Certificates from the server's collateral (the auxblob certificate table) and/or given files."""
     blobs = list(extra)
     if collateral:
         table = collateral.get("snp_certs")
         if isinstance(table, str):
-            blobs += parse_cert_table(base64.b64decode(table))
+            blobs += parse_cert_table(_b64(table, "snp_certs"))
         for key in ("vcek", "vlek", "ask", "ark"):
             value = collateral.get(key)
             if isinstance(value, str):
-                blobs.append(value.encode() if "BEGIN" in value else base64.b64decode(value))
+                blobs.append(value.encode() if "BEGIN" in value else _b64(value, key))
     if not blobs:
         raise CollateralError(
             "no VCEK/VLEK certificates: give them with --certs or from the server", check="certificates"
