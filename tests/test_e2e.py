@@ -94,8 +94,8 @@ def test_upload_from_path_and_list(conn: blindai.Connection, tmp_path: object) -
 
 def test_bad_inputs_raise_typed_errors(conn: blindai.Connection) -> None:
     info = conn.upload_model(onnx_models.fixed_shape_model())
-    with pytest.raises(blindai.InvalidInputError, match="must be FP32, got FP64"):
-        conn.run_model(info.model_id, np.ones((2, 3)))
+    with pytest.raises(blindai.InvalidInputError, match=r"must be FP32 .*x\.astype\(np\.float32\)"):
+        conn.run_model(info.model_id, np.full((2, 3), 0.1))
     with pytest.raises(blindai.InvalidInputError, match="dimension 1 must be 3"):
         conn.run_model(info.model_id, np.ones((2, 4), np.float32))
     with pytest.raises(blindai.InvalidInputError, match="rank 2"):
@@ -182,3 +182,13 @@ def test_unreachable_server_is_a_transport_error() -> None:
     s.close()
     with pytest.raises(blindai.TransportError):
         blindai.connect("127.0.0.1", unattested_port=port, simulation=True)
+
+
+def test_inputs_are_cast_to_the_models_types_when_exact(conn: blindai.Connection) -> None:
+    info = conn.upload_model(onnx_models.mlp())
+    want = conn.run_model(info.model_id, np.ones((1, 16), np.float32)).output
+    assert np.array_equal(conn.run_model(info.model_id, np.ones((1, 16))).output, want)  # float64 ones
+    assert np.array_equal(conn.run_model(info.model_id, [[1] * 16]).output, want)  # a Python list
+    with pytest.raises(blindai.InvalidInputError, match=r"astype\(np\.float32\)"):
+        conn.run_model(info.model_id, np.full((1, 16), 0.1))
+    conn.delete_model(info.model_id)

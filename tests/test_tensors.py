@@ -152,3 +152,26 @@ def test_trailing_binary_bytes_refused() -> None:
     chunks, head = encode_request({"x": np.ones(2, np.float32)})
     with pytest.raises(TensorError, match="follow the last tensor"):
         decode_request(b"".join(bytes(c) for c in chunks) + b"junk", head)
+
+
+# ---------------------------------------------------------------- exact casts to the declared type
+
+
+def test_exact_casts_follow_the_declared_datatype() -> None:
+    from blindai.protocol.tensors import cast_exact
+
+    assert cast_exact("x", np.ones((1, 4)), "FP32").dtype == np.float32
+    assert cast_exact("x", np.asarray([[1, 2, 3]]), "FP32").dtype == np.float32
+    assert cast_exact("x", np.asarray([2**24]), "FP32").dtype == np.float32
+    assert cast_exact("x", np.asarray([0.5, -2.25]), "FP32").tolist() == [0.5, -2.25]
+    assert cast_exact("x", np.asarray([1, 2]), "INT32").dtype == np.int32
+    assert cast_exact("x", np.asarray([True]), "BOOL").dtype == np.bool_
+    for bad, dtype in (
+        (np.asarray([0.1]), "FP32"),  # 0.1 is not a float32
+        (np.asarray([2**24 + 1]), "FP32"),
+        (np.asarray([1.0]), "INT64"),  # floats never become integers
+        (np.asarray([2**40]), "INT32"),
+        (np.asarray([1]), "BOOL"),
+    ):
+        with pytest.raises(TensorError, match=r"x\.astype\(np\."):
+            cast_exact("x", bad, dtype)

@@ -125,7 +125,7 @@ def test_sdk_mid_upload_cut_then_terminated(world: World) -> None:
         with pytest.raises(blindai.BindingError, match="tls-pin"):
             conn.upload_model(onnx_models.mlp())
         conn.close()
-        assert attack.channel.cuts == 1 and attack.channel.terminate_attempts >= 1
+        assert attack.channel.terminate_attempts >= 1, "the attack never took place"
         assert bytes(attack.channel.plaintext) == b""
 
 

@@ -32,6 +32,7 @@ from ..errors import (
     TransportError,
 )
 from ..protocol.infer import HEADER_LENGTH, decode_response, encode_request
+from ..protocol.tensors import TensorError, cast_exact
 
 __all__ = ["Connection", "ModelInfo", "RunResult", "TensorInfo"]
 
@@ -111,6 +112,10 @@ def raise_for_status(resp: httpx.Response) -> None:
 def host_for_url(host: str) -> str:
     """Bracket IPv6 literals for URLs."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or (hasattr(value, "detach") and hasattr(value, "numpy"))
 
 
 def _as_array(value: Any) -> npt.NDArray[Any]:
@@ -260,13 +265,16 @@ class Connection:
         model_sha256: str | None = None,
         outputs: list[str] | None = None,
     ) -> RunResult:
-        """Run inference. ``inputs``: a name->array dict, a list in the model's input order, or one array.
+        """Run inference. ``inputs``: a name->array dict, a list of arrays in the model's input order,
+        or one array (nested Python lists count as one array for a single-input model).
+        Values are cast to the model's declared datatypes when no value changes (an int64 or
+        float64 array for an FP32 model); otherwise the error names the ``astype`` to use.
 
         Arrays may be numpy arrays, torch tensors or anything ``np.asarray`` takes;
         they travel as binary tensors. With ``model_sha256`` the server refuses
         to run unless the model is exactly that one.
         """
-        named = self._name_inputs(model_id, inputs)
+        named = self._cast_inputs(model_id, self._name_inputs(model_id, inputs))
         chunks, head_len = encode_request(named, binary=True, outputs=outputs, binary_output=True)
         headers = {HEADER_LENGTH: str(head_len), "Content-Type": "application/octet-stream"}
         if model_sha256 is not None:
@@ -279,11 +287,28 @@ class Connection:
             raise BlindAIError(f"the server's response could not be decoded: {exc}") from exc
         return RunResult(out)
 
+    def _cast_inputs(self, model_id: str, named: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Cast to the declared datatypes when no value changes (see ``protocol.tensors.cast_exact``)."""
+        info = self._metadata.get(model_id)
+        if info is None:
+            try:
+                info = self._metadata[model_id] = self.get_model(model_id)
+            except ModelNotFoundError:
+                return named  # the server will say so for the run itself
+        declared = {s.name: s.datatype for s in info.inputs}
+        try:
+            return {n: cast_exact(n, a, declared[n]) if n in declared else a for n, a in named.items()}
+        except TensorError as exc:
+            raise InvalidInputError(str(exc), status=400) from exc
+
     def _name_inputs(self, model_id: str, inputs: Any) -> dict[str, npt.NDArray[Any]]:
         if isinstance(inputs, Mapping):
             return {str(k): _as_array(v) for k, v in inputs.items()}
         info = self._metadata.get(model_id) or self.get_model(model_id)
         names = [s.name for s in info.inputs]
+        arrays_only = isinstance(inputs, list | tuple) and all(_is_array(v) for v in inputs)
+        if isinstance(inputs, list | tuple) and len(names) == 1 and not arrays_only:
+            return {names[0]: _as_array(inputs)}  # nested Python lists: the one input's values
         if isinstance(inputs, list | tuple):
             if len(inputs) != len(names):
                 raise InvalidInputError(

@@ -20,6 +20,7 @@ __all__ = [
     "DATATYPES",
     "MAX_ELEMENTS",
     "TensorError",
+    "cast_exact",
     "check_shape",
     "datatype_of",
     "decode_binary",
@@ -208,3 +209,37 @@ def _as_bytes(item: object) -> bytes:
     if isinstance(item, np.bytes_ | bytearray | memoryview):
         return bytes(item)
     raise TensorError(f"BYTES elements must be bytes or str, got {type(item).__name__}")
+
+
+def cast_exact(name: str, array: npt.NDArray[Any], datatype: str) -> npt.NDArray[Any]:
+    """``array`` as the model's declared ``datatype`` when no value changes, else a TensorError
+    that names the ``astype`` to use.
+
+    Python lists and ``np.ones(...)`` arrive as int64/float64; a model usually wants FP32.
+    Integers become floats when every value is exactly representable (|v| <= 2**24 for FP32,
+    2**53 for FP64), float64 becomes float32 when every value survives the round trip, and
+    integers narrow to other integer types within range. Floats never silently become
+    integers and nothing becomes BOOL.
+    """
+    if datatype == "BYTES" or datatype not in DATATYPES:
+        return array
+    target = DATATYPES[datatype]
+    src = array.dtype
+    if src == target:
+        return array
+    ok = False
+    if src.kind in "iub" and target.kind == "f" and src.kind != "b":
+        limit = 2 ** (np.finfo(target).nmant + 1)
+        ok = array.size == 0 or bool(np.all(np.abs(array.astype(np.float64)) <= limit))
+    elif src.kind == "f" and target.kind == "f":
+        cast = array.astype(target)
+        ok = bool(np.array_equal(cast.astype(src), array, equal_nan=True))
+    elif src.kind in "iu" and target.kind in "iu":
+        info = np.iinfo(target)
+        ok = array.size == 0 or bool(array.min() >= info.min and array.max() <= info.max)
+    if ok:
+        return array.astype(target)
+    raise TensorError(
+        f"input {name!r} must be {datatype} ({target.name}), got {src.name} values that would change: "
+        f"convert it yourself, e.g. {name}.astype(np.{target.name})"
+    )
