@@ -176,7 +176,9 @@ def _expected_shapes(d: int, n_enc: int, n_dec: int, vocab: int, text_ctx: int) 
     }
 
     def block(prefix: str, attn: dict[str, tuple[int, ...]]) -> None:
-        for part in ("self_attention", "ffn", *(["attention"] if "attention/linear_2/weight" in attn else [])):
+        """One transformer layer: the given attention tensors, a pre-norm for each part, the MLP."""
+        parts = {name.split("/")[0] for name in attn} | {"ffn"}
+        for part in parts:
             shapes[f"{prefix}/{part}/layer_norm/gamma"] = (d,)
             shapes[f"{prefix}/{part}/layer_norm/beta"] = (d,)
         shapes.update({f"{prefix}/{k}": v for k, v in attn.items()})
