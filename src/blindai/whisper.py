@@ -549,7 +549,7 @@ def build_onnx(model_dir: Path | str, *, max_tokens: int = 48) -> Any:
     return g.model([audio], [tokens], doc)
 
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 1  # part of the cache file name: bump it whenever the graph this module writes changes
 
 
 def convert(model_dir: Path | str, target_dir: Path, *, max_tokens: int = 48) -> Path:
