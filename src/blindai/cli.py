@@ -110,8 +110,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upload_tokens_file=Path(args.upload_tokens) if args.upload_tokens else None,
         max_inference_memory=args.max_inference_memory,
         v06_routes=not args.no_v06_routes,
+        max_output_bytes=args.max_output_bytes,
     )
+    config.body_limits = _body_limits(args, config.limits)
     return run_server(config)
+
+
+def _body_limits(args: argparse.Namespace, store_limits: Any) -> Any:
+    """The body flags of `serve`; the in-flight budget defaults to a share of the machine's memory."""
+    from .server.bodies import BodyLimits
+    from .server.runner import default_inflight_bytes
+
+    return BodyLimits(
+        idle_timeout_s=args.body_idle_timeout,
+        min_rate=args.body_min_rate,
+        total_timeout_s=args.body_timeout,
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        max_inflight_bytes=args.max_inflight_bytes or default_inflight_bytes(store_limits),
+        max_json_bytes=args.max_json_bytes,
+    )
 
 
 def cmd_attest_show(args: argparse.Namespace) -> int:
@@ -275,7 +292,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        models = conn.list_models()
+        models = conn.list_models(owner_tokens=list(_load_tokens().values()))  # the server lists only yours
     for m in models:
         print(f"{m.model_id}  {m.name:20} {m.size:>12}  sha256:{m.sha256}")
     return 0
@@ -333,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="memory budget shared by all models (default: half of the machine's)",
     )
+    p.add_argument("--max-output-bytes", type=_size, default=1 << 30, help="outputs of one inference, strings included")
+    p.add_argument("--max-json-bytes", type=_size, default=1 << 20, help="JSON part of one inference request")
+    p.add_argument(
+        "--max-inflight-bytes",
+        type=_size,
+        default=None,
+        help="request bytes held server-wide, bodies and decoding (default: a quarter of the memory)",
+    )
+    p.add_argument("--max-concurrent-uploads", type=int, default=4, help="model uploads receiving at once")
+    p.add_argument("--body-idle-timeout", type=float, default=20.0, help="seconds of silence in a body -> 408")
+    p.add_argument("--body-min-rate", type=_size, default=16 << 10, help="bytes/s a body must average -> 408")
+    p.add_argument("--body-timeout", type=float, default=900.0, help="seconds to receive any one body -> 408")
     p.add_argument("--model-store", help="seal models to this folder and load them at start")
     p.add_argument("--no-v06-routes", action="store_true", help="turn off the BlindAI 0.6 wire routes")
     p.add_argument(

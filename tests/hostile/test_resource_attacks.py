@@ -1,0 +1,389 @@
+"""Unauthenticated resource attacks against one live server (real TLS): memory, stalls, budgets, tenants.
+
+Each attack is sized in megabytes against small limits given as flags, so the suite stays fast; the
+server's memory is read from /proc/PID/status (VmRSS, VmHWM) and the evidence port's /health is
+probed throughout: it must keep answering within 100 ms while the attested port is attacked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import blindai
+from blindai.local import LocalServer
+from tests import onnx_models
+from tests.conftest import sim_connect
+
+MiB = 1 << 20
+# Small limits, so that each attack needs megabytes, not gigabytes.
+FLAGS = (
+    "--max-request-bytes", "24m",
+    "--max-model-bytes", "24m",
+    "--max-store-bytes", "2m",
+    "--max-inflight-bytes", "64m",
+    "--max-concurrent-uploads", "2",
+    "--body-idle-timeout", "1",
+    "--body-min-rate", "256k",
+    "--body-timeout", "6",
+    "--max-inference-memory", "128m",
+    "--max-output-bytes", "4m",
+)  # fmt: skip
+# The server may grow by at most this much over its resting size, whatever the attacks do.
+RSS_HEADROOM = 160 * MiB
+HEALTH_LIMIT_S = 0.100
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+@dataclass
+class Target:
+    srv: LocalServer
+    cert_pem: str
+    base_rss: int
+    string_model: str
+    float_model: str
+    health_s: list[float] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.srv.proc is not None
+        return self.srv.proc.pid
+
+    def ctx(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=self.cert_pem)
+        ctx.check_hostname = False
+        return ctx
+
+    def tls_socket(self) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.srv.attested_port), timeout=30)
+        return self.ctx().wrap_socket(raw)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=f"https://127.0.0.1:{self.srv.attested_port}", verify=self.ctx(), timeout=60)
+
+    def hwm(self) -> int:
+        return proc_status(self.pid)["VmHWM"]
+
+    def alive(self) -> None:
+        assert self.srv.proc is not None and self.srv.proc.poll() is None, self.srv.log()[-3000:]
+        assert httpx.get(f"http://127.0.0.1:{self.srv.unattested_port}/health", timeout=5).status_code == 200
+
+
+def read_response(sock: ssl.SSLSocket, timeout: float) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response (or (0, b"") if the server closed without one)."""
+    sock.settimeout(timeout)
+    out = body = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in out:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        head, _, body = out.partition(b"\r\n\r\n")
+        length = (
+            int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length" in head.lower() else 0
+        )
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    if not out.startswith(b"HTTP/1.1 "):
+        return 0, b""
+    return int(out[9:12]), body
+
+
+def head(path: str, length: int, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
+
+
+@contextlib.contextmanager
+def health_probe(target: Target) -> Iterator[list[float]]:
+    """Times GET /health on the evidence port every 20 ms on a kept-alive connection."""
+    stop = threading.Event()
+    times: list[float] = []
+
+    def loop() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{target.srv.unattested_port}", timeout=30) as c:
+            c.get("/health")
+            while not stop.is_set():
+                t = time.perf_counter()
+                assert c.get("/health").status_code == 200
+                times.append(time.perf_counter() - t)
+                time.sleep(0.02)
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 10
+    while not times and time.monotonic() < deadline:  # probing has begun before the attack does
+        time.sleep(0.01)
+    try:
+        yield times
+    finally:
+        stop.set()
+        th.join(30)
+        target.health_s.extend(times)
+
+
+def assert_health_fast(times: list[float]) -> None:
+    assert times, "no /health probe completed"
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    # One probe in a hundred may lose its turn to the other engineers' processes on a shared
+    # machine; a stall of the server itself shows in every probe taken during the attack.
+    assert p99 < HEALTH_LIMIT_S and ordered[-1] < 1.0, (p99, ordered[-5:])
+
+
+def string_expand_model() -> onnx.ModelProto:
+    """One string, repeated by Expand to a shape the caller chooses: memory outside the arena."""
+    x = helper.make_tensor_value_info("text", TensorProto.STRING, [1])
+    s = helper.make_tensor_value_info("shape", TensorProto.INT64, [1])
+    y = helper.make_tensor_value_info("many", TensorProto.STRING, None)
+    g = helper.make_graph([helper.make_node("Expand", ["text", "shape"], ["many"])], "strbomb", [x, s], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    with LocalServer(*FLAGS) as srv:
+        with sim_connect(srv) as conn:
+            s = conn.upload_model(onnx_models.string_identity(), name="strings")
+            f = conn.upload_model(onnx_models.scale_model(shape=["N"]), name="floats")
+            conn.run_model(f.model_id, np.ones(4, np.float32))
+            t = Target(srv, conn.certificate_pem, proc_status(srv.proc.pid)["VmRSS"], s.model_id, f.model_id)  # type: ignore[union-attr]
+        yield t
+        t.alive()
+        assert "internal server error" not in srv.log().lower()
+
+
+def test_declared_lengths_cost_no_memory_and_silent_bodies_get_408(target: Target) -> None:
+    paths = [
+        (f"/v2/models/{target.float_model}/infer", 24 * MiB),
+        ("/v1/models", 24 * MiB),
+        ("/upload", 40 * MiB),
+        (f"/v1/models/{target.float_model}", 24 * MiB),  # PUT, refused before the body (no token)
+    ]
+    socks = []
+    with health_probe(target) as times:
+        for i in range(16):
+            path, length = paths[i % 3]
+            s = target.tls_socket()
+            s.sendall(head(path, length) + b"{")
+            socks.append(s)
+        time.sleep(0.5)
+        grown = proc_status(target.pid)["VmRSS"] - target.base_rss
+        t = time.perf_counter()
+        statuses = [read_response(s, 10)[0] for s in socks]
+        waited = time.perf_counter() - t
+    for s in socks:
+        s.close()
+    assert grown < 32 * MiB, f"16 silent requests declaring {16 * 24} MiB took {grown >> 20} MiB"
+    assert target.hwm() < target.base_rss + RSS_HEADROOM
+    assert set(statuses) <= {408, 503}, statuses
+    assert statuses.count(408) >= 8, statuses
+    assert waited < 8
+    assert_health_fast(times)
+    target.alive()
+
+
+def test_slow_body_gets_408_and_its_memory_back(target: Target) -> None:
+    s = target.tls_socket()
+    s.sendall(head(f"/v2/models/{target.float_model}/infer", 8 * MiB))
+    t = time.perf_counter()
+    status = 0
+    sent = 0
+    while time.perf_counter() - t < 15:  # 1 kB every 0.2 s: far below --body-min-rate
+        try:
+            s.sendall(b"x" * 1024)
+            sent += 1024
+        except OSError:
+            break
+        if select.select([s], [], [], 0)[0]:  # the server answered (and stopped reading)
+            break
+        time.sleep(0.2)
+    status, body = read_response(s, 5)
+    s.close()
+    assert status == 408, (status, body)
+    assert b"too slowly" in body or b"deadline" in body
+    assert time.perf_counter() - t < 8
+    target.alive()
+
+
+def test_concurrent_uploads_are_bounded_and_a_real_upload_waits_its_turn(target: Target) -> None:
+    holders = []
+    for _ in range(2):
+        s = target.tls_socket()
+        s.sendall(head("/v1/models", 10 * MiB))
+        holders.append(s)
+    time.sleep(0.2)
+    t = time.perf_counter()
+    with sim_connect(target.srv) as conn:
+        info = conn.upload_model(onnx_models.mlp(seed=71))
+        waited = time.perf_counter() - t
+        assert conn.run_model(info.model_id, np.ones((1, 16), np.float32)).output.shape == (1, 4)
+        conn.delete_model(info.model_id)
+    statuses = [read_response(s, 10)[0] for s in holders]
+    for s in holders:
+        s.close()
+    assert statuses == [408, 408]
+    assert waited > 0.5, "the third upload did not wait for a slot: no limit on concurrent uploads"
+
+
+def test_inflight_byte_budget_is_server_wide(target: Target) -> None:
+    socks = []
+    statuses = []
+    body = b"\0" * (MiB)
+    for _ in range(4):  # 4 x 20 MiB held, against a 64 MiB budget
+        s = target.tls_socket()
+        s.sendall(head(f"/v2/models/{target.float_model}/infer", 20 * MiB + 1))
+        try:
+            for _ in range(20):
+                s.sendall(body)
+        except OSError:
+            pass
+        socks.append(s)
+    statuses = [read_response(s, 10)[0] for s in socks]
+    for s in socks:
+        s.close()
+    assert 503 in statuses, statuses
+    assert set(statuses) <= {408, 503}, statuses
+    assert target.hwm() < target.base_rss + RSS_HEADROOM
+    target.alive()
+
+
+def deep_json(depth: int) -> bytes:
+    return b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":' + b"[" * depth + b"]" * depth + b"}]}"
+
+
+def wide_json(size: int) -> bytes:
+    inner = b"[[]," * (size // 4) + b"[]]"
+    return b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":' + inner + b"}]}"
+
+
+def test_json_to_a_missing_model_costs_nothing(target: Target) -> None:
+    body = wide_json(16 * MiB)
+    with target.client() as c, health_probe(target) as times:
+        t = time.perf_counter()
+        r = c.post("/v2/models/no-such-model/infer", content=body)
+        took = time.perf_counter() - t
+    assert r.status_code == 404 and "no model" in r.json()["error"]
+    assert target.hwm() < target.base_rss + RSS_HEADROOM
+    assert took < 5
+    assert_health_fast(times)
+
+
+def test_big_json_is_refused_and_deep_json_is_a_400(target: Target) -> None:
+    with target.client() as c, health_probe(target) as times:
+        r = c.post(f"/v2/models/{target.float_model}/infer", content=wide_json(16 * MiB))
+        assert r.status_code == 413 and "binary" in r.json()["error"], r.text
+        r = c.post(f"/v2/models/{target.float_model}/infer", content=deep_json(100_000))
+        assert r.status_code == 400 and "nest" in r.json()["error"], r.text
+        ok = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2, 3]}]}
+        r = c.post(f"/v2/models/{target.float_model}/infer", content=json.dumps(ok).encode())
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [2.0, 4.0, 6.0]
+    assert target.hwm() < target.base_rss + RSS_HEADROOM
+    assert_health_fast(times)
+
+
+def bytes_body(count: int, item: bytes) -> tuple[bytes, int]:
+    blob = (struct.pack("<I", len(item)) + item) * count
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [count], "parameters": {"binary_data_size": len(blob)}}
+            ]
+        }
+    ).encode()
+    return header + blob, len(header)
+
+
+def test_many_small_strings_are_refused_before_they_are_decoded(target: Target) -> None:
+    body, hlen = bytes_body(4 * MiB, b"a")  # 20 MiB of one-byte strings: ~50 bytes each once decoded
+    with target.client() as c, health_probe(target) as times:
+        r = c.post(
+            f"/v2/models/{target.string_model}/infer",
+            content=body,
+            headers={"Inference-Header-Content-Length": str(hlen)},
+        )
+    assert r.status_code in (413, 503), r.text[:300]
+    assert "memory" in r.json()["error"]
+    assert target.hwm() < target.base_rss + RSS_HEADROOM
+    assert_health_fast(times)
+    with sim_connect(target.srv) as conn:  # a fair string request still works
+        out = conn.run_model(target.string_model, np.array([b"hello", b"world"], dtype=object)).output
+        assert list(out) == [b"hello", b"world"]
+
+
+def test_string_outputs_count_against_the_output_cap(target: Target) -> None:
+    with sim_connect(target.srv) as conn:
+        with pytest.raises(blindai.ServerError, match="outputs of") as err:
+            conn.run_model(target.string_model, np.array([b"x" * (5 * MiB)], dtype=object))
+        assert err.value.status == 507
+
+
+def test_string_growing_graphs_are_refused_at_upload(target: Target) -> None:
+    with sim_connect(target.srv) as conn, pytest.raises(blindai.InvalidInputError, match="Expand") as err:
+        conn.upload_model(string_expand_model())
+    assert err.value.status == 422
+    assert target.hwm() < target.base_rss + RSS_HEADROOM
+
+
+def test_replace_counts_against_the_store_budget(target: Target) -> None:
+    with sim_connect(target.srv) as conn:
+        info = conn.upload_model(onnx_models.mlp(seed=72))
+        with pytest.raises(blindai.ServerError, match="store limit") as err:
+            conn.replace_model(info.model_id, onnx_models.mlp(in_dim=512, hidden=1536, seed=73))  # ~3 MB
+        assert err.value.status == 507
+        assert conn.get_model(info.model_id).sha256 == info.sha256
+        conn.delete_model(info.model_id)
+
+
+def test_tenants_see_only_their_models_and_names_resolve_per_owner(target: Target) -> None:
+    x = np.ones((1, 16), np.float32)
+    with sim_connect(target.srv) as alice, sim_connect(target.srv) as mallory, sim_connect(target.srv) as anon:
+        a = alice.upload_model(onnx_models.mlp(seed=74), name="shared-name")
+        m = mallory.upload_model(onnx_models.mlp(seed=75), name="shared-name")
+        assert [i.model_id for i in alice.list_models()] == [a.model_id]
+        assert [i.model_id for i in mallory.list_models()] == [m.model_id]
+        assert anon.list_models() == []
+        # By name, with the owner token: each tenant gets its own model, never a 409.
+        with target.client() as c:
+            for info, conn in ((a, alice), (m, mallory)):
+                token = conn.owner_token(info.model_id)
+                r = c.get("/v1/models/shared-name", headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 200 and r.json()["model_id"] == info.model_id, r.text
+            # Without a token a private model's name resolves to nothing.
+            assert c.get("/v1/models/shared-name").status_code == 404
+        # The id stays a capability: whoever knows it may run the model.
+        assert anon.run_model(a.model_id, x).output.shape == (1, 4)
+        # A public model is listed for everyone, and found by name.
+        p = alice.upload_model(onnx_models.mlp(seed=76), name="public-one", _hints={"BlindAI-Model-Public": "true"})
+        assert [i.model_id for i in anon.list_models()] == [p.model_id]
+        assert anon.get_model("public-one").model_id == p.model_id
+        assert {i.model_id for i in alice.list_models()} == {a.model_id, p.model_id}
+        for conn, info in ((alice, a), (mallory, m), (alice, p)):
+            conn.delete_model(info.model_id)
