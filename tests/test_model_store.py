@@ -181,27 +181,25 @@ def test_tampered_orphaned_and_unfinished_files_are_skipped(tmp_path: Path) -> N
         with sim_connect(srv) as conn:
             assert [m.model_id for m in conn.list_models(owner_tokens=tokens)] == [b.model_id]
         log = srv.log()
-        assert f"{a.model_id}.model.sealed skipped" in log and "authentication failed" in log
+        assert f"{a.model_id}.model.sealed not loaded" in log and "authentication failed" in log
         assert "not in the manifest" in log and "unfinished write" in log
-        assert not orphan.exists()
+        assert orphan.exists() and victim.exists()  # not loaded, and never deleted at start
     finally:
         srv.stop()
 
 
-def test_a_foreign_store_key_loads_nothing_but_starts(tmp_path: Path) -> None:
+def test_a_foreign_store_key_refuses_the_start(tmp_path: Path) -> None:
     store = tmp_path / "store"
     srv = store_server(store)
     with sim_connect(srv) as conn:
         conn.upload_model(onnx_models.mlp(seed=5))
     srv.stop()
     (store / sealing.SIMULATION_KEY_NAME).write_bytes(os.urandom(32))  # as if another TEE identity
-    srv = store_server(store)
-    try:
-        with sim_connect(srv) as conn:
-            assert conn.list_models() == []
-        assert "skipped" in srv.log()
-    finally:
-        srv.stop()
+    srv = LocalServer("--model-store", str(store))
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        srv.start()
+    assert "manifest" in srv.log() and "does not unwrap" in srv.log()
+    assert len(list(store.glob("*.model.sealed"))) == 1
 
 
 def test_replace_is_for_the_owner_and_persists(tmp_path: Path) -> None:

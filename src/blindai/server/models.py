@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from ..errors import (
 )
 from ..protocol.tensors import DATATYPES, check_shape
 from .inference import LoadedModel, TensorSpec
-from .sealing import SealedDirectory
+from .sealing import SealedDirectory, SealedFileError
 
 __all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "check_string_growth", "vet_model"]
 
@@ -36,6 +37,7 @@ log = logging.getLogger("blindai.models")
 
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 MAX_NAME = 128
+RETRY_S = 2.0  # a listed model that failed to load is read again at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,36 +240,82 @@ class ModelStore:
         self.sealed = sealed
         self.upload_token_hashes = upload_token_hashes
         self._models: dict[str, ModelEntry] = {}
+        self._unavailable: dict[str, str] = {}  # listed in the sealed store, not loaded: why
+        self._retry_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one sealed write at a time keeps the manifest simple
 
     def load_sealed(self) -> int:
-        """At start: every sealed model that unseals and passes vetting again; the rest is logged."""
+        """At start: every listed model that reads, matches the manifest and passes vetting again.
+
+        A listed model that does not is kept listed, its file untouched, reported, and retried
+        when it is asked for (a transient read error must not delete a model). Raises
+        StoreError (the start is refused) when there is no manifest to trust.
+        """
         if self.sealed is None:
             return 0
         loaded = 0
-        for model_id, meta, data in self.sealed.load(log):
-            try:
-                vet_model(data, self.limits.allowed_domains)
-                entry = ModelEntry(
-                    model_id=model_id,
-                    name=str(meta["name"]),
-                    sha256=str(meta["sha256"]),
-                    size=len(data),
-                    created_at=str(meta["created_at"]),
-                    owner_token_hash=str(meta["owner_token_hash"]),
-                    model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
-                    hints=dict(meta.get("hints") or {}),
-                    public=meta.get("public") is True,
-                )
-            except (ServerError, KeyError, TypeError) as exc:
-                log.error("sealed model %s skipped: %s", model_id, exc)
-                continue
-            with self._lock:
-                self._models[model_id] = entry
-            loaded += 1
+        for model_id in self.sealed.open(log):
+            if self._load_one(model_id):
+                loaded += 1
+        if self._unavailable:
+            log.error(
+                "%d listed model(s) not loaded, kept listed and retried when asked for: %s",
+                len(self._unavailable),
+                ", ".join(f"{k} ({v})" for k, v in sorted(self._unavailable.items())),
+            )
         log.info("loaded %d sealed model(s) from %s", loaded, self.sealed.folder)
         return loaded
+
+    def _load_one(self, model_id: str) -> bool:
+        assert self.sealed is not None
+        try:
+            meta, data = self.sealed.read(model_id)
+            vet_model(data, self.limits.allowed_domains)
+            entry = ModelEntry(
+                model_id=model_id,
+                name=str(meta["name"]),
+                sha256=str(meta["sha256"]),
+                size=len(data),
+                created_at=str(meta["created_at"]),
+                owner_token_hash=str(meta["owner_token_hash"]),
+                model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
+                hints=dict(meta.get("hints") or {}),
+                public=meta.get("public") is True,
+            )
+        except OSError as exc:
+            reason = f"cannot read {model_id}.model.sealed: {exc.strerror or type(exc).__name__}"
+        except (SealedFileError, ServerError, KeyError, TypeError, ValueError) as exc:
+            reason = f"{model_id}.model.sealed not loaded: {exc}"
+        else:
+            with self._lock:
+                self._models[model_id] = entry
+                self._unavailable.pop(model_id, None)
+            return True
+        log.error("sealed model %s", reason)
+        with self._lock:
+            self._unavailable[model_id] = reason
+            self._retry_at[model_id] = time.monotonic() + RETRY_S
+        return False
+
+    def _retry(self, model_id: str) -> None:
+        """A listed model that did not load is tried again when asked for, at most every RETRY_S."""
+        with self._lock:
+            due = model_id in self._unavailable and time.monotonic() >= self._retry_at.get(model_id, 0.0)
+            if due:
+                self._retry_at[model_id] = time.monotonic() + RETRY_S
+        if due:
+            with self._write_lock:
+                if model_id in self._unavailable:
+                    self._load_one(model_id)
+        with self._lock:
+            reason = self._unavailable.get(model_id)
+        if reason is not None:
+            raise ServerError(
+                f"model {model_id} is in the store but could not be loaded ({reason}); "
+                "it is kept and served once its file reads",
+                status=503,
+            )
 
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
@@ -364,7 +412,7 @@ class ModelStore:
 
     def _check_room(self, size: int, *, replacing: ModelEntry | None = None) -> None:
         """A new model needs a free slot; a replacement only the bytes it adds (the old ones go)."""
-        if replacing is None and len(self._models) >= self.limits.max_models:
+        if replacing is None and len(self._models) + len(self._unavailable) >= self.limits.max_models:
             raise ServerError(f"the server already holds {self.limits.max_models} models (the limit)", status=507)
         used = sum(m.size for m in self._models.values()) - (replacing.size if replacing is not None else 0)
         if used + size > self.limits.max_store_bytes:
@@ -389,6 +437,10 @@ class ModelStore:
                     whose = "of yours" if own else "public models"
                     raise InvalidInputError(f"{len(named)} {whose} are named {ref!r}; use a model_id", status=409)
                 entry = named[0] if named else None
+        if entry is None:
+            self._retry(ref)  # a listed model that did not load: 503, or loaded now
+            with self._lock:
+                entry = self._models.get(ref)
         if entry is None:
             raise ModelNotFoundError(f"no model {ref!r}", status=404)
         if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):

@@ -32,7 +32,7 @@ from .app import ServerState, attested_app, unattested_app
 from .bodies import BodyLimits
 from .inference import InferenceEngine, limit_inference_memory
 from .models import ModelStore, StoreLimits, hash_token
-from .sealing import NoSealingKeyError, SealedDirectory, sealing_key_for
+from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
 from .tls import make_identity
 
 __all__ = ["ServerConfig", "run_server", "serve"]
@@ -249,7 +249,7 @@ def run_server(config: ServerConfig) -> int:
     limit_inference_memory(config.max_inference_memory or default_inference_memory())
     try:
         store = make_store(config, provider)
-    except (NoSealingKeyError, ValueError, OSError) as exc:
+    except (NoSealingKeyError, StoreError, ValueError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     try:
