@@ -197,7 +197,8 @@ def attested_app(state: ServerState) -> Starlette:
         """Every byte a request holds (body, decoder estimates) is given back when it ends."""
 
         async def run(request: Request) -> Response:
-            hold = Hold(state.budget)
+            # Waiting for room outlasts anything a silent client holds (it times out first).
+            hold = Hold(state.budget, wait_s=state.body_limits.idle_timeout_s)
             try:
                 return await handler(request, hold)
             finally:

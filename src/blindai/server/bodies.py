@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..errors import InvalidInputError, ServerError
@@ -49,7 +49,7 @@ class MemoryBudget:
         self.used = 0
         self._lock = threading.Lock()
 
-    def take(self, n: int, what: str) -> None:
+    def try_take(self, n: int, what: str) -> bool:
         if n > self.limit:
             raise InvalidInputError(
                 f"{what} needs about {n} bytes of memory, more than the server's whole budget for requests "
@@ -58,11 +58,30 @@ class MemoryBudget:
             )
         with self._lock:
             if self.used + n > self.limit:
-                raise ServerError(
-                    f"the server is holding its limit of {self.limit} bytes for requests in flight; retry shortly",
-                    status=503,
-                )
+                return False
             self.used += n
+            return True
+
+    def full(self) -> ServerError:
+        return ServerError(
+            f"the server is holding its limit of {self.limit} bytes for requests in flight; retry shortly", status=503
+        )
+
+    def take(self, n: int, what: str, wait_s: float = 0.0) -> None:
+        """From a worker thread: wait up to ``wait_s`` for room (others finish or time out), then 503."""
+        deadline = time.monotonic() + wait_s
+        while not self.try_take(n, what):
+            if time.monotonic() >= deadline:
+                raise self.full()
+            time.sleep(0.01)
+
+    async def take_async(self, n: int, what: str, wait_s: float) -> None:
+        """From the event loop: the same wait, without blocking it (the body simply is not read meanwhile)."""
+        deadline = time.monotonic() + wait_s
+        while not self.try_take(n, what):
+            if time.monotonic() >= deadline:
+                raise self.full()
+            await asyncio.sleep(0.01)
 
     def give(self, n: int) -> None:
         with self._lock:
@@ -72,13 +91,19 @@ class MemoryBudget:
 class Hold:
     """What one request holds in the budget: taken piece by piece, all given back at the end."""
 
-    def __init__(self, budget: MemoryBudget) -> None:
+    def __init__(self, budget: MemoryBudget, wait_s: float = 0.0) -> None:
         self.budget = budget
+        self.wait_s = wait_s  # how long to wait for room before answering 503
         self.held = 0
         self._lock = threading.Lock()
 
     def take(self, n: int, what: str) -> None:
-        self.budget.take(n, what)
+        self.budget.take(n, what, self.wait_s)
+        with self._lock:
+            self.held += n
+
+    async def take_async(self, n: int, what: str) -> None:
+        await self.budget.take_async(n, what, self.wait_s)
         with self._lock:
             self.held += n
 
@@ -90,14 +115,6 @@ class Hold:
 
     def release(self) -> None:
         self.give(self.held)
-
-    @contextlib.contextmanager
-    def during(self, n: int, what: str) -> Iterator[None]:
-        self.take(n, what)
-        try:
-            yield
-        finally:
-            self.give(n)
 
 
 class UploadSlots:
@@ -187,15 +204,18 @@ async def read_body(
         size += len(chunk)
         if size > max_bytes:
             raise InvalidInputError(f"{what} exceeds the limit of {max_bytes} bytes", status=413)
-        hold.take(len(chunk), what)
+        await hold.take_async(len(chunk), what)  # while the budget is full, this body is not read
         if digest is not None:
             digest.update(chunk)
         chunks.append(chunk)
     if len(chunks) == 1:
         data = chunks[0]
     elif size > _JOIN_IN_THREAD:
-        with hold.during(size, what):  # the chunks and the joined copy, for a moment
+        await hold.take_async(size, what)  # the chunks and the joined copy, for a moment
+        try:
             data = await asyncio.to_thread(b"".join, chunks)
+        finally:
+            hold.give(size)
     else:
         data = b"".join(chunks)
     chunks.clear()

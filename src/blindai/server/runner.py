@@ -228,10 +228,41 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
 def _serve_in_own_loop(server: uvicorn.Server, sock: socket.socket) -> None:
     """The evidence port's loop: a thread of its own, so the attested loop's work never delays it."""
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(server.serve(sockets=[sock]))
+        else:
+            uvloop.run(server.serve(sockets=[sock]))
     except Exception:
         log.exception("the unattested server stopped")
         raise
+
+
+def bound_malloc() -> None:
+    """Make freed request memory go back to the system (glibc only; elsewhere nothing to do).
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
+    which request bodies and decoded tensors come from heaps that keep their pages: the
+    process would hold, as RSS that no budget counts, the peak of what requests once used.
+    A fixed threshold keeps large buffers in their own mappings, returned at free; a trim
+    threshold returns freed heap tops; few arenas keep worker threads from each keeping one.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    mallopt(m_mmap_threshold, 256 << 10)
+    mallopt(m_trim_threshold, 1 << 20)
+    mallopt(m_arena_max, 4)
 
 
 def run_server(config: ServerConfig) -> int:
@@ -246,6 +277,7 @@ def run_server(config: ServerConfig) -> int:
         return 2
     if provider.tee == "simulation":
         log.warning(SIMULATION_BANNER)
+    bound_malloc()
     limit_inference_memory(config.max_inference_memory or default_inference_memory())
     try:
         store = make_store(config, provider)
