@@ -137,7 +137,7 @@ def _split(
 
 
 def _tensors(
-    entries: object, rest: memoryview, what: str, reserve: Reserve | None = None
+    entries: object, rest: memoryview, what: str, reserve: Reserve | None = None, json_bytes: int = 0
 ) -> dict[str, npt.NDArray[Any]]:
     if not isinstance(entries, list):
         raise TensorError(f"'{what}' must be a list of tensors")
@@ -174,8 +174,9 @@ def _tensors(
             out[name] = decode_binary(datatype, shape, rest[pos : pos + size], name)
             pos += size
         elif "data" in entry:
-            if reserve is not None:
-                reserve(math.prod(shape) * (BYTES_ELEMENT_COST if datatype == "BYTES" else 8))
+            if reserve is not None:  # no more elements than the JSON had bytes, whatever the shape says
+                count = min(math.prod(shape), json_bytes)
+                reserve(count * (BYTES_ELEMENT_COST if datatype == "BYTES" else 8))
             out[name] = decode_json_data(datatype, shape, entry["data"], name)
         else:
             raise TensorError(f"tensor {name!r} has neither 'data' nor 'binary_data_size'")
@@ -197,7 +198,7 @@ def decode_request(
     called with an upper bound of what the next step allocates and may raise to refuse it.
     """
     obj, rest = _split(body, header_length, max_json_bytes, reserve)
-    inputs = _tensors(obj.get("inputs"), rest, "inputs", reserve)
+    inputs = _tensors(obj.get("inputs"), rest, "inputs", reserve, len(body) - len(rest))
     if not inputs:
         raise TensorError("'inputs' must list at least one tensor")
     params = obj.get("parameters") or {}

@@ -228,7 +228,10 @@ def attested_app(state: ServerState) -> Starlette:
             request.headers.get("blindai-input-datatype"),
             request.headers.get("blindai-output-datatype"),
         )
-        public = _flag(request.headers.get("blindai-model-public"), "BlindAI-Model-Public")
+        # Seed-API uploads (they carry its hints) are public unless told otherwise: the seed client
+        # has no owners, and its run_model without an id runs the server's latest upload.
+        raw_public = request.headers.get("blindai-model-public")
+        public = _flag(raw_public, "BlindAI-Model-Public") if raw_public is not None else bool(hints)
         name = request.headers.get("blindai-model-name") or request.query_params.get("name")
         data, sha256 = await receive_model(request, hold)
         # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.

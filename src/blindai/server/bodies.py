@@ -93,12 +93,13 @@ class Hold:
 
     def __init__(self, budget: MemoryBudget, wait_s: float = 0.0) -> None:
         self.budget = budget
-        self.wait_s = wait_s  # how long to wait for room before answering 503
+        self.wait_s = wait_s  # how long a body waits for room before answering 503
         self.held = 0
         self._lock = threading.Lock()
 
     def take(self, n: int, what: str) -> None:
-        self.budget.take(n, what, self.wait_s)
+        """From a worker thread (decoders): no waiting, so a full budget never ties up the pool's threads."""
+        self.budget.take(n, what)
         with self._lock:
             self.held += n
 
