@@ -507,3 +507,32 @@ def test_a_legitimate_client_is_served_while_every_attack_runs(target: Target) -
     assert hwm < target.base_rss + RSS_HEADROOM
     assert_health_fast(times)
     target.alive()
+
+
+def _string_graph(nodes: list[onnx.NodeProto], extra_inputs: list[onnx.ValueInfoProto]) -> bytes:
+    x = helper.make_tensor_value_info("t", TensorProto.STRING, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.STRING, None)
+    g = helper.make_graph(nodes, "g", [x, *extra_inputs], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+N = helper.make_tensor_value_info("n", TensorProto.INT64, [1])
+GROWING = {
+    "Tile": ([helper.make_node("Tile", ["t", "n"], ["y"])], [N]),
+    "Gather": ([helper.make_node("Gather", ["t", "n"], ["y"])], [N]),
+    "Concat": ([helper.make_node("Identity", ["t"], ["u"]), helper.make_node("Concat", ["t", "u"], ["y"], axis=0)], []),
+    "Where": (
+        [helper.make_node("Where", ["c", "t", "t"], ["y"])],
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, None)],
+    ),
+}
+
+
+@pytest.mark.parametrize("op", sorted(GROWING))
+def test_vetting_refuses_every_operator_that_can_grow_strings(op: str) -> None:
+    from blindai.server.models import vet_model
+
+    nodes, inputs = GROWING[op]
+    with pytest.raises(blindai.InvalidInputError, match=op):
+        vet_model(_string_graph(nodes, inputs))
+    vet_model(_string_graph([helper.make_node("Identity", ["t"], ["y"])], []))  # moving strings is fine

@@ -114,39 +114,79 @@ STRING_SAFE_OPS = frozenset(
 )  # fmt: skip
 
 
+def _has_string(tp: Any, string: int) -> bool:
+    """A type that is, or holds (sequence, map, optional), a string tensor."""
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return bool(tp.tensor_type.elem_type == string)
+    if kind == "sequence_type":
+        return _has_string(tp.sequence_type.elem_type, string)
+    if kind == "optional_type":
+        return _has_string(tp.optional_type.elem_type, string)
+    if kind == "map_type":
+        return bool(tp.map_type.key_type == string) or _has_string(tp.map_type.value_type, string)
+    return False
+
+
+def _uses_strings(model: Any) -> bool:
+    """Whether any string tensor can appear, read from declarations only (no inference: large models).
+
+    A string comes in as an input or a constant, or is made by Cast to STRING or by an
+    ai.onnx.ml operator from its string attributes; every one of those is declared here.
+    """
+    import onnx
+
+    string = onnx.TensorProto.STRING
+    graphs: list[Any] = [model.graph, *model.functions]
+    while graphs:
+        g = graphs.pop()
+        for vi in [*getattr(g, "input", []), *getattr(g, "output", []), *getattr(g, "value_info", [])]:
+            if _has_string(vi.type, string):
+                return True
+        if any(t.data_type == string for t in getattr(g, "initializer", [])):
+            return True
+        for node in g.node:
+            if node.op_type == "Cast" and any(a.name == "to" and a.i == string for a in node.attribute):
+                return True
+            for attr in node.attribute:
+                if (attr.HasField("t") and attr.t.data_type == string) or any(
+                    t.data_type == string for t in attr.tensors
+                ):
+                    return True
+                if attr.strings and node.domain == "ai.onnx.ml":
+                    return True
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    return False
+
+
 def check_string_growth(model: Any) -> None:
     """Refuse graphs whose string tensors can grow beyond their inputs (see STRING_SAFE_OPS)."""
     import onnx
 
+    if not _uses_strings(model):
+        return
     string = onnx.TensorProto.STRING
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # inference is best effort: unknown types are treated as possibly strings
         inferred = model
     types: dict[str, int] = {}
-    uses_strings = False
     graphs: list[Any] = [inferred.graph, *inferred.functions]
     nodes: list[Any] = []
     while graphs:
         g = graphs.pop()
         for vi in [*getattr(g, "input", []), *getattr(g, "output", []), *getattr(g, "value_info", [])]:
-            t = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else -1
-            types[vi.name] = t
+            types[vi.name] = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else -1
         for init in getattr(g, "initializer", []):
             types[init.name] = init.data_type
         for node in g.node:
             nodes.append(node)
             for attr in node.attribute:
-                if (attr.HasField("t") and attr.t.data_type == string) or attr.strings:
-                    uses_strings = True
-                if node.op_type == "Cast" and attr.name == "to" and attr.i == string:
-                    uses_strings = True
                 if attr.HasField("g"):
                     graphs.append(attr.g)
                 graphs.extend(attr.graphs)
-    uses_strings = uses_strings or string in types.values()
-    if not uses_strings:
-        return
     for node in nodes:
         if node.op_type in STRING_SAFE_OPS and node.domain in ("", "ai.onnx", "ai.onnx.ml"):
             continue
