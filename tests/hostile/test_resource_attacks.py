@@ -121,8 +121,8 @@ def read_response(sock: ssl.SSLSocket, timeout: float) -> tuple[int, bytes]:
     return int(out[9:12]), body
 
 
-def head(path: str, length: int, extra: str = "") -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
+def head(path: str, length: int, extra: str = "", method: str = "POST") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
 
 
 PROBE = """
@@ -191,18 +191,21 @@ def target() -> Iterator[Target]:
 
 def test_declared_lengths_cost_no_memory_and_silent_bodies_get_408(target: Target) -> None:
     paths = [
-        (f"/v2/models/{target.float_model}/infer", 24 * MiB),
-        ("/v1/models", 24 * MiB),
-        ("/upload", 40 * MiB),
-        (f"/v1/models/{target.float_model}", 24 * MiB),  # PUT, refused before the body (no token)
+        ("POST", f"/v2/models/{target.float_model}/infer", 24 * MiB),
+        ("POST", "/v1/models", 24 * MiB),
+        ("POST", "/upload", 40 * MiB),
     ]
     socks = []
     with health_probe(target) as times:
         for i in range(16):
-            path, length = paths[i % 3]
+            method, path, length = paths[i % 3]
             s = target.tls_socket()
-            s.sendall(head(path, length) + b"{")
+            s.sendall(head(path, length, method=method) + b"{")
             socks.append(s)
+        # A replacement without its owner token is refused before a byte of its body is read.
+        with target.tls_socket() as s:
+            s.sendall(head(f"/v1/models/{target.float_model}", 24 * MiB, method="PUT"))
+            assert read_response(s, 5)[0] == 401
         time.sleep(0.5)
         grown = proc_status(target.pid)["VmRSS"] - target.base_rss
         t = time.perf_counter()

@@ -296,6 +296,7 @@ class SealedDirectory:
         self.key = key
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.manifest = Manifest(secrets.token_hex(16), 0, {})
+        self._opened = False  # writes before open() would replace a manifest never read: refused
 
     def _path(self, model_id: str) -> Path:
         return model_path(self.folder, model_id)
@@ -319,6 +320,7 @@ class SealedDirectory:
                 )
             self._drop_temporaries(log, {})
             self._write_manifest(self.manifest)  # a new store
+            self._opened = True
             log.info("new model store %s (id %s)", self.folder, self.manifest.store_id)
             return []
         try:
@@ -331,6 +333,7 @@ class SealedDirectory:
                 f"{recovery_hint(self.folder)}"
             ) from None
         self._drop_temporaries(log, self.manifest.models)
+        self._opened = True
         for path in model_files(self.folder):
             model_id = path.name.split(".", 1)[0]
             if model_id not in self.manifest.models:
@@ -386,6 +389,8 @@ class SealedDirectory:
 
     def save(self, model_id: str, meta: dict[str, Any], data: bytes) -> None:
         """Pending file, then the manifest listing it, then the rename: a crash leaves the old state or the new."""
+        if not self._opened:
+            raise StoreError("the sealed store was not opened (SealedDirectory.open) before a write")
         version = self.manifest.generation + 1
         meta = {**meta, "store_id": self.manifest.store_id, "version": version}
         pending = self._pending(model_id, version)
@@ -409,6 +414,8 @@ class SealedDirectory:
 
     def delete(self, model_id: str) -> None:
         """Unlisted first, then the file: a crash in between leaves an unlisted file, never a listed hole."""
+        if not self._opened:
+            raise StoreError("the sealed store was not opened (SealedDirectory.open) before a write")
         models = {k: v for k, v in self.manifest.models.items() if k != model_id}
         manifest = Manifest(self.manifest.store_id, self.manifest.generation + 1, models)
         self._write_manifest(manifest)
