@@ -253,3 +253,38 @@ def test_malformed_listed_files_are_skipped_with_a_log_line_and_never_stop_the_s
     for model_id in ids:
         assert f"{model_id}.model.sealed" in caplog.text
         assert (folder / f"{model_id}.model.sealed").exists()
+
+
+def test_a_crash_between_listing_and_rename_is_finished_and_an_unlisted_write_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = sealing.SealingKey(os.urandom(32), source="test")
+    folder = tmp_path / "store"
+    log = logging.getLogger("test")
+    d = sealing.SealedDirectory(folder, key)
+    d.open(log)
+    model_id = "a" * 32
+    d.save(model_id, {"sha256": "one"}, b"version one")
+
+    real_replace = os.replace
+
+    def crash_on_rename(src: object, dst: object) -> None:
+        if str(src).endswith(".pending.tmp"):
+            raise OSError(5, "simulated crash before the rename")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sealing.os, "replace", crash_on_rename)
+    with pytest.raises(OSError):
+        d.save(model_id, {"sha256": "two"}, b"version two")  # listed, not renamed
+    monkeypatch.setattr(sealing.os, "replace", real_replace)
+    again = sealing.SealedDirectory(folder, key)
+    assert again.open(log) == [model_id]
+    meta, data = again.read(model_id)
+    assert (meta["sha256"], meta["version"], data) == ("two", 2, b"version two")
+
+    # A write that never got listed (the crash came before the manifest) is an unfinished upload: dropped.
+    stray = folder / f".{model_id}.model.sealed.v9.pending.tmp"
+    stray.write_bytes(b"half")
+    third = sealing.SealedDirectory(folder, key)
+    third.open(log)
+    assert not stray.exists() and third.read(model_id)[1] == b"version two"
