@@ -51,9 +51,12 @@ FUZZ_TARGETS := dcap_quote snp_report detect simulation oip_request oip_json v06
 FUZZ_SECONDS ?= 300
 
 # Long fuzzing: FUZZ_SECONDS per target (default 5 minutes), corpora kept in fuzz/corpus/.
+# Every crash found is written to fuzz/crashes/TARGET/ (commit it: the regression tests replay
+# each file there, and later runs start from them).
 fuzz: $(STAMP)
-	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t; \
-		$(PY) fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/ fuzz/corpus/$$t || exit 1; done
+	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t fuzz/crashes/$$t; \
+		$(PY) fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/crashes/$$t/ \
+			fuzz/corpus/$$t fuzz/crashes/$$t || exit 1; done
 
 # Bounded form (about 30 s in all), also run by the test suite.
 fuzz-short: $(STAMP)

@@ -32,6 +32,7 @@ import blindai
 from blindai.local import LocalServer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+KEEP_MARKER = "<!-- written by hand below: kept by benchmarks/load.py -->"
 # The load runs against a simulation server on purpose; one warning per client thread is noise.
 warnings.filterwarnings("ignore", category=blindai.SimulationModeWarning)
 
@@ -174,7 +175,9 @@ def main() -> int:
     if result["errors"]:
         print("ERRORS:", *result["errors"][:20], sep="\n  ")  # type: ignore[index]
     if not args.no_write:
-        DOC.write_text(text)
+        # What follows the marker is written by hand (design notes) and kept across runs.
+        kept = DOC.read_text().partition(KEEP_MARKER)[2] if DOC.exists() else ""
+        DOC.write_text(text + ("\n" + KEEP_MARKER + kept if kept else ""))
     return 1 if result["errors"] else 0
 
 

@@ -2,8 +2,9 @@
 
     python fuzz/fuzz.py TARGET [libFuzzer options, e.g. -max_total_time=60 corpus_dir]
 
-Targets: see blindai.fuzz_targets.TARGETS. A crash writes crash-<hash> here: turn it into a
-regression test in tests/hostile/test_fuzz_regressions.py.
+Targets: see blindai.fuzz_targets.TARGETS. `make fuzz` writes each crash to fuzz/crashes/TARGET/:
+commit it there (tests/hostile/test_fuzz_regressions.py replays every file, and later runs start
+from them), then fix the parser.
 """
 
 import sys

@@ -100,7 +100,7 @@ def test_models_survive_kill_9_and_never_sit_in_clear(tmp_path: Path) -> None:
     srv = store_server(store)
     try:
         with sim_connect(srv) as conn:
-            (m,) = conn.list_models()
+            (m,) = conn.list_models(owner_tokens=[token or ""])
             assert (m.model_id, m.sha256, m.name) == (info.model_id, info.sha256, "kept")
             np.testing.assert_array_equal(conn.run_model(info.model_id, x, model_sha256=info.sha256).output, before)
             with pytest.raises(blindai.PermissionDeniedError):
@@ -111,7 +111,9 @@ def test_models_survive_kill_9_and_never_sit_in_clear(tmp_path: Path) -> None:
         srv.stop()
     srv = store_server(store)
     with sim_connect(srv) as conn:
-        assert conn.list_models() == []
+        assert conn.list_models(owner_tokens=[token or ""]) == []
+        with pytest.raises(blindai.ModelNotFoundError):
+            conn.get_model(info.model_id)
     srv.stop()
 
 
@@ -120,6 +122,7 @@ def test_kill_9_during_upload_leaves_no_partial_model(tmp_path: Path) -> None:
     srv = store_server(store)
     with sim_connect(srv) as conn:
         kept = conn.upload_model(onnx_models.mlp(seed=1))
+        kept_token = conn.owner_token(kept.model_id) or ""
     big = onnx_models.mlp(in_dim=512, hidden=2048, seed=2).SerializeToString()
     sent = threading.Event()
 
@@ -150,8 +153,9 @@ def test_kill_9_during_upload_leaves_no_partial_model(tmp_path: Path) -> None:
     srv = store_server(store)
     try:
         with sim_connect(srv) as c:
-            assert [m.model_id for m in c.list_models()] == [kept.model_id]
+            assert [m.model_id for m in c.list_models(owner_tokens=[kept_token])] == [kept.model_id]
             c.run_model(kept.model_id, np.ones((1, 16), np.float32))
+        assert [p.name for p in store.glob("*.model.sealed")] == [f"{kept.model_id}.model.sealed"]
         assert not list(store.glob(".*.tmp"))
     finally:
         srv.stop()
@@ -163,6 +167,7 @@ def test_tampered_orphaned_and_unfinished_files_are_skipped(tmp_path: Path) -> N
     with sim_connect(srv) as conn:
         a = conn.upload_model(onnx_models.mlp(seed=3), name="a")
         b = conn.upload_model(onnx_models.mlp(seed=4), name="b")
+        tokens = [conn.owner_token(a.model_id) or "", conn.owner_token(b.model_id) or ""]
     srv.stop()
     victim = store / f"{a.model_id}.model.sealed"
     data = bytearray(victim.read_bytes())
@@ -174,29 +179,27 @@ def test_tampered_orphaned_and_unfinished_files_are_skipped(tmp_path: Path) -> N
     srv = store_server(store)
     try:
         with sim_connect(srv) as conn:
-            assert [m.model_id for m in conn.list_models()] == [b.model_id]
+            assert [m.model_id for m in conn.list_models(owner_tokens=tokens)] == [b.model_id]
         log = srv.log()
-        assert f"{a.model_id}.model.sealed skipped" in log and "authentication failed" in log
+        assert f"{a.model_id}.model.sealed not loaded" in log and "authentication failed" in log
         assert "not in the manifest" in log and "unfinished write" in log
-        assert not orphan.exists()
+        assert orphan.exists() and victim.exists()  # not loaded, and never deleted at start
     finally:
         srv.stop()
 
 
-def test_a_foreign_store_key_loads_nothing_but_starts(tmp_path: Path) -> None:
+def test_a_foreign_store_key_refuses_the_start(tmp_path: Path) -> None:
     store = tmp_path / "store"
     srv = store_server(store)
     with sim_connect(srv) as conn:
         conn.upload_model(onnx_models.mlp(seed=5))
     srv.stop()
     (store / sealing.SIMULATION_KEY_NAME).write_bytes(os.urandom(32))  # as if another TEE identity
-    srv = store_server(store)
-    try:
-        with sim_connect(srv) as conn:
-            assert conn.list_models() == []
-        assert "skipped" in srv.log()
-    finally:
-        srv.stop()
+    srv = LocalServer("--model-store", str(store))
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        srv.start()
+    assert "manifest" in srv.log() and "does not unwrap" in srv.log()
+    assert len(list(store.glob("*.model.sealed"))) == 1
 
 
 def test_replace_is_for_the_owner_and_persists(tmp_path: Path) -> None:

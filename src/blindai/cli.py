@@ -104,8 +104,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upload_tokens_file=Path(args.upload_tokens) if args.upload_tokens else None,
         max_inference_memory=args.max_inference_memory,
         v06_routes=not args.no_v06_routes,
+        max_output_bytes=args.max_output_bytes,
     )
+    config.body_limits = _body_limits(args, config.limits)
     return run_server(config)
+
+
+def _body_limits(args: argparse.Namespace, store_limits: Any) -> Any:
+    """The body flags of `serve`; the in-flight budget defaults to a share of the machine's memory."""
+    from .server.bodies import BodyLimits
+    from .server.runner import default_inflight_bytes
+
+    return BodyLimits(
+        idle_timeout_s=args.body_idle_timeout,
+        min_rate=args.body_min_rate,
+        total_timeout_s=args.body_timeout,
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        max_inflight_bytes=args.max_inflight_bytes or default_inflight_bytes(store_limits),
+        max_json_bytes=args.max_json_bytes,
+    )
 
 
 def cmd_attest_show(args: argparse.Namespace) -> int:
@@ -283,9 +300,54 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
-        models = conn.list_models()
+        models = conn.list_models(owner_tokens=list(load_tokens().values()))  # the server lists only yours
     for m in models:
         print(f"{m.model_id}  {m.name:20} {m.size:>12}  sha256:{m.sha256}")
+    return 0
+
+
+# ------------------------------------------------------------------ blindai store check|recover
+
+
+def _store_key(args: argparse.Namespace) -> Any:
+    """The store's sealing key, read (never created): the simulation key file, or the SGX TEE's key."""
+    from .server import sealing
+
+    folder = Path(args.dir)
+    key_file = Path(args.sealing_key_file) if args.sealing_key_file else folder / sealing.SIMULATION_KEY_NAME
+    tee = args.tee or ("simulation" if key_file.exists() else "sgx")
+    if tee == "simulation":
+        return sealing.SealingKey(key_file.read_bytes(), source=f"INSECURE simulation key file {key_file}")
+    from .attestation.providers import detect_provider
+
+    kwargs: dict[str, Any] = {"gramine_dir": Path(args.gramine_dir)} if args.gramine_dir else {}
+    provider = detect_provider(tee, **kwargs)
+    return sealing.sealing_key_for(provider.tee, provider.sealing_key(), folder)
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    from .server.sealing import check_store
+
+    report = check_store(Path(args.dir), _store_key(args))
+    print(f"manifest: {report.manifest}")
+    for model_id in report.listed_ok:
+        print(f"listed, loads:        {model_id}")
+    for model_id, why in report.listed_bad.items():
+        print(f"listed, not loadable: {model_id}: {why}")
+    for name, what in report.unlisted.items():
+        print(f"NOT listed:           {name}: {what}")
+    for name in report.temporaries:
+        print(f"unfinished write:     {name} (removed or finished at start)")
+    if not report.clean:
+        print(f"to recover: blindai store recover {args.dir} [--adopt ID ... | --adopt-all]")
+    return 0 if report.clean else 1
+
+
+def cmd_store_recover(args: argparse.Namespace) -> int:
+    from .server.sealing import recover_store
+
+    for line in recover_store(Path(args.dir), _store_key(args), adopt=set(args.adopt or []), adopt_all=args.adopt_all):
+        print(line)
     return 0
 
 
@@ -308,6 +370,8 @@ EXAMPLES = {
     "show": "example: blindai attest show localhost --simulation --write-policy policy.toml",
     "verify": "example: blindai attest verify quote.bin --collateral collateral.json --at 2025-06-20T00:00:00Z --json",
     "demo": "example: blindai demo",
+    "check": "example: blindai store check /var/lib/blindai/models",
+    "recover": "example: blindai store recover /var/lib/blindai/models --adopt 0123abcd...",
 }
 
 
@@ -345,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="memory budget shared by all models (default: half of the machine's)",
     )
+    p.add_argument("--max-output-bytes", type=_size, default=1 << 30, help="outputs of one inference, strings included")
+    p.add_argument("--max-json-bytes", type=_size, default=1 << 20, help="JSON part of one inference request")
+    p.add_argument(
+        "--max-inflight-bytes",
+        type=_size,
+        default=None,
+        help="request bytes held server-wide, bodies and decoding (default: a quarter of the memory)",
+    )
+    p.add_argument("--max-concurrent-uploads", type=int, default=4, help="model uploads receiving at once")
+    p.add_argument("--body-idle-timeout", type=float, default=20.0, help="seconds of silence in a body -> 408")
+    p.add_argument("--body-min-rate", type=_size, default=16 << 10, help="bytes/s a body must average -> 408")
+    p.add_argument("--body-timeout", type=float, default=900.0, help="seconds to receive any one body -> 408")
     p.add_argument("--model-store", help="seal models to this folder and load them at start")
     p.add_argument("--no-v06-routes", action="store_true", help="turn off the BlindAI 0.6 wire routes")
     p.add_argument(
@@ -413,6 +489,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("models", "list the server's models")
     _add_connect_args(p)
     p.set_defaults(func=cmd_models)
+
+    store = add("store", "inspect or repair a sealed model store (--model-store DIR) while the server is stopped")
+    ssub = store.add_subparsers(dest="store_command", required=True)
+    for name, help_, func in (
+        ("check", "say what a start would load, refuse or ignore; exit 1 if anything needs recovery", cmd_store_check),
+        ("recover", "move unlisted files aside (or adopt them) and write a usable manifest", cmd_store_recover),
+    ):
+        p = add(name, help_, ssub)
+        p.add_argument("dir", help="the --model-store folder")
+        p.add_argument("--tee", choices=["simulation", "sgx"], help="default: simulation if DIR has its key file")
+        p.add_argument("--sealing-key-file", help="simulation: the key file (default DIR/.simulation-sealing-key)")
+        p.add_argument("--gramine-dir", help="SGX: Gramine attestation interface (default /dev/attestation)")
+        if name == "recover":
+            p.add_argument("--adopt", action="append", metavar="ID", help="list this unlisted model again (repeatable)")
+            p.add_argument("--adopt-all", action="store_true", help="list every unlisted model file that unseals")
+        p.set_defaults(func=func)
 
     p = add("demo", "the main job: attest a local simulation server and search private notes with MiniLM")
     p.add_argument("--query", default=None)

@@ -27,9 +27,15 @@ def assert_store_clean(store: Path, expected: set[str]) -> None:
     srv = store_server(store)
     try:
         with sim_connect(srv) as conn:
-            ids = {m.model_id for m in conn.list_models()}
-            assert expected <= ids, f"acknowledged models lost: {expected - ids}"
-            for m in conn.list_models():
+            # Listing shows only a caller's own models: ids are capabilities, look each one up.
+            lost = set()
+            for model_id in expected:
+                try:
+                    conn.get_model(model_id)
+                except blindai.ModelNotFoundError:
+                    lost.add(model_id)
+            assert not lost, f"acknowledged models lost: {lost}"
+            for m in [conn.get_model(i) for i in expected]:
                 shape = tuple(1 if d < 0 else d for d in m.inputs[0].shape)
                 conn.run_model(m.model_id, np.ones(shape, np.float32))
         assert not list(store.glob(".*.tmp"))
@@ -56,7 +62,7 @@ def test_kill_9_during_inference(tmp_path: Path) -> None:
     srv = store_server(store)
     try:
         with sim_connect(srv) as c:
-            assert {kept.model_id, slow.model_id} <= {m.model_id for m in c.list_models()}
+            assert [c.get_model(i.model_id).sha256 for i in (kept, slow)] == [kept.sha256, slow.sha256]
     finally:
         srv.stop()
 
@@ -136,18 +142,19 @@ def test_unreadable_store_entries(tmp_path: Path) -> None:
     with sim_connect(srv) as conn:
         a = conn.upload_model(onnx_models.mlp(seed=45))
         b = conn.upload_model(onnx_models.mlp(seed=46))
+        tokens = [conn.owner_token(a.model_id) or "", conn.owner_token(b.model_id) or ""]
     srv.stop()
     victim = store / f"{a.model_id}.model.sealed"
     victim.unlink()
     victim.mkdir()  # reading it fails (EISDIR), whatever the user
-    manifest = store / "manifest.sealed"
-    manifest.unlink()
-    manifest.mkdir()
     srv = store_server(store)
     try:
         with sim_connect(srv) as conn:
-            assert [m.model_id for m in conn.list_models()] == [b.model_id]
+            assert [m.model_id for m in conn.list_models(owner_tokens=tokens)] == [b.model_id]
+            with pytest.raises(blindai.ServerError, match="kept"):
+                conn.get_model(a.model_id)
         log = srv.log()
-        assert "manifest skipped" in log and f"{a.model_id}.model.sealed skipped" in log
+        assert f"cannot read {a.model_id}.model.sealed" in log
+        assert victim.is_dir()  # left as it was
     finally:
         srv.stop()

@@ -242,8 +242,15 @@ class Connection:
     def owner_token(self, model_id: str) -> str | None:
         return self._owner_tokens.get(model_id)
 
-    def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo.from_json(m) for m in self._request("GET", "/v1/models").json()["models"]]
+    def list_models(self, *, owner_tokens: Sequence[str] = ()) -> list[ModelInfo]:
+        """Models this connection owns (tokens it received at upload, plus ``owner_tokens``) and public ones.
+
+        The server lists only the models whose owner tokens the caller presents, so tenants do
+        not see each other's models; the tokens travel in ``BlindAI-Owner-Tokens`` (attested TLS).
+        """
+        tokens = list(dict.fromkeys([*self._owner_tokens.values(), *owner_tokens]))
+        headers = {"BlindAI-Owner-Tokens": ",".join(tokens)} if tokens else {}
+        return [ModelInfo.from_json(m) for m in self._request("GET", "/v1/models", headers=headers).json()["models"]]
 
     def get_model(self, model_id: str) -> ModelInfo:
         info = ModelInfo.from_json(self._request("GET", f"/v1/models/{model_id}").json())

@@ -184,7 +184,8 @@ class BlindAiClient:
                 )
             self._model = info
             return info
-        models = conn.list_models()
+        # The server lists only models whose owner tokens are presented (and public ones).
+        models = conn.list_models(owner_tokens=list(tokens.load_tokens().values()))
         if len(models) == 1:
             self._model = models[0]
             return models[0]

@@ -9,7 +9,8 @@ client and the server use these functions, so what one encodes the other decodes
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy.typing as npt
 
 from .tensors import (
     TensorError,
+    TensorLimitError,
     check_shape,
     datatype_of,
     decode_binary,
@@ -38,6 +40,17 @@ __all__ = [
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 Chunks = list[bytes | memoryview]
+Reserve = Callable[[int], None]
+
+# What decoding may allocate, reserved (through ``reserve``) BEFORE it is allocated, so that a
+# server can count it against its memory budget and refuse a request that would not fit:
+# - json.loads builds up to ~29 bytes of Python objects per byte of JSON (a list of empty
+#   lists, ``[[],[],...]``, measured), so 32 per byte;
+# - each BYTES element becomes a bytes object with its slots in a list and an array, then the
+#   str onnxruntime takes and onnxruntime's own copy: 160 bytes of overhead per element, and
+#   its contents three times.
+JSON_COST = 32
+BYTES_ELEMENT_COST = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +102,12 @@ def encode_request(
     return [head, *blobs], (len(head) if binary else None)
 
 
-def _split(body: bytes | memoryview, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
+def _split(
+    body: bytes | memoryview,
+    header_length: int | None,
+    max_json_bytes: int | None = None,
+    reserve: Reserve | None = None,
+) -> tuple[dict[str, Any], memoryview]:
     view = memoryview(body)
     if header_length is None:
         head, rest = view, view[len(view) :]
@@ -97,16 +115,30 @@ def _split(body: bytes | memoryview, header_length: int | None) -> tuple[dict[st
         if header_length < 0 or header_length > len(view):
             raise TensorError(f"{HEADER_LENGTH} {header_length} is beyond the body of {len(view)} bytes")
         head, rest = view[:header_length], view[header_length:]
+    if max_json_bytes is not None and len(head) > max_json_bytes:
+        # Parsing JSON holds the interpreter for its whole length, so it is bounded outright.
+        raise TensorLimitError(
+            f"the JSON part of this request is {len(head)} bytes, over the limit of {max_json_bytes}: "
+            f"send large tensors with the binary tensor extension ({HEADER_LENGTH})"
+        )
+    if reserve is not None:
+        reserve(len(head) * JSON_COST)
     try:
         obj = json.loads(bytes(head))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TensorError(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise TensorError(
+            "request JSON is nested too deeply (tensor data nests at most one level per dimension)"
+        ) from None
     if not isinstance(obj, dict):
         raise TensorError("request body must be a JSON object")
     return obj, rest
 
 
-def _tensors(entries: object, rest: memoryview, what: str) -> dict[str, npt.NDArray[Any]]:
+def _tensors(
+    entries: object, rest: memoryview, what: str, reserve: Reserve | None = None, json_bytes: int = 0
+) -> dict[str, npt.NDArray[Any]]:
     if not isinstance(entries, list):
         raise TensorError(f"'{what}' must be a list of tensors")
     out: dict[str, npt.NDArray[Any]] = {}
@@ -134,9 +166,17 @@ def _tensors(entries: object, rest: memoryview, what: str) -> dict[str, npt.NDAr
                 raise TensorError(
                     f"tensor {name!r}: binary_data_size {size} runs past the {len(rest) - pos} bytes left in the body"
                 )
+            if reserve is not None:
+                count = math.prod(shape)
+                reserve(
+                    size + (3 * size + min(count, size // 4 + 1) * BYTES_ELEMENT_COST if datatype == "BYTES" else 0)
+                )
             out[name] = decode_binary(datatype, shape, rest[pos : pos + size], name)
             pos += size
         elif "data" in entry:
+            if reserve is not None:  # no more elements than the JSON had bytes, whatever the shape says
+                count = min(math.prod(shape), json_bytes)
+                reserve(count * (BYTES_ELEMENT_COST if datatype == "BYTES" else 8))
             out[name] = decode_json_data(datatype, shape, entry["data"], name)
         else:
             raise TensorError(f"tensor {name!r} has neither 'data' nor 'binary_data_size'")
@@ -145,9 +185,20 @@ def _tensors(entries: object, rest: memoryview, what: str) -> dict[str, npt.NDAr
     return out
 
 
-def decode_request(body: bytes | memoryview, header_length: int | None) -> InferRequest:
-    obj, rest = _split(body, header_length)
-    inputs = _tensors(obj.get("inputs"), rest, "inputs")
+def decode_request(
+    body: bytes | memoryview,
+    header_length: int | None,
+    *,
+    max_json_bytes: int | None = None,
+    reserve: Reserve | None = None,
+) -> InferRequest:
+    """Decode an inference request; with ``reserve``, every large allocation is announced first.
+
+    ``max_json_bytes`` bounds the JSON part (TensorLimitError beyond it); ``reserve(n)`` is
+    called with an upper bound of what the next step allocates and may raise to refuse it.
+    """
+    obj, rest = _split(body, header_length, max_json_bytes, reserve)
+    inputs = _tensors(obj.get("inputs"), rest, "inputs", reserve, len(body) - len(rest))
     if not inputs:
         raise TensorError("'inputs' must list at least one tensor")
     params = obj.get("parameters") or {}

@@ -20,6 +20,7 @@ __all__ = [
     "DATATYPES",
     "MAX_ELEMENTS",
     "TensorError",
+    "TensorLimitError",
     "cast_exact",
     "check_shape",
     "datatype_of",
@@ -56,6 +57,10 @@ _LEN = struct.Struct("<I")
 
 class TensorError(ValueError):
     """A tensor is malformed; the message names the tensor and the problem."""
+
+
+class TensorLimitError(TensorError):
+    """A request is well-formed but larger than a decoding limit allows (HTTP 413, not 400)."""
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +28,26 @@ from ..attestation.providers import Evidence, EvidenceProvider
 from ..errors import BlindAIError, InvalidInputError, ServerError
 from ..protocol.attestation_doc import encode_attestation_doc
 from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response
-from ..protocol.tensors import TensorError
+from ..protocol.tensors import TensorError, TensorLimitError
+from .bodies import Body, BodyLimits, Hold, MemoryBudget, UploadSlots, content_length, read_body
 from .inference import InferenceEngine
-from .models import ModelStore, UploadSink, parse_hints
+from .models import ModelStore, parse_hints
 from .tls import TlsIdentity
 
 __all__ = ["ServerState", "attested_app", "unattested_app"]
 
 log = logging.getLogger("blindai.server")
+
+# Owner tokens one request may present (each is hashed and compared): enough for any tenant.
+MAX_PRESENTED_TOKENS = 256
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw.strip().lower() in ("", "0", "false", "no"):
+        return False
+    if raw.strip().lower() in ("1", "true", "yes"):
+        return True
+    raise InvalidInputError(f"{name} must be true or false, not {raw[:40]!r}", status=400)
 
 
 class NonceRateLimiter:
@@ -64,13 +77,32 @@ class ServerState:
     engine: InferenceEngine
     max_request_bytes: int = 256 << 20
     v06: bool = True
+    body_limits: BodyLimits = field(default_factory=BodyLimits)
     limiter: NonceRateLimiter = field(default_factory=NonceRateLimiter)
+    budget: MemoryBudget = field(init=False)
+    uploads: UploadSlots = field(init=False)
     _empty_nonce: Evidence | None = None
     _empty_nonce_at: float = 0.0
 
     # Evidence for the empty nonce is cached, but not longer than this: collateral served with
     # it (TCB Info, CRLs) changes, and clients refuse expired collateral.
     EMPTY_NONCE_TTL_S = 300.0
+
+    def __post_init__(self) -> None:
+        self.budget = MemoryBudget(self.body_limits.max_inflight_bytes)
+        self.uploads = UploadSlots(self.body_limits.max_concurrent_uploads, 2 * self.body_limits.idle_timeout_s)
+
+    async def read(self, request: Request, hold: Hold, limit: int, what: str, *, sha256: bool = False) -> Body:
+        """A bounded body (see bodies.py); memory is counted in ``hold`` as bytes arrive."""
+        return await read_body(
+            request.stream(),
+            content_length(request.headers.get("content-length")),
+            max_bytes=limit,
+            limits=self.body_limits,
+            hold=hold,
+            what=what,
+            sha256=sha256,
+        )
 
     def evidence(self, nonce: bytes) -> Evidence:
         fresh = time.monotonic() - self._empty_nonce_at < self.EMPTY_NONCE_TTL_S
@@ -87,7 +119,9 @@ class ServerState:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    # An error may come before the body was read (unknown model, too large, too slow): closing
+    # the connection stops the client from sending it, instead of the server reading it to discard.
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})
 
 
 async def _on_server_error(_req: Request, exc: Exception) -> Response:
@@ -106,27 +140,6 @@ async def _on_unexpected(_req: Request, exc: Exception) -> Response:
 
 
 _HANDLERS: dict[Any, Any] = {ServerError: _on_server_error, HTTPException: _on_http_error, Exception: _on_unexpected}
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it (or its declared length) passes the limit."""
-    sink = UploadSink(limit, _content_length(request), what="request body")
-    async for chunk in request.stream():
-        sink.feed(chunk)
-    return sink.body()
-
-
-def _content_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInputError("Content-Length is not an integer", status=400) from None
-    if value < 0:
-        raise InvalidInputError("Content-Length is negative", status=400)
-    return value
 
 
 # ------------------------------------------------------------------ unattested port
@@ -182,37 +195,64 @@ def attested_app(state: ServerState) -> Starlette:
         auth = request.headers.get("authorization", "")
         return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
 
-    async def receive_model(request: Request) -> tuple[bytes, str]:
-        sink = store.sink(_content_length(request))
-        async for chunk in request.stream():
-            sink.feed(chunk)
-        return sink.finish()
+    def tokens(request: Request) -> list[str]:
+        """Owner tokens the caller presents: its bearer token and any in BlindAI-Owner-Tokens."""
+        found = [t.strip() for t in request.headers.get("blindai-owner-tokens", "").split(",") if t.strip()]
+        token = bearer(request)
+        return ([token] if token else []) + found[:MAX_PRESENTED_TOKENS]
 
-    async def replace(request: Request) -> Response:
-        store.check_owner_early(request.path_params["ref"], bearer(request))
-        data, sha256 = await receive_model(request)
-        entry = await asyncio.to_thread(store.replace, request.path_params["ref"], bearer(request), data, sha256)
+    def held(handler: Callable[[Request, Hold], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """Every byte a request holds (body, decoder estimates) is given back when it ends."""
+
+        async def run(request: Request) -> Response:
+            # Waiting for room outlasts anything a silent client holds (it times out first).
+            hold = Hold(state.budget, wait_s=state.body_limits.idle_timeout_s)
+            try:
+                return await handler(request, hold)
+            finally:
+                hold.release()
+
+        return run
+
+    async def receive_model(request: Request, hold: Hold) -> tuple[bytes, str]:
+        async with state.uploads.slot():
+            body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True)
+        if not body.data:
+            raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
+        assert body.sha256 is not None
+        return body.data, body.sha256
+
+    async def replace(request: Request, hold: Hold) -> Response:
+        ref = request.path_params["ref"]
+        store.check_owner_early(ref, bearer(request))
+        data, sha256 = await receive_model(request, hold)
+        entry = await asyncio.to_thread(store.replace, ref, bearer(request), data, sha256)
         return JSONResponse(entry.info())
 
-    async def upload(request: Request) -> Response:
+    async def upload(request: Request, hold: Hold) -> Response:
         store.check_upload_token(bearer(request))
-        data, sha256 = await receive_model(request)
-        # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.
         hints = parse_hints(
             request.headers.get("blindai-input-shape"),
             request.headers.get("blindai-input-datatype"),
             request.headers.get("blindai-output-datatype"),
         )
+        # Private unless the owner says otherwise (listing shows a model's name and hash), except
+        # uploads of the seed-compatible API (they carry its hints): the tutorial's second script,
+        # possibly on another machine, finds the model it runs by listing a single-model server.
+        raw_public = request.headers.get("blindai-model-public")
+        public = _flag(raw_public, "BlindAI-Model-Public") if raw_public is not None else bool(hints)
         name = request.headers.get("blindai-model-name") or request.query_params.get("name")
-        entry, token = await asyncio.to_thread(store.add, data, sha256, name=name, hints=hints)
+        data, sha256 = await receive_model(request, hold)
+        # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.
+        entry, token = await asyncio.to_thread(store.add, data, sha256, name=name, hints=hints, public=public)
         del data
         return JSONResponse({**entry.info(), "owner_token": token}, status_code=201)
 
-    async def list_models(_request: Request) -> Response:
-        return JSONResponse({"models": [m.info() for m in store.list()]})
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"models": [m.info() for m in store.list(tokens(request))]})
 
     async def get_model(request: Request) -> Response:
-        return JSONResponse(store.get(request.path_params["ref"]).info())
+        return JSONResponse(store.get(request.path_params["ref"], tokens=tokens(request)).info())
 
     async def delete_model(request: Request) -> Response:
         entry = await asyncio.to_thread(store.delete, request.path_params["ref"], bearer(request))
@@ -228,7 +268,7 @@ def attested_app(state: ServerState) -> Starlette:
         return JSONResponse({"name": "blindai", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(request: Request) -> Response:
-        entry = store.get(request.path_params["ref"])
+        entry = store.get(request.path_params["ref"], tokens=tokens(request))
         return JSONResponse(
             {
                 "name": entry.model_id,
@@ -240,10 +280,10 @@ def attested_app(state: ServerState) -> Starlette:
         )
 
     async def model_ready(request: Request) -> Response:
-        entry = store.get(request.path_params["ref"])
+        entry = store.get(request.path_params["ref"], tokens=tokens(request))
         return JSONResponse({"name": entry.model_id, "ready": True})
 
-    async def infer(request: Request) -> Response:
+    async def infer(request: Request, hold: Hold) -> Response:
         header_len_raw = request.headers.get(HEADER_LENGTH.lower())
         header_len: int | None = None
         if header_len_raw is not None:
@@ -251,47 +291,63 @@ def attested_app(state: ServerState) -> Starlette:
                 header_len = int(header_len_raw)
             except ValueError:
                 raise InvalidInputError(f"{HEADER_LENGTH} is not an integer", status=400) from None
-        body = await _read_body(request, state.max_request_bytes)
+        # The model first: a request for a model that is not there costs neither its body nor decoding.
+        entry = store.get(
+            request.path_params["ref"], sha256=request.headers.get("blindai-model-sha256"), tokens=tokens(request)
+        )
+        body = (await state.read(request, hold, state.max_request_bytes, "request body")).data
+
+        def reserve(n: int) -> None:
+            hold.take(n, "decoding this request")
+
         try:
-            req = decode_request(body, header_len)
+            # Off the event loop, and bounded before it allocates (protocol/infer.py).
+            req = await asyncio.to_thread(
+                decode_request, body, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve
+            )
+        except TensorLimitError as exc:
+            raise InvalidInputError(str(exc), status=413) from None
         except TensorError as exc:
             raise InvalidInputError(str(exc), status=400) from None
-        pin = request.headers.get("blindai-model-sha256") or req.parameters.get("blindai_model_sha256")
-        if pin is not None and not isinstance(pin, str):
-            raise InvalidInputError("blindai_model_sha256 must be a hex string", status=400)
-        entry = store.get(request.path_params["ref"], sha256=pin)
+        pin = req.parameters.get("blindai_model_sha256")
+        if pin is not None:
+            if not isinstance(pin, str):
+                raise InvalidInputError("blindai_model_sha256 must be a hex string", status=400)
+            entry = store.get(entry.model_id, sha256=pin)
         requested = [o.name for o in req.outputs] if req.outputs is not None else None
         outputs = await engine.infer(entry.model, req.inputs, requested)
         binary = {n: req.binary_output for n in outputs}
         for o in req.outputs or []:
             if o.binary is not None:
                 binary[o.name] = o.binary
-        chunks, head_len = encode_response(entry.model_id, outputs, binary, request_id=req.id)
+        rid, model_id = req.id, entry.model_id
+        del req, body
+        chunks, head_len = await asyncio.to_thread(lambda: encode_response(model_id, outputs, binary, request_id=rid))
         payload = b"".join(chunks)
         if head_len is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(head_len)})
 
     routes = [
-        Route("/v1/models", upload, methods=["POST"]),
+        Route("/v1/models", held(upload), methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{ref}", get_model, methods=["GET"]),
         Route("/v1/models/{ref}", delete_model, methods=["DELETE"]),
-        Route("/v1/models/{ref}", replace, methods=["PUT"]),
+        Route("/v1/models/{ref}", held(replace), methods=["PUT"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/models/{ref}", model_metadata, methods=["GET"]),
         Route("/v2/models/{ref}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{ref}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{ref}/infer", held(infer), methods=["POST"]),
         Route("/v2/models/{ref}/versions/{version}", model_metadata, methods=["GET"]),
-        Route("/v2/models/{ref}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{ref}/versions/{version}/infer", held(infer), methods=["POST"]),
     ]
     if state.v06:
         from . import compat_v06
 
-        async def read(req: Request, limit: int | None = None) -> bytes:
-            return await _read_body(req, limit or state.max_request_bytes)
+        async def read(req: Request, hold: Hold, limit: int | None = None) -> bytes:
+            return (await state.read(req, hold, limit or state.max_request_bytes, "request body")).data
 
-        routes += compat_v06.attested_routes(store, engine.infer, read)
+        routes += compat_v06.attested_routes(store, engine.infer, read, held, state.uploads)
     return Starlette(routes=routes, exception_handlers=_HANDLERS)

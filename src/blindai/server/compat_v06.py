@@ -20,6 +20,7 @@ API keep their owner protection and are refused here (403).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,6 +32,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidInputError, ModelNotFoundError, PermissionDeniedError
 from ..protocol.tensors import check_shape, decode_binary
+from .bodies import Hold, UploadSlots
 from .models import ModelStore
 
 __all__ = ["LEGACY_HINT", "attested_routes", "unattested_routes"]
@@ -90,30 +92,51 @@ def unattested_routes(certificate_der: bytes, simulation: bool, evidence: Callab
     return [Route("/", root), Route("/quote", quote), Route("/collateral", collateral)]
 
 
-def attested_routes(store: ModelStore, infer: Callable[..., Any], read_body: Callable[..., Any]) -> list[Route]:
+# Python objects a CBOR message may become, per byte of CBOR, at worst (a list of empty lists);
+# reserved from the server's request budget before decoding. A 0.6 upload is a list of byte
+# values (small ints are shared objects: one 8-byte slot per model byte, 1 or 2 CBOR bytes).
+CBOR_COST = 64
+CBOR_UPLOAD_COST = 8
+
+
+def attested_routes(
+    store: ModelStore,
+    infer: Callable[..., Any],
+    read_body: Callable[..., Any],
+    held: Callable[[Callable[[Request, Hold], Any]], Callable[[Request], Any]],
+    uploads: UploadSlots,
+) -> list[Route]:
     async def root(_req: Request) -> Response:
         return _cbor({"server": "blindai"})
 
-    async def upload(request: Request) -> Response:
+    async def decode(raw: bytes, hold: Hold, cost: int) -> dict[str, Any]:
+        hold.take(len(raw) * cost, "decoding this CBOR message")
+        return await asyncio.to_thread(_load, raw)
+
+    async def upload(request: Request, hold: Hold) -> Response:
         store.check_upload_token(None)
         # A CBOR list of byte values takes up to 2 bytes per model byte.
-        msg = _load(await read_body(request, store.limits.max_model_bytes * 2 + (1 << 20)))
-        data = parse_upload(msg, store.limits.max_model_bytes)
-        sink = store.sink(len(data))
-        sink.feed(data)
-        data, sha256 = sink.finish()
+        async with uploads.slot():
+            raw = await read_body(request, hold, store.limits.max_model_bytes * 2 + (1 << 20))
+        msg = await decode(raw, hold, CBOR_UPLOAD_COST)
+        del raw
+        data = await asyncio.to_thread(parse_upload, msg, store.limits.max_model_bytes)
         name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
+        del msg
+        if not data:
+            raise InvalidInputError("the upload is empty: 'model' holds no bytes", status=400)
+        sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
         entry, _token = await asyncio.to_thread(store.add, data, sha256, name=name, hints={LEGACY_HINT: True})
         return _cbor({"model_id": entry.model_id, "hash": bytes.fromhex(entry.sha256)})
 
-    async def run(request: Request) -> Response:
-        msg = _load(await read_body(request))
+    async def run(request: Request, hold: Hold) -> Response:
+        msg = await decode(await read_body(request, hold), hold, CBOR_COST)
         model_id, model_hash = msg.get("model_id") or "", msg.get("model_hash") or ""
         if model_id:
             entry = store.get(str(model_id))
         else:
             wanted = model_hash.hex() if isinstance(model_hash, bytes) else str(model_hash).lower()
-            matches = [m for m in store.list() if m.sha256 == wanted]
+            matches = [m for m in store.all() if m.sha256 == wanted]
             if not matches:
                 raise ModelNotFoundError("no model with that hash", status=404)
             entry = matches[-1]
@@ -131,8 +154,8 @@ def attested_routes(store: ModelStore, infer: Callable[..., Any], read_body: Cal
             )
         return _cbor({"outputs": out})
 
-    async def delete(request: Request) -> Response:
-        msg = _load(await read_body(request))
+    async def delete(request: Request, hold: Hold) -> Response:
+        msg = await decode(await read_body(request, hold), hold, CBOR_COST)
         entry = store.get(str(msg.get("model_id", "")))
         if not entry.hints.get(LEGACY_HINT):
             raise PermissionDeniedError(
@@ -143,9 +166,9 @@ def attested_routes(store: ModelStore, infer: Callable[..., Any], read_body: Cal
 
     return [
         Route("/", root, methods=["GET"]),
-        Route("/upload", upload, methods=["POST"]),
-        Route("/run", run, methods=["POST"]),
-        Route("/delete", delete, methods=["POST"]),
+        Route("/upload", held(upload), methods=["POST"]),
+        Route("/run", held(run), methods=["POST"]),
+        Route("/delete", held(delete), methods=["POST"]),
     ]
 
 

@@ -182,6 +182,21 @@ def _as_strings(name: str, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return out
 
 
+# What one string element costs beyond its text: the Python object and its array slot, and
+# onnxruntime's std::string (its contents live outside the capped arena).
+STRING_OVERHEAD = 64
+
+
+def output_bytes(arr: npt.NDArray[Any]) -> int:
+    """Memory an output holds, strings included (an object array's nbytes counts only pointers)."""
+    if arr.dtype != object:
+        return int(arr.nbytes)
+    total = arr.size * STRING_OVERHEAD
+    for item in arr.reshape(-1):
+        total += len(item) if isinstance(item, str | bytes | bytearray) else 64
+    return total
+
+
 def _datatype_name(dtype: np.dtype[Any]) -> str:
     for name, dt in DATATYPES.items():
         if name != "BYTES" and dt == dtype.newbyteorder("<"):
@@ -222,7 +237,8 @@ class InferenceEngine:
     async def infer(
         self, model: LoadedModel, inputs: Mapping[str, npt.NDArray[Any]], requested: list[str] | None
     ) -> dict[str, npt.NDArray[Any]]:
-        feed = model.check_inputs(inputs)
+        # Checking converts string inputs element by element: a worker thread does it, not the loop.
+        feed = await asyncio.to_thread(model.check_inputs, inputs)
         names = model.output_names(requested)
         options = ort.RunOptions()
         loop = asyncio.get_running_loop()
@@ -243,7 +259,7 @@ class InferenceEngine:
                 raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
             finally:
                 timer.cancel()
-        total = sum(a.nbytes for a in outputs.values() if a.dtype != object)
+        total = await asyncio.to_thread(lambda: sum(output_bytes(a) for a in outputs.values()))
         if total > self.max_output_bytes:
             raise ServerError(f"outputs of {total} bytes exceed the limit of {self.max_output_bytes}", status=507)
         log.debug("inference done in %.2f ms", (time.perf_counter() - start) * 1e3)

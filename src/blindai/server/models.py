@@ -1,8 +1,7 @@
 """The model store: upload, vetting, identity, ownership and limits.
 
-Knows nothing of HTTP. An upload is fed chunk by chunk into an
-:class:`UploadSink`, which hashes while counting and refuses as soon as a limit
-is crossed; the finished bytes are vetted (ONNX, no external data, allowed
+Knows nothing of HTTP. An upload arrives hashed and bounded (``bodies.py``);
+the finished bytes are vetted (ONNX, no external data, allowed
 operator domains) before onnxruntime ever sees them. Owner tokens are returned
 once and kept only as SHA-256 hashes.
 """
@@ -12,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import io
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,14 +29,15 @@ from ..errors import (
 )
 from ..protocol.tensors import DATATYPES, check_shape
 from .inference import LoadedModel, TensorSpec
-from .sealing import SealedDirectory
+from .sealing import SealedDirectory, SealedFileError
 
-__all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "UploadSink", "vet_model"]
+__all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "check_string_growth", "vet_model"]
 
 log = logging.getLogger("blindai.models")
 
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 MAX_NAME = 128
+RETRY_S = 2.0  # a listed model that failed to load is read again at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,51 +47,6 @@ class StoreLimits:
     max_store_bytes: int = 16 << 30
     allowed_domains: frozenset[str] = DEFAULT_DOMAINS
     intra_op_threads: int = 0
-
-
-class UploadSink:
-    """Receives a body once, counting (and for models hashing) as it arrives.
-
-    The body is written into one buffer sized from Content-Length up front, and handed
-    over without a copy (``BytesIO.getvalue`` returns its own buffer when nothing else
-    holds it), so it is held once, not twice. Refused (413) as soon as a limit is crossed.
-    """
-
-    def __init__(self, max_bytes: int, declared_length: int | None = None, *, what: str = "model") -> None:
-        if declared_length is not None and declared_length > max_bytes:
-            raise InvalidInputError(
-                f"{what} of {declared_length} bytes exceeds the limit of {max_bytes} bytes", status=413
-            )
-        self.max_bytes = max_bytes
-        self.what = what
-        self._hash = hashlib.sha256() if what == "model" else None
-        self._buf = io.BytesIO()
-        self._size = 0
-        if declared_length:
-            self._buf.seek(declared_length - 1)
-            self._buf.write(b"\0")  # allocate once
-            self._buf.seek(0)
-
-    def feed(self, chunk: bytes) -> None:
-        if self._size + len(chunk) > self.max_bytes:
-            raise InvalidInputError(f"{self.what} exceeds the limit of {self.max_bytes} bytes", status=413)
-        if self._hash is not None:
-            self._hash.update(chunk)
-        self._buf.write(chunk)
-        self._size += len(chunk)
-
-    def body(self) -> bytes:
-        self._buf.truncate(self._size)  # a body shorter than declared
-        data = self._buf.getvalue()
-        self._buf = io.BytesIO()
-        return data
-
-    def finish(self) -> tuple[bytes, str]:
-        """The model and its SHA-256."""
-        if not self._size:
-            raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
-        assert self._hash is not None
-        return self.body(), self._hash.hexdigest()
 
 
 def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> None:
@@ -143,6 +98,108 @@ def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> 
                     "(save with onnx.save_model(..., save_as_external_data=False))",
                     status=422,
                 )
+    check_string_growth(model)
+
+
+# Operators that may produce a string tensor: each output element is an input element (moved,
+# selected, normalised) or a model constant, so string memory never exceeds what came in plus
+# what the model holds. Anything else producing strings (Expand, Tile, Gather, Where, Pad,
+# Concat, Resize, loops, sequences, Cast to string, ...) could repeat one string as often as a
+# numeric input says, in memory onnxruntime keeps outside its capped arena: refused.
+STRING_SAFE_OPS = frozenset(
+    {
+        "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split",
+        "Compress", "Unique", "StringNormalizer", "Constant", "LabelEncoder", "CategoryMapper",
+    }
+)  # fmt: skip
+
+
+def _has_string(tp: Any, string: int) -> bool:
+    """A type that is, or holds (sequence, map, optional), a string tensor."""
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return bool(tp.tensor_type.elem_type == string)
+    if kind == "sequence_type":
+        return _has_string(tp.sequence_type.elem_type, string)
+    if kind == "optional_type":
+        return _has_string(tp.optional_type.elem_type, string)
+    if kind == "map_type":
+        return bool(tp.map_type.key_type == string) or _has_string(tp.map_type.value_type, string)
+    return False
+
+
+def _uses_strings(model: Any) -> bool:
+    """Whether any string tensor can appear, read from declarations only (no inference: large models).
+
+    A string comes in as an input or a constant, or is made by Cast to STRING or by an
+    ai.onnx.ml operator from its string attributes; every one of those is declared here.
+    """
+    import onnx
+
+    string = onnx.TensorProto.STRING
+    graphs: list[Any] = [model.graph, *model.functions]
+    while graphs:
+        g = graphs.pop()
+        for vi in [*getattr(g, "input", []), *getattr(g, "output", []), *getattr(g, "value_info", [])]:
+            if _has_string(vi.type, string):
+                return True
+        if any(t.data_type == string for t in getattr(g, "initializer", [])):
+            return True
+        for node in g.node:
+            if node.op_type == "Cast" and any(a.name == "to" and a.i == string for a in node.attribute):
+                return True
+            for attr in node.attribute:
+                if (attr.HasField("t") and attr.t.data_type == string) or any(
+                    t.data_type == string for t in attr.tensors
+                ):
+                    return True
+                if attr.strings and node.domain == "ai.onnx.ml":
+                    return True
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    return False
+
+
+def check_string_growth(model: Any) -> None:
+    """Refuse graphs whose string tensors can grow beyond their inputs (see STRING_SAFE_OPS)."""
+    import onnx
+
+    if not _uses_strings(model):
+        return
+    string = onnx.TensorProto.STRING
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is best effort: unknown types are treated as possibly strings
+        inferred = model
+    types: dict[str, int] = {}
+    graphs: list[Any] = [inferred.graph, *inferred.functions]
+    nodes: list[Any] = []
+    while graphs:
+        g = graphs.pop()
+        for vi in [*getattr(g, "input", []), *getattr(g, "output", []), *getattr(g, "value_info", [])]:
+            types[vi.name] = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else -1
+        for init in getattr(g, "initializer", []):
+            types[init.name] = init.data_type
+        for node in g.node:
+            nodes.append(node)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    for node in nodes:
+        if node.op_type in STRING_SAFE_OPS and node.domain in ("", "ai.onnx", "ai.onnx.ml"):
+            continue
+        for out in node.output:
+            t = types.get(out, 0)
+            if out and t in (string, 0, -1):
+                what = "a string tensor" if t == string else "a tensor of unknown type in a model that uses strings"
+                raise InvalidInputError(
+                    f"operator {node.op_type!r} makes {what} ({out!r}): string tensors live outside the "
+                    f"inference memory cap, so only operators that cannot make them grow are accepted "
+                    f"({', '.join(sorted(STRING_SAFE_OPS))}); see docs/models.md",
+                    status=422,
+                )
 
 
 @dataclass(slots=True)
@@ -155,6 +212,7 @@ class ModelEntry:
     owner_token_hash: str
     model: LoadedModel = field(repr=False)
     hints: dict[str, Any] = field(default_factory=dict)
+    public: bool = False  # listed for every caller, and found by name without a token
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -222,35 +280,82 @@ class ModelStore:
         self.sealed = sealed
         self.upload_token_hashes = upload_token_hashes
         self._models: dict[str, ModelEntry] = {}
+        self._unavailable: dict[str, str] = {}  # listed in the sealed store, not loaded: why
+        self._retry_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one sealed write at a time keeps the manifest simple
 
     def load_sealed(self) -> int:
-        """At start: every sealed model that unseals and passes vetting again; the rest is logged."""
+        """At start: every listed model that reads, matches the manifest and passes vetting again.
+
+        A listed model that does not is kept listed, its file untouched, reported, and retried
+        when it is asked for (a transient read error must not delete a model). Raises
+        StoreError (the start is refused) when there is no manifest to trust.
+        """
         if self.sealed is None:
             return 0
         loaded = 0
-        for model_id, meta, data in self.sealed.load(log):
-            try:
-                vet_model(data, self.limits.allowed_domains)
-                entry = ModelEntry(
-                    model_id=model_id,
-                    name=str(meta["name"]),
-                    sha256=str(meta["sha256"]),
-                    size=len(data),
-                    created_at=str(meta["created_at"]),
-                    owner_token_hash=str(meta["owner_token_hash"]),
-                    model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
-                    hints=dict(meta.get("hints") or {}),
-                )
-            except (ServerError, KeyError, TypeError) as exc:
-                log.error("sealed model %s skipped: %s", model_id, exc)
-                continue
-            with self._lock:
-                self._models[model_id] = entry
-            loaded += 1
+        for model_id in self.sealed.open(log):
+            if self._load_one(model_id):
+                loaded += 1
+        if self._unavailable:
+            log.error(
+                "%d listed model(s) not loaded, kept listed and retried when asked for: %s",
+                len(self._unavailable),
+                ", ".join(f"{k} ({v})" for k, v in sorted(self._unavailable.items())),
+            )
         log.info("loaded %d sealed model(s) from %s", loaded, self.sealed.folder)
         return loaded
+
+    def _load_one(self, model_id: str) -> bool:
+        assert self.sealed is not None
+        try:
+            meta, data = self.sealed.read(model_id)
+            vet_model(data, self.limits.allowed_domains)
+            entry = ModelEntry(
+                model_id=model_id,
+                name=str(meta["name"]),
+                sha256=str(meta["sha256"]),
+                size=len(data),
+                created_at=str(meta["created_at"]),
+                owner_token_hash=str(meta["owner_token_hash"]),
+                model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
+                hints=dict(meta.get("hints") or {}),
+                public=meta.get("public") is True,
+            )
+        except OSError as exc:
+            reason = f"cannot read {model_id}.model.sealed: {exc.strerror or type(exc).__name__}"
+        except (SealedFileError, ServerError, KeyError, TypeError, ValueError) as exc:
+            reason = f"{model_id}.model.sealed not loaded: {exc}"
+        else:
+            with self._lock:
+                self._models[model_id] = entry
+                self._unavailable.pop(model_id, None)
+            return True
+        log.error("sealed model %s", reason)
+        with self._lock:
+            self._unavailable[model_id] = reason
+            self._retry_at[model_id] = time.monotonic() + RETRY_S
+        return False
+
+    def _retry(self, model_id: str) -> None:
+        """A listed model that did not load is tried again when asked for, at most every RETRY_S."""
+        with self._lock:
+            due = model_id in self._unavailable and time.monotonic() >= self._retry_at.get(model_id, 0.0)
+            if due:
+                self._retry_at[model_id] = time.monotonic() + RETRY_S
+        if due:
+            with self._write_lock:
+                if model_id in self._unavailable:
+                    self._load_one(model_id)
+        with self._lock:
+            reason = self._unavailable.get(model_id)
+        if reason is not None:
+            raise ServerError(
+                f"model {model_id} is in the store but could not be loaded ({reason}); "
+                "it is kept and served once its file reads",
+                status=503,
+            )
 
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
@@ -261,11 +366,14 @@ class ModelStore:
         if not any(hmac.compare_digest(h, allowed) for allowed in self.upload_token_hashes):
             raise PermissionDeniedError("this upload token is not accepted", status=403)
 
-    def sink(self, declared_length: int | None) -> UploadSink:
-        return UploadSink(self.limits.max_model_bytes, declared_length)
-
     def add(
-        self, data: bytes, sha256: str, *, name: str | None, hints: dict[str, Any] | None = None
+        self,
+        data: bytes,
+        sha256: str,
+        *,
+        name: str | None,
+        hints: dict[str, Any] | None = None,
+        public: bool = False,
     ) -> tuple[ModelEntry, str]:
         """Vet, load and register a model; returns the entry and its owner token (shown once)."""
         if name is not None and (len(name) > MAX_NAME or not name.isprintable()):
@@ -284,6 +392,7 @@ class ModelStore:
             owner_token_hash=hash_token(token),
             model=loaded,
             hints=hints or {},
+            public=public,
         )
         with self._write_lock:
             with self._lock:
@@ -303,6 +412,7 @@ class ModelStore:
             "created_at": entry.created_at,
             "owner_token_hash": entry.owner_token_hash,
             "hints": entry.hints,
+            "public": entry.public,
         }
         try:
             self.sealed.save(entry.model_id, meta, data)
@@ -314,8 +424,10 @@ class ModelStore:
 
     def replace(self, ref: str, token: str | None, data: bytes, sha256: str) -> ModelEntry:
         """New content under the same id, for the owner only; the old version stays until the new one is durable."""
-        old = self.get(ref)
+        old = self.get(ref, tokens=[token] if token else ())
         self._check_owner(old, token, "replacing")
+        with self._lock:
+            self._check_room(len(data), replacing=old)
         vet_model(data, self.limits.allowed_domains)
         loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
         entry = ModelEntry(
@@ -327,32 +439,48 @@ class ModelStore:
             owner_token_hash=old.owner_token_hash,
             model=loaded,
             hints=old.hints,
+            public=old.public,
         )
         with self._write_lock:
+            with self._lock:
+                self._check_room(len(data), replacing=old)
             self._persist(entry, data)
             with self._lock:
                 self._models[entry.model_id] = entry
         log.info("model %s replaced (%d bytes, sha256 %s)", entry.model_id, entry.size, sha256)
         return entry
 
-    def _check_room(self, size: int) -> None:
-        if len(self._models) >= self.limits.max_models:
+    def _check_room(self, size: int, *, replacing: ModelEntry | None = None) -> None:
+        """A new model needs a free slot; a replacement only the bytes it adds (the old ones go)."""
+        if replacing is None and len(self._models) + len(self._unavailable) >= self.limits.max_models:
             raise ServerError(f"the server already holds {self.limits.max_models} models (the limit)", status=507)
-        used = sum(m.size for m in self._models.values())
+        used = sum(m.size for m in self._models.values()) - (replacing.size if replacing is not None else 0)
         if used + size > self.limits.max_store_bytes:
             raise ServerError(
                 f"storing {size} more bytes would exceed the store limit of {self.limits.max_store_bytes}", status=507
             )
 
-    def get(self, ref: str, *, sha256: str | None = None) -> ModelEntry:
-        """By id, or by name when exactly one model has it; optionally pinned by hash."""
+    def get(self, ref: str, *, sha256: str | None = None, tokens: Iterable[str] = ()) -> ModelEntry:
+        """By id (a capability: anyone who knows it), or by name; optionally pinned by hash.
+
+        Names resolve per owner: among the models of the owner tokens presented, else among
+        public models. So another tenant's upload of the same name can neither shadow a
+        tenant's model nor make its lookups ambiguous.
+        """
+        hashes = {hash_token(t) for t in tokens}
         with self._lock:
             entry = self._models.get(ref)
             if entry is None:
-                named = [m for m in self._models.values() if m.name == ref]
+                own = [m for m in self._models.values() if m.name == ref and m.owner_token_hash in hashes]
+                named = own or [m for m in self._models.values() if m.name == ref and m.public]
                 if len(named) > 1:
-                    raise InvalidInputError(f"{len(named)} models are named {ref!r}; use a model_id", status=409)
+                    whose = "of yours" if own else "public models"
+                    raise InvalidInputError(f"{len(named)} {whose} are named {ref!r}; use a model_id", status=409)
                 entry = named[0] if named else None
+        if entry is None:
+            self._retry(ref)  # a listed model that did not load: 503, or loaded now
+            with self._lock:
+                entry = self._models.get(ref)
         if entry is None:
             raise ModelNotFoundError(f"no model {ref!r}", status=404)
         if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):
@@ -361,13 +489,18 @@ class ModelStore:
             )
         return entry
 
-    def list(self) -> list[ModelEntry]:
+    def all(self) -> list[ModelEntry]:
         with self._lock:
             return sorted(self._models.values(), key=lambda m: m.created_at)
 
+    def list(self, tokens: Iterable[str]) -> list[ModelEntry]:
+        """The models a caller may see: those of the owner tokens it presents, and public ones."""
+        hashes = {hash_token(t) for t in tokens}
+        return [m for m in self.all() if m.public or m.owner_token_hash in hashes]
+
     def check_owner_early(self, ref: str, token: str | None) -> None:
         """Before receiving a replacement body: refuse strangers without reading their bytes."""
-        self._check_owner(self.get(ref), token, "replacing")
+        self._check_owner(self.get(ref, tokens=[token] if token else ()), token, "replacing")
 
     def delete_unprotected(self, model_id: str) -> None:
         """Only for models uploaded through the 0.6 protocol, which has no owner tokens."""
@@ -389,7 +522,7 @@ class ModelStore:
             raise PermissionDeniedError("wrong owner token for this model", status=403)
 
     def delete(self, ref: str, token: str | None) -> ModelEntry:
-        entry = self.get(ref)
+        entry = self.get(ref, tokens=[token] if token else ())
         self._check_owner(entry, token, "deleting")
         with self._write_lock:
             if self.sealed is not None:

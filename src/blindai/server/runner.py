@@ -1,6 +1,9 @@
 """Process lifecycle: pick the evidence provider, make the TLS identity, serve both ports.
 
-Both uvicorn servers share one event loop; SIGTERM/SIGINT stop both cleanly
+The attested server runs on the main event loop; the unattested (evidence, /health) server
+runs on its own loop in its own thread, so nothing the attested port does on its loop
+(TLS, bodies, handlers) can delay it; heavy work also leaves the attested loop for worker
+threads, and work that holds the interpreter is bounded (docs/reliability.md). SIGTERM/SIGINT stop both cleanly
 (in-flight requests finish, then the process exits 0). Ports may be 0: the
 bound ports are then written to ``--ready-file`` as JSON, so tests and the demo
 never race for a free port.
@@ -15,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +37,10 @@ from ..attestation.providers import (
     detect_provider,
 )
 from .app import ServerState, attested_app, unattested_app
+from .bodies import BodyLimits
 from .inference import InferenceEngine, limit_inference_memory
 from .models import ModelStore, StoreLimits, hash_token
-from .sealing import NoSealingKeyError, SealedDirectory, sealing_key_for
+from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
 from .tls import make_identity
 
 __all__ = ["ServerConfig", "run_server", "serve"]
@@ -79,6 +84,7 @@ class ServerConfig:
     upload_tokens_file: Path | None = None
     max_inference_memory: int | None = None
     v06_routes: bool = True
+    body_limits: BodyLimits | None = None  # None: BodyLimits() with the in-flight budget sized to the machine
 
 
 class _Server(uvicorn.Server):
@@ -124,6 +130,11 @@ def default_inference_memory() -> int:
         return 8 << 30
 
 
+def default_inflight_bytes(limits: StoreLimits) -> int:
+    """A quarter of the memory, and never less than one largest model upload plus some room."""
+    return max(default_inference_memory() // 2, limits.max_model_bytes + (64 << 20))
+
+
 def load_upload_tokens(path: Path) -> frozenset[str]:
     lines = [ln.strip() for ln in path.read_text().splitlines()]
     tokens = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -161,6 +172,7 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
         ),
         max_request_bytes=config.max_request_bytes,
         v06=config.v06_routes,
+        body_limits=config.body_limits or BodyLimits(max_inflight_bytes=default_inflight_bytes(config.limits)),
     )
     attested_sock = _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
@@ -184,10 +196,14 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    evidence_thread = threading.Thread(
+        target=_serve_in_own_loop, args=(unattested, unattested_sock), name="blindai-evidence", daemon=True
+    )
+    evidence_thread.start()
     try:
         tasks = [
             asyncio.create_task(attested.serve(sockets=[attested_sock])),
-            asyncio.create_task(unattested.serve(sockets=[unattested_sock])),
+            asyncio.create_task(asyncio.to_thread(evidence_thread.join)),
         ]
         while not (attested.started and unattested.started):
             if any(t.done() for t in tasks):
@@ -216,10 +232,51 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             tmp.replace(config.ready_file)
         await asyncio.gather(*tasks)
     finally:
+        attested.should_exit = unattested.should_exit = True
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         state.engine.close()
         log.info("stopped")
+
+
+def _serve_in_own_loop(server: uvicorn.Server, sock: socket.socket) -> None:
+    """The evidence port's loop: a thread of its own, so the attested loop's work never delays it."""
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(server.serve(sockets=[sock]))
+        else:
+            uvloop.run(server.serve(sockets=[sock]))
+    except Exception:
+        log.exception("the unattested server stopped")
+        raise
+
+
+def bound_malloc() -> None:
+    """Make freed request memory go back to the system (glibc only; elsewhere nothing to do).
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
+    which request bodies and decoded tensors come from heaps that keep their pages: the
+    process would hold, as RSS that no budget counts, the peak of what requests once used.
+    A fixed threshold keeps large buffers in their own mappings, returned at free; a trim
+    threshold returns freed heap tops; few arenas keep worker threads from each keeping one.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    mallopt(m_mmap_threshold, 256 << 10)
+    mallopt(m_trim_threshold, 1 << 20)
+    mallopt(m_arena_max, 4)
 
 
 def run_server(config: ServerConfig) -> int:
@@ -234,10 +291,11 @@ def run_server(config: ServerConfig) -> int:
         return 2
     if provider.tee == "simulation":
         log.warning(SIMULATION_BANNER)
+    bound_malloc()
     limit_inference_memory(config.max_inference_memory or default_inference_memory())
     try:
         store = make_store(config, provider)
-    except (NoSealingKeyError, ValueError, OSError) as exc:
+    except (NoSealingKeyError, StoreError, ValueError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     try:

@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ from ..errors import BlindAIError
 
 __all__ = [
     "MAGIC",
+    "StoreError",
+    "check_store",
+    "recover_store",
     "NoSealingKeyError",
     "SealedDirectory",
     "SealedFileError",
@@ -72,9 +76,14 @@ class SealingKey:
 
     def unwrap(self, nonce: bytes, wrapped: bytes, ident: str) -> bytes:
         try:
-            return self._aead.decrypt(nonce, wrapped, b"wrap:" + ident.encode())
+            key = self._aead.decrypt(nonce, wrapped, b"wrap:" + ident.encode())
         except InvalidTag:
             raise SealedFileError("the data key does not unwrap: sealed by another TEE identity, or tampered") from None
+        except (ValueError, TypeError, OverflowError, UnicodeError) as exc:  # e.g. a nonce of 3 bytes
+            raise SealedFileError(f"sealed file header is malformed ({exc})") from None
+        if len(key) != 32:
+            raise SealedFileError("the data key has the wrong length")
+        return key
 
 
 def _b64(b: bytes) -> str:
@@ -110,12 +119,14 @@ def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tupl
     raw = blob[12 : 12 + hlen]
     try:
         header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise TypeError("the header is not an object")
         ident = str(header["id"])
         meta = dict(header["meta"])
         wrap_nonce = base64.b64decode(header["wrap_nonce"])
         wrapped = base64.b64decode(header["wrapped_key"])
         data_nonce = base64.b64decode(header["data_nonce"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SealedFileError("sealed file header is malformed") from exc
     if expected_id is not None and ident != expected_id:
         raise SealedFileError(f"sealed file holds {ident!r}, not {expected_id!r}")
@@ -124,6 +135,8 @@ def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tupl
         plaintext = AESGCM(data_key).decrypt(data_nonce, blob[12 + hlen :], blob[: 12 + hlen])
     except InvalidTag:
         raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # an authenticated header cannot get here; fail closed
+        raise SealedFileError(f"sealed file header is malformed ({exc})") from None
     return ident, meta, plaintext
 
 
@@ -186,89 +199,338 @@ def sealing_key_for(tee: str, tee_key: bytes | None, store_dir: Path, key_file: 
     return SealingKey(tee_key, source=f"{tee} TEE sealing key")
 
 
-class SealedDirectory:
-    """Models sealed one per file, plus a sealed manifest of which ones are live.
+class StoreError(BlindAIError):
+    """The sealed store is not in a state the server may start from; the message says how to recover."""
 
-    The manifest is written after a model file and before a delete removes one, so a
-    crash never makes an acknowledged model disappear, and a model file restored by the
-    host after its owner deleted it is not loaded (unless the manifest is rolled back
-    too, which sealing alone cannot detect: see docs/models.md).
+
+MANIFEST = "manifest.sealed"
+MODEL_SUFFIX = ".model.sealed"
+# Every unfinished write is a hidden temporary file of this pattern, nothing else:
+# `.NAME.RANDOM.tmp` (atomic_write) and `.ID.model.sealed.vVERSION.pending.tmp` (a model
+# written, not yet listed: promoted at start only if the manifest lists that version).
+TEMP_GLOB = ".*.tmp"
+_PENDING = ".pending.tmp"
+
+
+@dataclass(slots=True)
+class Listing:
+    """A manifest entry: the content hash and the version (store generation) of one model file."""
+
+    sha256: str
+    version: int | None  # None: listed by a manifest of the first format, which had no versions
+
+
+@dataclass(slots=True)
+class Manifest:
+    store_id: str
+    generation: int
+    models: dict[str, Listing]
+
+    def seal(self, key: SealingKey) -> bytes:
+        meta = {
+            "format": 2,
+            "store_id": self.store_id,
+            "generation": self.generation,
+            "models": {k: {"sha256": v.sha256, "version": v.version} for k, v in sorted(self.models.items())},
+        }
+        return seal(key, "manifest", meta, b"")
+
+    @classmethod
+    def unseal(cls, key: SealingKey, blob: bytes) -> Manifest:
+        _, meta, _ = unseal(key, blob, "manifest")
+        try:
+            models: dict[str, Listing] = {}
+            for k, v in dict(meta["models"]).items():
+                if isinstance(v, str):  # first format: id -> sha256
+                    models[str(k)] = Listing(v, None)
+                else:
+                    version = v.get("version")
+                    models[str(k)] = Listing(str(v["sha256"]), int(version) if version is not None else None)
+            return cls(str(meta.get("store_id") or ""), int(meta.get("generation") or 0), models)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SealedFileError(f"the manifest's contents are malformed ({exc})") from None
+
+
+@dataclass(slots=True)
+class Unavailable:
+    """A listed model that did not load: kept listed, its file untouched, retried later."""
+
+    model_id: str
+    reason: str
+
+
+def model_path(folder: Path, model_id: str) -> Path:
+    if not model_id.isalnum():
+        raise ValueError("model ids are alphanumeric")
+    return folder / f"{model_id}{MODEL_SUFFIX}"
+
+
+def model_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob(f"*{MODEL_SUFFIX}") if not p.name.startswith("."))
+
+
+def recovery_hint(folder: Path) -> str:
+    return (
+        f"inspect with `blindai store check {folder}`, then `blindai store recover {folder}` (moves unlisted "
+        f"files aside; `--adopt ID` or `--adopt-all` lists chosen ones again)"
+    )
+
+
+class SealedDirectory:
+    """Models sealed one per file, plus a sealed manifest that is the only truth of what is live.
+
+    Fail closed: without a manifest that unseals, model files are never loaded (the start is
+    refused, naming them and the recovery commands). The manifest carries the store's id and
+    generation, and for each model its content hash and version; a model file carries the
+    store id and its version, so a file from another store or another time (an older version
+    restored by the host) does not load. A listed model that cannot be read or does not match
+    stays listed, its file untouched, and is retried later: nothing at start ever deletes a
+    model. Only a whole-folder rollback (manifest and files together) goes unnoticed, which
+    sealing cannot detect without a monotonic counter (docs/models.md).
     """
 
-    MANIFEST = "manifest.sealed"
+    MANIFEST = MANIFEST
 
     def __init__(self, folder: Path, key: SealingKey) -> None:
         self.folder = folder
         self.key = key
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._live: dict[str, str] = {}
+        self.manifest = Manifest(secrets.token_hex(16), 0, {})
+        self._opened = False  # writes before open() would replace a manifest never read: refused
 
     def _path(self, model_id: str) -> Path:
-        if not model_id.isalnum():
-            raise ValueError("model ids are alphanumeric")
-        return self.folder / f"{model_id}.model.sealed"
+        return model_path(self.folder, model_id)
 
-    def _write_manifest(self) -> None:
-        atomic_write(self.folder / self.MANIFEST, seal(self.key, "manifest", {"models": dict(self._live)}, b""))
+    def _pending(self, model_id: str, version: int) -> Path:
+        return self.folder / f".{model_id}{MODEL_SUFFIX}.v{version}{_PENDING}"
 
-    def load(self, log: Any) -> list[tuple[str, dict[str, Any], bytes]]:
-        """Every live model that unseals; anything else is logged and skipped, never fatal."""
-        for tmp in self.folder.glob(".*.tmp"):
-            log.warning("removing an unfinished write from a previous run: %s", tmp.name)
+    def _write_manifest(self, manifest: Manifest) -> None:
+        atomic_write(self.folder / MANIFEST, manifest.seal(self.key))
+
+    def open(self, log: Any) -> list[str]:
+        """At start: read the manifest (or refuse), finish or drop unfinished writes; returns the listed ids."""
+        manifest_path = self.folder / MANIFEST
+        files = model_files(self.folder)
+        if not manifest_path.exists() and not manifest_path.is_symlink():
+            if files:
+                raise StoreError(
+                    f"the model store {self.folder} has model files but no manifest ({MANIFEST}): "
+                    f"{', '.join(p.name for p in files)}. Refusing to start rather than load files nobody listed "
+                    f"(deleted or older models would come back); {recovery_hint(self.folder)}"
+                )
+            self._drop_temporaries(log, {})
+            self._write_manifest(self.manifest)  # a new store
+            self._opened = True
+            log.info("new model store %s (id %s)", self.folder, self.manifest.store_id)
+            return []
+        try:
+            self.manifest = Manifest.unseal(self.key, manifest_path.read_bytes())
+        except (SealedFileError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreError(
+                f"the model store manifest {manifest_path} cannot be used ({reason}); refusing to start rather "
+                f"than guess which model files are live ({len(files)} model file(s) there); "
+                f"{recovery_hint(self.folder)}"
+            ) from None
+        self._drop_temporaries(log, self.manifest.models)
+        self._opened = True
+        for path in model_files(self.folder):
+            model_id = path.name.split(".", 1)[0]
+            if model_id not in self.manifest.models:
+                log.warning(
+                    "model file %s is not in the manifest (a deleted model, or put there by the host): not loaded, "
+                    "left in place; %s",
+                    path.name,
+                    recovery_hint(self.folder),
+                )
+        return sorted(self.manifest.models)
+
+    def _drop_temporaries(self, log: Any, listed: dict[str, Listing]) -> None:
+        for tmp in sorted(self.folder.glob(TEMP_GLOB)):
+            name = tmp.name
+            if name.endswith(_PENDING):
+                model_id, _, rest = name[1:].partition(".")
+                version = rest.removeprefix(MODEL_SUFFIX[1:] + ".v").removesuffix(_PENDING)
+                entry = listed.get(model_id)
+                if entry is not None and entry.version is not None and version == str(entry.version):
+                    # Listed, then the server stopped before the rename: finish the write.
+                    log.warning("finishing the write of model %s (version %s)", model_id, version)
+                    with contextlib.suppress(OSError):
+                        os.replace(tmp, self._path(model_id))
+                        fsync_dir(self.folder)
+                    continue
+            log.warning("removing an unfinished write from a previous run: %s", name)
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        listed: dict[str, str] | None = None
-        manifest = self.folder / self.MANIFEST
-        if manifest.exists():
-            try:
-                _, meta, _ = unseal(self.key, manifest.read_bytes(), "manifest")
-                listed = {str(k): str(v) for k, v in dict(meta["models"]).items()}
-            except (SealedFileError, OSError, KeyError, TypeError) as exc:
-                log.error("model store manifest skipped (%s); loading every model file that unseals", exc)
-        out = []
-        for path in sorted(self.folder.glob("*.model.sealed")):
-            model_id = path.name.split(".", 1)[0]
-            if listed is not None and model_id not in listed:
-                log.warning(
-                    "model file %s is not in the manifest (deleted, or an unfinished upload): removed", path.name
-                )
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            try:
-                _, meta, data = unseal(self.key, path.read_bytes(), model_id)
-            except (SealedFileError, OSError) as exc:
-                log.error("sealed model file %s skipped: %s", path.name, exc)
-                continue
-            if listed is not None and listed[model_id] != meta.get("sha256"):
-                log.error("sealed model file %s skipped: it is not the version the manifest lists", path.name)
-                continue
-            out.append((model_id, meta, data))
-            self._live[model_id] = str(meta.get("sha256"))
-        if listed is not None and set(listed) - set(self._live):
-            log.error("models listed but missing or unreadable: %s", sorted(set(listed) - set(self._live)))
+
+    def read(self, model_id: str) -> tuple[dict[str, Any], bytes]:
+        """One listed model, checked against the manifest; raises OSError or SealedFileError."""
+        entry = self.manifest.models.get(model_id)
+        if entry is None:
+            raise SealedFileError(f"model {model_id} is not in the manifest")
         try:
-            self._write_manifest()
-        except OSError as exc:
-            # A manifest that cannot be replaced (e.g. something else sits at its path) is moved
-            # aside once; if the store stays unwritable, the server still serves what it loaded.
-            broken = manifest.with_name(f"{self.MANIFEST}.broken-{secrets.token_hex(4)}")
-            log.error("cannot write the manifest (%s); moving %s aside to %s", exc.strerror, manifest.name, broken.name)
-            try:
-                manifest.rename(broken)
-                self._write_manifest()
-            except OSError as again:
-                log.error("the model store is not writable (%s): new uploads will be refused", again.strerror)
-        return out
+            _, meta, data = unseal(self.key, self._path(model_id).read_bytes(), model_id)
+        except (SealedFileError, OSError):
+            raise
+        except Exception as exc:  # any malformed file is a skipped file, never a failed start
+            raise SealedFileError(f"sealed file is malformed ({type(exc).__name__})") from None
+        store_id = meta.get("store_id")
+        if self.manifest.store_id and store_id is not None and store_id != self.manifest.store_id:
+            raise SealedFileError("the file belongs to another model store")
+        version = meta.get("version")
+        if entry.version is not None and version != entry.version:
+            raise SealedFileError(
+                f"the file holds version {version!r}, the manifest lists version {entry.version} "
+                "(a file from another time: not loaded)"
+            )
+        if meta.get("sha256") != entry.sha256:
+            raise SealedFileError("the file is not the version the manifest lists (content hash differs)")
+        return meta, data
 
     def save(self, model_id: str, meta: dict[str, Any], data: bytes) -> None:
-        atomic_write(self._path(model_id), seal(self.key, model_id, meta, data))
-        self._live[model_id] = str(meta["sha256"])
-        self._write_manifest()
+        """Pending file, then the manifest listing it, then the rename: a crash leaves the old state or the new."""
+        if not self._opened:
+            raise StoreError("the sealed store was not opened (SealedDirectory.open) before a write")
+        version = self.manifest.generation + 1
+        meta = {**meta, "store_id": self.manifest.store_id, "version": version}
+        pending = self._pending(model_id, version)
+        final = self._path(model_id)
+        blob = seal(self.key, model_id, meta, data)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            models = {**self.manifest.models, model_id: Listing(str(meta["sha256"]), version)}
+            self._write_manifest(Manifest(self.manifest.store_id, version, models))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                pending.unlink()
+            raise
+        self.manifest = Manifest(self.manifest.store_id, version, models)
+        os.replace(pending, final)
+        fsync_dir(self.folder)
 
     def delete(self, model_id: str) -> None:
-        self._live.pop(model_id, None)
-        self._write_manifest()
+        """Unlisted first, then the file: a crash in between leaves an unlisted file, never a listed hole."""
+        if not self._opened:
+            raise StoreError("the sealed store was not opened (SealedDirectory.open) before a write")
+        models = {k: v for k, v in self.manifest.models.items() if k != model_id}
+        manifest = Manifest(self.manifest.store_id, self.manifest.generation + 1, models)
+        self._write_manifest(manifest)
+        self.manifest = manifest
         with contextlib.suppress(FileNotFoundError):
             self._path(model_id).unlink()
         fsync_dir(self.folder)
+
+
+# ------------------------------------------------------------------ blindai store check|recover
+
+
+@dataclass(slots=True)
+class StoreReport:
+    manifest: str  # "ok", "missing", or why it cannot be used
+    listed_ok: list[str] = field(default_factory=list)
+    listed_bad: dict[str, str] = field(default_factory=dict)  # id -> why it would not load
+    unlisted: dict[str, str] = field(default_factory=dict)  # file name -> what it holds
+    temporaries: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.manifest == "ok" and not self.listed_bad and not self.unlisted
+
+
+def check_store(folder: Path, key: SealingKey) -> StoreReport:
+    """What a start would do with this folder, without changing anything."""
+    d = SealedDirectory.__new__(SealedDirectory)
+    d.folder, d.key = folder, key
+    d.manifest = Manifest("", 0, {})
+    path = folder / MANIFEST
+    if not path.exists():
+        report = StoreReport("missing")
+    else:
+        try:
+            d.manifest = Manifest.unseal(key, path.read_bytes())
+            report = StoreReport("ok")
+        except (SealedFileError, OSError) as exc:
+            report = StoreReport(f"unusable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+    for model_id in sorted(d.manifest.models):
+        try:
+            d.read(model_id)
+            report.listed_ok.append(model_id)
+        except (SealedFileError, OSError) as exc:
+            report.listed_bad[model_id] = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    for p in model_files(folder):
+        model_id = p.name.split(".", 1)[0]
+        if model_id not in d.manifest.models:
+            report.unlisted[p.name] = _describe(key, p, model_id)
+    report.temporaries = sorted(p.name for p in folder.glob(TEMP_GLOB))
+    return report
+
+
+def _describe(key: SealingKey, path: Path, model_id: str) -> str:
+    try:
+        _, meta, data = unseal(key, path.read_bytes(), model_id)
+    except (SealedFileError, OSError) as exc:
+        return f"does not unseal ({exc})"
+    except Exception as exc:
+        return f"malformed ({type(exc).__name__})"
+    return (
+        f"unseals: name {meta.get('name')!r}, sha256 {meta.get('sha256')}, version {meta.get('version')}, "
+        f"created {meta.get('created_at')}, {len(data)} bytes"
+    )
+
+
+def recover_store(
+    folder: Path, key: SealingKey, *, adopt: set[str] | None = None, adopt_all: bool = False
+) -> list[str]:
+    """Make the folder startable again; returns what was done, one line each.
+
+    Files the manifest does not list are moved into ``unlisted-<time>/`` unless adopted by
+    id (or all, with ``adopt_all``): adopting lists a file again, at the version it holds.
+    A manifest that cannot be used is moved aside. Listed models are never dropped.
+    """
+    adopt = adopt or set()
+    done: list[str] = []
+    report = check_store(folder, key)
+    d = SealedDirectory.__new__(SealedDirectory)
+    d.folder, d.key = folder, key
+    if report.manifest == "ok":
+        d.manifest = Manifest.unseal(key, (folder / MANIFEST).read_bytes())
+    else:
+        d.manifest = Manifest(secrets.token_hex(16), 0, {})
+        if report.manifest != "missing":
+            aside = folder / f"{MANIFEST}.unusable-{_stamp()}"
+            os.replace(folder / MANIFEST, aside)
+            done.append(f"moved the unusable manifest to {aside.name}")
+    aside_dir = folder / f"unlisted-{_stamp()}"
+    for name in sorted(report.unlisted):
+        model_id = name.split(".", 1)[0]
+        path = folder / name
+        if adopt_all or model_id in adopt:
+            try:
+                _, meta, data = unseal(key, path.read_bytes(), model_id)
+            except Exception as exc:
+                done.append(f"cannot adopt {name}: {exc}")
+            else:
+                # Sealed again as this store's next version: the operator vouched for this file.
+                v = d.manifest.generation + 1
+                meta = {**meta, "store_id": d.manifest.store_id, "version": v}
+                atomic_write(path, seal(key, model_id, meta, data))
+                d.manifest.models[model_id] = Listing(str(meta.get("sha256")), v)
+                d.manifest.generation = v
+                done.append(f"adopted {name} ({meta.get('name')!r}, now version {v})")
+                continue
+        aside_dir.mkdir(mode=0o700, exist_ok=True)
+        os.replace(path, aside_dir / name)
+        done.append(f"moved unlisted {name} to {aside_dir.name}/")
+    d._write_manifest(d.manifest)
+    done.append(f"wrote {MANIFEST}: {len(d.manifest.models)} model(s) listed")
+    return done
+
+
+def _stamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -1,0 +1,233 @@
+"""Request bodies: memory follows the bytes received, within deadlines and a server-wide budget.
+
+Knows nothing of routes. A declared ``Content-Length`` is only used to refuse at once what
+could never fit; nothing is allocated for it. Bytes are kept as the chunks that arrived and
+joined once at the end (no repeated copies). Every byte held for a request, and every byte a
+decoder is about to allocate for it, is taken from one :class:`MemoryBudget` shared by the
+whole server and given back when the request ends, so concurrent requests cannot together
+hold more than ``--max-inflight-bytes``. A body that stalls, or trickles in below
+``--body-min-rate``, or takes longer than ``--body-timeout`` in all, is answered 408 and
+its memory returned: an unauthenticated client cannot hold memory or a slot by being slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ..errors import InvalidInputError, ServerError
+
+__all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "UploadSlots", "read_body"]
+
+# Joining chunks is one memcpy; above this size it runs in a worker thread (bytes.join
+# releases the GIL for large results), so the event loops keep turning meanwhile.
+_JOIN_IN_THREAD = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """How bodies are received; every field is a ``blindai serve`` flag (docs/cli.md)."""
+
+    idle_timeout_s: float = 20.0  # longest silence between two chunks, and the grace before the rate counts
+    min_rate: int = 16 << 10  # bytes per second, averaged over the whole body after the grace
+    total_timeout_s: float = 900.0  # a whole body, however fast it flows
+    max_concurrent_uploads: int = 4  # model uploads receiving at once; more wait, then 503
+    max_inflight_bytes: int = 4 << 30  # bodies held plus decoder estimates, server-wide
+    max_json_bytes: int = 1 << 20  # JSON (or JSON header) of one inference request
+
+
+class MemoryBudget:
+    """Bytes held for requests, server-wide; thread-safe (decoders take from worker threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_take(self, n: int, what: str) -> bool:
+        if n > self.limit:
+            raise InvalidInputError(
+                f"{what} needs about {n} bytes of memory, more than the server's whole budget for requests "
+                f"({self.limit} bytes, --max-inflight-bytes); send less at once (binary tensors cost least)",
+                status=413,
+            )
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def full(self) -> ServerError:
+        return ServerError(
+            f"the server is holding its limit of {self.limit} bytes for requests in flight; retry shortly", status=503
+        )
+
+    def take(self, n: int, what: str, wait_s: float = 0.0) -> None:
+        """From a worker thread: wait up to ``wait_s`` for room (others finish or time out), then 503."""
+        deadline = time.monotonic() + wait_s
+        while not self.try_take(n, what):
+            if time.monotonic() >= deadline:
+                raise self.full()
+            time.sleep(0.01)
+
+    async def take_async(self, n: int, what: str, wait_s: float) -> None:
+        """From the event loop: the same wait, without blocking it (the body simply is not read meanwhile)."""
+        deadline = time.monotonic() + wait_s
+        while not self.try_take(n, what):
+            if time.monotonic() >= deadline:
+                raise self.full()
+            await asyncio.sleep(0.01)
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class Hold:
+    """What one request holds in the budget: taken piece by piece, all given back at the end."""
+
+    def __init__(self, budget: MemoryBudget, wait_s: float = 0.0) -> None:
+        self.budget = budget
+        self.wait_s = wait_s  # how long a body waits for room before answering 503
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int, what: str) -> None:
+        """From a worker thread (decoders): no waiting, so a full budget never ties up the pool's threads."""
+        self.budget.take(n, what)
+        with self._lock:
+            self.held += n
+
+    async def take_async(self, n: int, what: str) -> None:
+        await self.budget.take_async(n, what, self.wait_s)
+        with self._lock:
+            self.held += n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            n = min(n, self.held)
+            self.held -= n
+        self.budget.give(n)
+
+    def release(self) -> None:
+        self.give(self.held)
+
+
+class UploadSlots:
+    """At most N model uploads receive at once; the next waits for a slot, not forever.
+
+    A slot is held by a body that must keep flowing (deadlines above), so a wait of twice
+    the idle timeout outlasts any slot held by a silent client.
+    """
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self._sem: asyncio.Semaphore | None = None  # made in the loop that uses it
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.limit)
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.wait_s)
+        except TimeoutError:
+            raise ServerError(
+                f"{self.limit} uploads are already in progress (--max-concurrent-uploads); retry shortly", status=503
+            ) from None
+        try:
+            yield
+        finally:
+            self._sem.release()
+
+
+@dataclass(slots=True)
+class Body:
+    data: bytes
+    sha256: str | None
+
+
+def content_length(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInputError("Content-Length is not an integer", status=400) from None
+    if value < 0:
+        raise InvalidInputError("Content-Length is negative", status=400)
+    return value
+
+
+async def read_body(
+    stream: AsyncIterator[bytes],
+    declared: int | None,
+    *,
+    max_bytes: int,
+    limits: BodyLimits,
+    hold: Hold,
+    what: str,
+    sha256: bool = False,
+) -> Body:
+    """The whole body, counted as it arrives; 413 past ``max_bytes``, 408 when too slow, 503 over budget."""
+    if declared is not None and declared > max_bytes:
+        raise InvalidInputError(f"{what} of {declared} bytes exceeds the limit of {max_bytes} bytes", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    digest = hashlib.sha256() if sha256 else None
+    start = last = time.monotonic()
+    deadline = start + limits.total_timeout_s
+    it = stream.__aiter__()
+    while True:
+        now = time.monotonic()
+        # The latest moment the next chunk may arrive: no silence longer than the idle timeout,
+        # no total beyond the deadline, and (after the grace) never below the minimum rate.
+        bounds = {
+            "deadline": deadline,
+            "idle": last + limits.idle_timeout_s,
+            "rate": start + max(limits.idle_timeout_s, (size + 1) / max(limits.min_rate, 1)),
+        }
+        reason = min(bounds, key=lambda k: bounds[k])
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), max(bounds[reason] - now, 0.0))
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise _too_slow(what, reason, size, time.monotonic() - start, limits) from None
+        if not chunk:
+            continue
+        last = time.monotonic()
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidInputError(f"{what} exceeds the limit of {max_bytes} bytes", status=413)
+        await hold.take_async(len(chunk), what)  # while the budget is full, this body is not read
+        if digest is not None:
+            digest.update(chunk)
+        chunks.append(chunk)
+    if len(chunks) == 1:
+        data = chunks[0]
+    elif size > _JOIN_IN_THREAD:
+        await hold.take_async(size, what)  # the chunks and the joined copy, for a moment
+        try:
+            data = await asyncio.to_thread(b"".join, chunks)
+        finally:
+            hold.give(size)
+    else:
+        data = b"".join(chunks)
+    chunks.clear()
+    return Body(data, digest.hexdigest() if digest is not None else None)
+
+
+def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> ServerError:
+    if reason == "deadline":
+        text = f"it was not received within the {limits.total_timeout_s:g} s deadline (--body-timeout)"
+    elif reason == "rate":
+        text = f"it arrived too slowly ({size} bytes in {elapsed:.1f} s; --body-min-rate is {limits.min_rate} B/s)"
+    else:
+        text = f"nothing arrived for {limits.idle_timeout_s:g} s (--body-idle-timeout)"
+    return ServerError(f"{what} timed out: {text}", status=408)
