@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 def test_mkdocs_builds_strict(tmp_path: Path) -> None:
     if shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None:
-        pytest.skip("mkdocs is not installed (pip install blindai[docs])")
+        pytest.skip("mkdocs is not installed (pip install -e \".[docs]\")")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "-q", "-d", str(tmp_path / "site")],
         cwd=ROOT,
