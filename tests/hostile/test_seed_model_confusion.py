@@ -98,7 +98,7 @@ def test_a_single_model_server_runs_its_only_model(srv: LocalServer, tmp_path: P
 
 
 def test_the_remembered_model_is_pinned_by_hash(srv: LocalServer, tmp_path: Path) -> None:
-    """A record pointing at an id whose content changed is not trusted (falls back to the safe rules)."""
+    """A record pointing at an id whose content changed is not trusted: refused, never a fallback."""
     from blindai.client import tokens
 
     _as_user(tmp_path / "victim")
@@ -108,7 +108,7 @@ def test_the_remembered_model_is_pinned_by_hash(srv: LocalServer, tmp_path: Path
     _as_user(tmp_path / "other")
     _client(srv).upload_model(_echo_model(), shape=(1, 16))
     _as_user(tmp_path / "victim")
-    with pytest.raises(blindai.InvalidInputError, match="model_id="):
+    with pytest.raises(blindai.ModelNotFoundError, match="model_id="):
         _client(srv).run_model(np.ones(16, np.float32).tolist())
     out = _client(srv).run_model(np.ones(16, np.float32).tolist(), model_id=up.model_id)
     assert out.model_id == up.model_id

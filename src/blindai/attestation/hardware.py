@@ -72,7 +72,7 @@ def fetch_snp_crl(url: str, product: str, vlek: bool) -> x509.CertificateRevocat
 
     full = f"{url.rstrip('/')}/{'vlek' if vlek else 'vcek'}/v1/{product}/crl"
     try:
-        resp = httpx.get(full, timeout=30, follow_redirects=True)
+        resp = httpx.get(full, timeout=30, follow_redirects=True, trust_env=False)
         resp.raise_for_status()
     except httpx.HTTPError as exc:
         raise CollateralError(f"could not fetch the SEV-SNP CRL from {full}: {exc}", check="collateral-fetch") from exc

@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import BlindAIError, PolicyError
@@ -51,26 +52,62 @@ class TeePolicy:
     (SEV-SNP) demands a current CRL with the evidence.
     """
 
-    measurements: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    measurements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     allow_debug: bool = False
     accepted_tcb_status: tuple[str, ...] = DEFAULT_TCB_STATUS
-    min_svns: dict[str, int] = field(default_factory=dict)
-    exact: dict[str, int] = field(default_factory=dict)
+    min_svns: Mapping[str, int] = field(default_factory=dict)
+    exact: Mapping[str, int] = field(default_factory=dict)
     unpinned_rtmrs: tuple[int, ...] = ()
     require_crl: bool = True
+
+    def __post_init__(self) -> None:
+        # Types are checked and every mapping frozen here, so that a policy built in code can
+        # neither be weaker than its TOML twin (a str where a tuple belongs matches substrings)
+        # nor be emptied after it was checked.
+        for name in ("allow_debug", "require_crl"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyLoadError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        meas: dict[str, tuple[str, ...]] = {}
+        for key, values in dict(self.measurements).items():
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                raise PolicyLoadError(f"measurement {key} must be a tuple of hex strings")
+            meas[str(key)] = tuple(v.lower() for v in values)
+        statuses = self.accepted_tcb_status
+        if isinstance(statuses, str) or not all(isinstance(t, str) for t in statuses):
+            raise PolicyLoadError("accepted_tcb_status must be a tuple of status names")
+        for name in ("min_svns", "exact"):
+            for key, value in dict(getattr(self, name)).items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise PolicyLoadError(f"{name}[{key!r}] must be a non-negative integer")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.unpinned_rtmrs):
+            raise PolicyLoadError("unpinned_rtmrs must hold RTMR indexes")
+        object.__setattr__(self, "measurements", MappingProxyType(meas))
+        object.__setattr__(self, "accepted_tcb_status", tuple(statuses))
+        object.__setattr__(self, "min_svns", MappingProxyType(dict(self.min_svns)))
+        object.__setattr__(self, "exact", MappingProxyType(dict(self.exact)))
+        object.__setattr__(self, "unpinned_rtmrs", tuple(self.unpinned_rtmrs))
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """One `TeePolicy` per TEE kind the client accepts; checked by the same rules however it was made."""
 
-    sections: dict[str, TeePolicy]
+    sections: Mapping[str, TeePolicy]
 
     def __post_init__(self) -> None:
         if not self.sections:
             raise PolicyLoadError("policy has no section: add [sgx], [tdx] or [sev-snp] with an expected measurement")
         for name, section in self.sections.items():
+            if not isinstance(section, TeePolicy):
+                raise PolicyLoadError(f"[{name}] must be a TeePolicy")
             _check_section(name, section)
+        if "simulation" in self.sections and len(self.sections) > 1:
+            raise PolicyLoadError(
+                "a [simulation] section accepts evidence anyone can forge, so it cannot sit beside "
+                f"{', '.join(f'[{n}]' for n in self.sections if n != 'simulation')}: keep development and "
+                "production policies in separate files"
+            )
+        object.__setattr__(self, "sections", MappingProxyType(dict(self.sections)))
 
     def for_tee(self, tee: str) -> TeePolicy | None:
         """The section for one TEE kind, or ``None``: evidence from a TEE the policy does not name is refused."""
@@ -90,6 +127,8 @@ class Policy:
         """TOML that `load_policy` turns back into an equal policy."""
         out: list[str] = []
         for name, s in self.sections.items():
+            if name == "simulation":
+                out.append("# DANGER: this policy accepts a SIMULATION server: no hardware protects what you send")
             out.append(f"[{name}]")
             for key, values in s.measurements.items():
                 out.append(f"{key} = [{', '.join(f'{chr(34)}{v}{chr(34)}' for v in values)}]")
@@ -164,6 +203,12 @@ def _check_section(name: str, s: TeePolicy) -> None:
         )
     if s.unpinned_rtmrs and name != "tdx":
         raise PolicyLoadError(f"[{name}] unpinned_rtmrs only applies to [tdx]")
+    if not s.require_crl and name != "sev-snp":
+        raise PolicyLoadError(f"[{name}] require_crl only applies to [sev-snp]")
+    known_min = {"sgx": {"isv_svn"}, "sev-snp": {"guest_svn", *(f"tcb.{f}" for f in _SNP_TCB_FIELDS)}}.get(name, set())
+    unknown_min = set(s.min_svns) - known_min
+    if unknown_min:
+        raise PolicyLoadError(f"[{name}] has no minimum for {sorted(unknown_min)}; known: {sorted(known_min)}")
     for key in s.exact:
         allowed = spec.numbers
         if key not in allowed:

@@ -358,15 +358,16 @@ def verify_report(
     # Step 6: the reported TCB (and chip) must be the one the VCEK was issued for.
     product = cert_product(end) or report.product or ""
     tcb = TcbVersion.decode(report.reported_tcb, turin=product.startswith("Turin"))
+    # VCEKs, and VLEKs where they carry them, state the TCB they were issued for.
+    mismatched = []
+    for name, value in tcb.as_dict().items():
+        raw = _ext_raw(end, OID_TCB[name])
+        if raw is not None and _der_small_int(raw) != value:
+            mismatched.append((name, value, _der_small_int(raw)))
+    if mismatched:
+        name, got, want = mismatched[0]
+        raise SignatureError(f"REPORTED_TCB.{name} differs from the {kind}'s", check="tcb", got=got, expected=want)
     if not vlek:
-        mismatched = []
-        for name, value in tcb.as_dict().items():
-            raw = _ext_raw(end, OID_TCB[name])
-            if raw is not None and _der_small_int(raw) != value:
-                mismatched.append((name, value, _der_small_int(raw)))
-        if mismatched:
-            name, got, want = mismatched[0]
-            raise SignatureError(f"REPORTED_TCB.{name} differs from the VCEK's", check="tcb", got=got, expected=want)
         hwid = _ext_raw(end, OID_HWID)
         if hwid is not None:
             hw = hwid[2:] if hwid[:1] == b"\x04" and len(hwid) == hwid[1] + 2 else hwid
@@ -421,7 +422,9 @@ def verify_cert_chain(
         root_key = root.public_key()
         if not isinstance(root_key, rsa.RSAPublicKey) or not crl.is_signature_valid(root_key):
             raise SignatureError("the CRL is not signed by the ARK", check="crl")
-        if crl.next_update_utc is not None and not crl.last_update_utc <= now <= crl.next_update_utc:
+        if crl.next_update_utc is None:
+            raise CollateralError("the CRL has no next update: it cannot be known to be current", check="crl-time")
+        if not crl.last_update_utc <= now <= crl.next_update_utc:
             raise CollateralError(
                 "the CRL is not current",
                 check="crl-time",

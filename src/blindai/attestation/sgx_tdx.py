@@ -184,6 +184,13 @@ def parse_quote(data: bytes) -> DcapQuote:
         body_type, body_size = struct.unpack_from("<HI", data, pos)
         pos += 6
         want = {BODY_SGX: SGX_REPORT_SIZE, BODY_TD10: TD10_REPORT_SIZE, BODY_TD15: TD15_REPORT_SIZE}.get(body_type)
+        if (tee_type == TEE_TYPE_SGX) != (body_type == BODY_SGX) or tee_type not in (TEE_TYPE_SGX, TEE_TYPE_TDX):
+            raise EvidenceParseError(
+                "quote v5 header TEE type and body type disagree",
+                check="parse",
+                got=(hex(tee_type), body_type),
+                expected="SGX with body 1, or TDX with body 2 or 3",
+            )
         if want is None or want != body_size:
             raise EvidenceParseError(
                 "quote v5 body type and size disagree",

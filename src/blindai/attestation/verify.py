@@ -10,10 +10,10 @@ as ``parse``, never leaked as a foreign exception.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cryptography import x509
@@ -34,15 +34,37 @@ from .trust import TrustOptions
 
 __all__ = ["TrustOptions", "verify_evidence", "verify_server_attestation"]
 
-_FOREIGN = (ValueError, TypeError, KeyError, IndexError, struct.error, UnicodeError, OverflowError, AttributeError)
+@contextlib.contextmanager
+def _typed(what: str) -> Iterator[None]:
+    """Fail closed and typed: whatever a hostile input makes a parser or library raise becomes an
+    EvidenceParseError naming the input (the original is kept as the cause)."""
+    try:
+        yield
+    except BlindAIError:
+        raise
+    except Exception as exc:  # any foreign failure on untrusted input is a refusal
+        raise EvidenceParseError(f"malformed {what} ({type(exc).__name__}: {exc})", check="parse") from exc
 
 
 def verify_evidence(
-    tee: str, evidence: bytes, collateral: Mapping[str, Any] | None, options: TrustOptions | None = None
+    tee: str,
+    evidence: bytes,
+    collateral: Mapping[str, Any] | None,
+    options: TrustOptions | None = None,
+    *,
+    snp_certs: tuple[bytes, ...] = (),
+    snp_crl: bytes | None = None,
 ) -> VerifiedAttestation:
-    """Parse and verify evidence of kind ``tee`` (no policy, no binding): the claims it proves."""
+    """Parse and verify evidence of kind ``tee`` (no policy, no binding): the claims it proves.
+
+    ``snp_certs`` and ``snp_crl`` (PEM or DER) give SEV-SNP certificates and the CRL from files;
+    they are refused for other TEEs rather than silently ignored."""
     opts = options or TrustOptions()
-    try:
+    if tee != "sev-snp" and (snp_certs or snp_crl is not None):
+        raise AttestationError(
+            f"certificates and CRLs given as files only apply to sev-snp evidence, not {tee}", check="options"
+        )
+    with _typed(f"{tee} evidence or collateral"):
         match tee:
             case "simulation":
                 return simulation.verify(simulation.parse(evidence))
@@ -50,15 +72,12 @@ def verify_evidence(
                 verified: VerifiedAttestation = hardware.verify_dcap(tee, evidence, collateral, opts)
                 return verified
             case "sev-snp":
-                return hardware.verify_snp(evidence, collateral, opts)
+                crl = hardware.load_crl(snp_crl) if snp_crl is not None else None
+                return hardware.verify_snp(evidence, collateral, opts, snp_certs, crl)
             case _:
                 raise AttestationError(
                     f"unknown TEE kind {tee!r}", check="tee", got=tee, expected="simulation, sgx, tdx or sev-snp"
                 )
-    except BlindAIError:
-        raise
-    except _FOREIGN as exc:
-        raise EvidenceParseError(f"malformed {tee} evidence or collateral ({type(exc).__name__}: {exc})") from exc
 
 
 def _simulation_gate(tee: str, simulation_ok: bool, policy: Policy | None) -> None:
@@ -110,9 +129,10 @@ def verify_server_attestation(
             "write one with `blindai attest show HOST --write-policy policy.toml`",
         )
     verified = verify_evidence(tee, evidence, collateral, options)
-    cert = load_certificate(certificate_pem)
-    check_binding(verified.report_data, cert, nonce)
-    verified = dataclasses.replace(verified, tls_key_sha256=spki_sha256(cert))
+    with _typed("TLS certificate"):
+        cert = load_certificate(certificate_pem)
+        check_binding(verified.report_data, cert, nonce)
+        verified = dataclasses.replace(verified, tls_key_sha256=spki_sha256(cert))
     if (policy is not None and not verified.simulation) or (
         policy is not None and policy.for_tee("simulation") is not None
     ):

@@ -122,6 +122,8 @@ def connect_replicas(
                 good[ep] = fut.result()
             except BlindAIError as exc:  # attestation, transport, or a server error: this replica only
                 refused[ep] = exc
+            except Exception as exc:  # never abort the set (nor leak the others' connections) for one replica
+                refused[ep] = BlindAIError(f"{ep}: unexpected failure: {type(exc).__name__}: {exc}")
     if len(good) < require:
         for c in good.values():
             c.close()

@@ -11,8 +11,10 @@ No model or input byte is sent before all of that passed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -31,36 +33,48 @@ from .connection import DEFAULT_TIMEOUT, Connection, host_for_url, raise_for_sta
 __all__ = ["attest", "connect", "fetch_attestation"]
 
 PolicyArg = str | os.PathLike[str] | Policy | None
+MIN_CLIENT_NONCE_BYTES = 16
 
 
 def fetch_attestation(host: str, port: int, nonce: bytes, timeout: float) -> object:
-    """The raw ``/attestation`` answer (parsed JSON, not yet trusted in any way)."""
+    """The raw ``/attestation`` answer (parsed JSON, not yet trusted in any way).
+
+    The answer comes from the network, so its cost is bounded before it is parsed: no
+    content encoding (a compressed answer could inflate a thousandfold), at most
+    ``MAX_DOC_BYTES``, and ``timeout`` for the whole answer, not per read (a server that
+    trickles bytes cannot hold the client)."""
     url = f"http://{host_for_url(host)}:{port}/attestation"
+    deadline = time.monotonic() + timeout
+    headers = {"User-Agent": f"blindai/{__version__}", "Accept-Encoding": "identity"}
+    body = bytearray()
     try:
         with (
             httpx.Client(timeout=timeout, trust_env=False) as client,
-            client.stream(
-                "GET", url, params={"nonce": nonce.hex()}, headers={"User-Agent": f"blindai/{__version__}"}
-            ) as resp,
+            client.stream("GET", url, params={"nonce": nonce.hex()}, headers=headers) as resp,
         ):
-            body = bytearray()
-            for chunk in resp.iter_bytes():
+            encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise EvidenceParseError(
+                    f"the /attestation answer is {encoding}-encoded; evidence is only accepted unencoded",
+                    check="parse",
+                )
+            for chunk in resp.iter_raw():
                 body += chunk
                 if len(body) > MAX_DOC_BYTES:
                     raise EvidenceParseError(
                         f"the /attestation answer is larger than {MAX_DOC_BYTES} bytes", check="parse"
                     )
-    except httpx.TransportError as exc:
-        raise TransportError(f"cannot reach the unattested port {url}: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise TransportError(f"the unattested port {url} did not answer within {timeout} s")
+    except httpx.HTTPError as exc:
+        raise TransportError(f"cannot read the unattested port {url}: {exc}") from exc
     if resp.status_code != 200:
         message = bytes(body[:300]).decode(errors="replace")
         raise AttestationError(f"the server refused to give evidence ({resp.status_code}): {message}", check="fetch")
-    import json
-
     try:
         return json.loads(body)
-    except ValueError as exc:
-        raise EvidenceParseError("the /attestation answer is not JSON", check="parse") from exc
+    except (ValueError, RecursionError) as exc:
+        raise EvidenceParseError("the /attestation answer is not JSON (or nests too deep)", check="parse") from exc
 
 
 def _attest(
@@ -78,8 +92,9 @@ def _attest(
 ) -> tuple[VerifiedAttestation, str]:
     if nonce is None:
         nonce = secrets.token_bytes(32)
-    if len(nonce) > MAX_NONCE_BYTES:
-        raise ValueError(f"nonce must be at most {MAX_NONCE_BYTES} bytes")
+    if not MIN_CLIENT_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+        # Shorter nonces give up freshness (the server may even cache the empty nonce's evidence).
+        raise ValueError(f"nonce must be {MIN_CLIENT_NONCE_BYTES} to {MAX_NONCE_BYTES} random bytes")
     loaded = load_policy(policy) if policy is not None and not isinstance(policy, Policy) else policy
     doc = decode_attestation_doc(fetch_attestation(host, unattested_port, nonce, timeout), nonce)
     verified, _cert = verify_server_attestation(

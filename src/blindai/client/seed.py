@@ -186,13 +186,20 @@ class BlindAiClient:
             return self._model
         last = tokens.seed_last_upload(conn.host, conn.attested_port)
         if last is not None:
+            # The user's own upload, or nothing: once a record exists, never fall back to a model
+            # that happens to be there (after a restart it could be anyone's).
             try:
                 info = conn.get_model(last["model_id"])
             except ModelNotFoundError:
                 info = None
-            if info is not None and info.sha256 == last["sha256"]:
-                self._model = info
-                return info
+            if info is None or info.sha256 != last["sha256"]:
+                raise ModelNotFoundError(
+                    f"the model you last uploaded to this server ({last['model_id']}) is no longer there "
+                    "(or has changed): upload it again, or pass run_model(data, model_id=...)",
+                    status=404,
+                )
+            self._model = info
+            return info
         models = conn.list_models()
         if len(models) == 1:
             self._model = models[0]
