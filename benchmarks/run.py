@@ -1,7 +1,11 @@
 """Run the benchmarks and write docs/benchmarks.md (machine, date, versions, medians, p90, spread, ratios).
 
-make bench                      # everything (builds MiniLM, ResNet-50, wav2vec2-base ONNX once, cached)
-python benchmarks/run.py --quick
+make bench                                   # everything (builds MiniLM, ResNet-50, wav2vec2-base ONNX once, cached)
+python benchmarks/run.py --quick             # a smoke run: prints its tables, writes nothing
+python benchmarks/run.py --quick --out F.md  # ... and writes them to F.md
+
+A --quick run never replaces the committed docs/benchmarks.md: its numbers come from fewer
+repetitions and smaller models, and would pass for the real results.
 """
 
 from __future__ import annotations
@@ -29,11 +33,27 @@ def ok(flag: bool) -> str:
     return "met" if flag else "**not met**"
 
 
+def destination(quick: bool, out: Path | None) -> Path | None:
+    """Where the Markdown goes: docs/benchmarks.md for a full run, nowhere for --quick unless --out says."""
+    if out is None:
+        return None if quick else DOC
+    if quick and out.resolve() == DOC.resolve():
+        raise ValueError(f"--quick results never replace the committed {DOC.name}: pass another --out")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, small models only")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, small models only; writes no file")
+    parser.add_argument(
+        "--out", type=Path, help="write the Markdown here (default: docs/benchmarks.md; none for --quick)"
+    )
     args = parser.parse_args()
     q = args.quick
+    try:
+        target = destination(q, args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
     lines = [
         "# Benchmarks",
         "",
@@ -138,8 +158,11 @@ def main() -> int:
         out(f"| {stats.name} | {stats.median:.3f} | {stats.p90:.3f} | {stats.spread:.2f} | {target} |")
     out()
     out("Where the remaining overhead goes, and what would close the gaps: [performance.md](performance.md).")
-    DOC.write_text("\n".join(lines) + "\n")
-    print(f"wrote {DOC}")
+    if target is None:
+        print("(--quick: nothing written; docs/benchmarks.md keeps the full run's results)")
+        return 0
+    target.write_text("\n".join(lines) + "\n")
+    print(f"wrote {target}")
     return 0
 
 

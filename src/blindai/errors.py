@@ -1,6 +1,6 @@
 """The one exception tree of BlindAI.
 
-Every error the SDK raises is a :class:`BlindAIError`, so callers can catch one
+Every error the SDK raises is a `BlindAIError`, so callers can catch one
 type; foreign exceptions (httpx, ssl, cryptography, dcap-qvl) are translated at
 the boundary with ``raise ... from exc`` so the cause is kept for debugging::
 

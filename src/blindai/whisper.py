@@ -16,7 +16,7 @@ only decodes token ids, like the seed's Wav2vec2 + argmax:
 
 Only ``numpy`` is needed to read weights; ``onnx`` is imported when a graph is built.
 A file whose layout is not exactly the one handled here raises
-:class:`blindai.errors.ModelFormatError` instead of producing a wrong model.
+`blindai.errors.ModelFormatError` instead of producing a wrong model.
 """
 
 from __future__ import annotations

@@ -409,7 +409,7 @@ def test_tenants_see_only_their_models_and_names_resolve_per_owner(target: Targe
         # The id stays a capability: whoever knows it may run the model.
         assert anon.run_model(a.model_id, x).output.shape == (1, 4)
         # A public model is listed for everyone, and found by name.
-        p = alice.upload_model(onnx_models.mlp(seed=76), name="public-one", _hints={"BlindAI-Model-Public": "true"})
+        p = alice.upload_model(onnx_models.mlp(seed=76), name="public-one", public=True)
         assert [i.model_id for i in anon.list_models()] == [p.model_id]
         assert anon.get_model("public-one").model_id == p.model_id
         assert {i.model_id for i in alice.list_models()} == {a.model_id, p.model_id}

@@ -19,6 +19,7 @@ from ..errors import BindingError, EvidenceParseError
 __all__ = ["DOMAIN", "MAX_NONCE_BYTES", "check_binding", "report_data_for", "spki_der", "spki_sha256"]
 
 DOMAIN = b"blindai/attestation/v1"
+"""Domain separation for ``report_data``: these hashes cannot be mistaken for another protocol's."""
 MAX_NONCE_BYTES = 64
 REPORT_DATA_BYTES = 64
 
@@ -28,10 +29,16 @@ def spki_der(cert: x509.Certificate) -> bytes:
 
 
 def spki_sha256(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo: the key, not the certificate, is what gets bound."""
     return hashlib.sha256(spki_der(cert)).digest()
 
 
 def report_data_for(spki_hash: bytes, nonce: bytes) -> bytes:
+    """The 64 bytes a server must put in its evidence: ``SHA-512(DOMAIN || spki_hash || nonce)``.
+
+    The domain string keeps these bytes from meaning anything in another protocol; the nonce
+    makes the evidence fresh for this client.
+    """
     if len(spki_hash) != 32:
         raise ValueError("spki_hash must be a SHA-256 digest")
     if len(nonce) > MAX_NONCE_BYTES:

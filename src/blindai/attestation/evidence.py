@@ -1,7 +1,7 @@
 """Typed, frozen evidence records and the verified claims they yield.
 
 Records are produced by parsers only; ``verify_*`` functions accept only records,
-and policy validation accepts only :class:`VerifiedAttestation`, which only
+and policy validation accepts only `VerifiedAttestation`, which only
 verification builds. That ordering is the point of the types.
 """
 
@@ -51,9 +51,11 @@ class VerifiedAttestation:
 
     @property
     def simulation(self) -> bool:
+        """True when the server runs in simulation mode: no hardware guarantee at all."""
         return self.tee == "simulation"
 
     def to_json(self) -> dict[str, object]:
+        """The claims as JSON-ready values (bytes as hex), for logs and ``blindai attest --json``."""
         return {
             "tee": self.tee,
             "tcb_status": self.tcb_status,

@@ -101,7 +101,7 @@ def verify_snp(
 ) -> VerifiedAttestation:
     """Steps: parse the report; certificates from the given files and/or the host's table; the CRL
     from the caller, else the client's own KDS (``collateral_url``), else the host's collateral;
-    then :func:`sev_snp.verify_report` against the pinned ARKs (plus ``unsafe_`` test roots)."""
+    then `sev_snp.verify_report` against the pinned ARKs (plus ``unsafe_`` test roots)."""
     report = sev_snp.parse_report(evidence)
     certs = sev_snp.certs_from_collateral(collateral, extra_certs)
     pins = [

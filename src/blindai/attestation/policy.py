@@ -1,7 +1,7 @@
 """Policy: what the client expects of verified evidence, as data (TOML or code).
 
 Safe by default, and the same rules whether a policy is loaded or built in code
-(:class:`Policy` checks itself when constructed):
+(`Policy` checks itself when constructed):
 
 - every section pins a measurement (a policy that accepts any code accepts an attacker's);
 - SGX ``mrsigner`` comes with ``isv_prod_id`` and ``min_isv_svn`` (otherwise every enclave
@@ -12,7 +12,7 @@ Safe by default, and the same rules whether a policy is loaded or built in code
 - debug is refused unless ``allow_debug = true``; accepted Intel TCB statuses default to
   ``["UpToDate"]``.
 
-:func:`validate` checks every field and reports all failures at once, each with got and expected.
+`validate` checks every field and reports all failures at once, each with got and expected.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class TeePolicy:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """One :class:`TeePolicy` per TEE kind the client accepts; checked by the same rules however it was made."""
+    """One `TeePolicy` per TEE kind the client accepts; checked by the same rules however it was made."""
 
     sections: Mapping[str, TeePolicy]
 
@@ -110,6 +110,7 @@ class Policy:
         object.__setattr__(self, "sections", MappingProxyType(dict(self.sections)))
 
     def for_tee(self, tee: str) -> TeePolicy | None:
+        """The section for one TEE kind, or ``None``: evidence from a TEE the policy does not name is refused."""
         return self.sections.get(tee)
 
     @classmethod
@@ -123,7 +124,7 @@ class Policy:
         return load_policy(source)
 
     def to_toml(self) -> str:
-        """TOML that :func:`load_policy` turns back into an equal policy."""
+        """TOML that `load_policy` turns back into an equal policy."""
         out: list[str] = []
         for name, s in self.sections.items():
             if name == "simulation":

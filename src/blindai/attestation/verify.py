@@ -3,7 +3,7 @@
 Order, always: gate on simulation -> parse -> verify (signatures, chains,
 collateral, time) -> check the binding of the TLS key and nonce -> validate the
 policy. Nothing is sent to the attested port unless all of it passed. Every
-failure is an :class:`~blindai.errors.AttestationError` naming its check: a
+failure is an `AttestationError` naming its check: a
 malformed input that slips past a parser is caught at this boundary and refused
 as ``parse``, never leaked as a foreign exception.
 """

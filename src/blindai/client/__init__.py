@@ -1,4 +1,4 @@
-"""Client SDK: :func:`connect` and the seed-compatible :class:`BlindAiClient`."""
+"""Client SDK: `connect` and the seed-compatible `BlindAiClient`."""
 
 from .cluster import Endpoint, ReplicaSet, connect_replicas
 from .connect import attest, connect

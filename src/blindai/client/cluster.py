@@ -1,7 +1,7 @@
 """Several replicas, each attested on its own.
 
 Behind a load balancer every replica has its own TLS key in its own TEE, so a client
-must attest each endpoint and pin each key separately: :func:`connect_replicas` does
+must attest each endpoint and pin each key separately: `connect_replicas` does
 that, keeps the replicas that passed, and records why the others were refused.
 ``upload_model`` fans out so every replica holds the model; ``run_model`` spreads calls
 over the replicas (round robin), each call going to a replica that was attested.
@@ -25,6 +25,14 @@ __all__ = ["Endpoint", "ReplicaSet", "connect_replicas"]
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One replica's address; each is attested on its own.
+
+    Attributes:
+        host: host name or address.
+        attested_port: the TLS port whose key the evidence binds.
+        unattested_port: the plain port serving only public evidence.
+    """
+
     host: str
     attested_port: int = 50051
     unattested_port: int = 50052
@@ -39,10 +47,10 @@ class ReplicaSet:
 
     connections: dict[Endpoint, Connection]
     refused: dict[Endpoint, BlindAIError] = field(default_factory=dict)
-    _cycle: Iterator[Endpoint] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cycle: Iterator[Endpoint] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     # model_id per replica, for each model uploaded through this set (keyed by the first replica's id)
-    _ids: dict[str, dict[Endpoint, str]] = field(default_factory=dict)
+    _ids: dict[str, dict[Endpoint, str]] = field(default_factory=dict, init=False, repr=False)
 
     def _next(self) -> Endpoint:
         with self._lock:
@@ -70,11 +78,13 @@ class ReplicaSet:
         return ep, self.connections[ep].run_model(ids.get(ep, model_id), inputs, **kwargs)
 
     def delete_model(self, model_id: str) -> None:
+        """Delete the model from every replica, with the owner tokens each upload returned."""
         ids = self._ids.pop(model_id, {})
         for ep, conn in self.connections.items():
             conn.delete_model(ids.get(ep, model_id))
 
     def close(self) -> None:
+        """Close every replica's connection; models stay on the replicas."""
         for c in self.connections.values():
             c.close()
 
@@ -92,6 +102,12 @@ def connect_replicas(
 
     Replicas that fail attestation or cannot be reached are left out and listed in
     ``refused``; if fewer than ``require`` pass, the first refusal is raised.
+
+    Args:
+        endpoints: `Endpoint`s, ``(host, attested_port, unattested_port)`` tuples, or host
+            names (default ports).
+        require: how many replicas must pass for the set to be returned.
+        **connect_kwargs: passed to `connect` for each replica (``policy``, ``simulation``...).
     """
     eps = [e if isinstance(e, Endpoint) else (Endpoint(e) if isinstance(e, str) else Endpoint(*e)) for e in endpoints]
 

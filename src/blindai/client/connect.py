@@ -1,8 +1,8 @@
 """Attest first, then talk only to the attested key.
 
-:func:`attest` fetches evidence with a fresh random nonce from the unattested port and
+`attest` fetches evidence with a fresh random nonce from the unattested port and
 verifies it (signatures, chains, collateral, binding of the TLS key and nonce) against
-the pinned vendor roots, with or without a policy; it opens no channel. :func:`connect`
+the pinned vendor roots, with or without a policy; it opens no channel. `connect`
 does the same with a policy and then opens TLS to the attested port through a context
 that trusts exactly the attested certificate and checks its key at every handshake.
 No model or input byte is sent before all of that passed.
@@ -128,7 +128,7 @@ def attest(
     Signatures, certificate chains to the pinned vendor roots, collateral, CRLs, the
     binding of the TLS key and the nonce are all checked; ``policy`` (optional) is
     validated too. Use it to onboard a server: ``Policy.from_attestation(attest(host))``
-    pins what it runs. Raises :class:`~blindai.errors.AttestationError` on any failure.
+    pins what it runs. Raises `AttestationError` on any failure.
     """
     verified, _ = _attest(
         host,
@@ -161,7 +161,7 @@ def connect(
 ) -> Connection:
     """Attest the server at ``host`` and return a connection bound to its attested key.
 
-    Raises :class:`~blindai.errors.AttestationError` (and sends nothing) unless
+    Raises `AttestationError` (and sends nothing) unless
     the evidence verifies, satisfies ``policy`` and binds the TLS key and nonce.
     ``simulation=True`` accepts only simulation evidence, and warns each time.
     ``unsafe_trust_roots`` adds test PKI roots (PEM) and must never be used in production.

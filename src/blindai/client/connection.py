@@ -1,6 +1,6 @@
 """An attested connection: model management and inference over the pinned channel.
 
-Made by :func:`blindai.connect` (``client/connect.py``) once the server's evidence
+Made by `blindai.connect` (``client/connect.py``) once the server's evidence
 verified; every TLS handshake of its connection pool is checked against the attested
 key (``attestation/channel.py``), so a reconnection cannot land on another server.
 """
@@ -43,6 +43,14 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
+    """One input or output as the model declares it, so callers can build matching arrays.
+
+    Attributes:
+        name: the tensor's name in the ONNX graph (the key for ``run_model`` inputs and outputs).
+        datatype: Open Inference Protocol datatype (``FP32``, ``INT64``, ...).
+        shape: declared dimensions; ``-1`` where the model leaves one free (batch, sequence).
+    """
+
     name: str
     datatype: str
     shape: tuple[int, ...]
@@ -50,6 +58,19 @@ class TensorInfo:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
+    """What the server stored: pin ``sha256`` in ``run_model`` so data only ever reaches this model.
+
+    Attributes:
+        model_id: random id the server gave the upload; the name for every later call.
+        name: the uploader's label (not unique, not checked).
+        sha256: SHA-256 of the ONNX bytes as the server received them.
+        size: size of the model in bytes.
+        created_at: when the server stored it (ISO 8601, UTC).
+        inputs: declared inputs, in the model's order.
+        outputs: declared outputs, in the model's order.
+        hints: shape and datatype hints recorded for the seed-compatible client.
+    """
+
     model_id: str
     name: str
     sha256: str
@@ -61,6 +82,7 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ModelInfo:
+        """Read the server's JSON description of a model (``/v1/models`` answers); absent optional fields default."""
         def specs(key: str) -> tuple[TensorInfo, ...]:
             return tuple(TensorInfo(s["name"], s["datatype"], tuple(s["shape"])) for s in obj.get(key, []))
 
@@ -78,6 +100,12 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
+    """One inference's outputs, decoded from the server's binary tensors.
+
+    Attributes:
+        outputs: output name -> array, in the model's output order.
+    """
+
     outputs: dict[str, npt.NDArray[Any]]
 
     @property
@@ -99,7 +127,7 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
 
 
 def raise_for_status(resp: httpx.Response) -> None:
-    """Turn an error answer into the typed :class:`~blindai.errors.ServerError` for its status."""
+    """Turn an error answer into the typed `ServerError` for its status."""
     if resp.status_code < 400:
         return
     try:
@@ -127,10 +155,10 @@ def _as_array(value: Any) -> npt.NDArray[Any]:
 
 
 class Connection:
-    """An attested connection. Use :func:`blindai.connect` to make one; close it (or use ``with``).
+    """An attested connection. Use `blindai.connect` to make one; close it (or use ``with``).
 
     ``attestation`` holds the verified claims; ``certificate_pem`` is exactly the attested
-    certificate (one certificate, PEM). Third-party clients should use :meth:`ssl_context`.
+    certificate (one certificate, PEM). Third-party clients should use `ssl_context`.
     """
 
     def __init__(
@@ -144,9 +172,13 @@ class Connection:
         upload_token: str | None = None,
     ) -> None:
         self.host = host
+        """The server's host name or address, as given to ``connect``."""
         self.attested_port = attested_port
+        """The TLS port whose key was attested."""
         self.attestation = attestation
+        """What the server proved (TEE kind, measurements, TCB status, debug...), checked against the policy."""
         self.certificate_pem = certificate_pem
+        """The attested TLS certificate (exactly one, PEM): every handshake of this connection must present it."""
         self._http = http
         self._upload_token = upload_token
         self._owner_tokens: dict[str, str] = {}
@@ -181,6 +213,7 @@ class Connection:
         return pinned_context(load_certificate(self.certificate_pem))
 
     def close(self) -> None:
+        """Close the pinned HTTP pool. Models stay on the server; owner tokens kept here are forgotten."""
         self._http.close()
 
     def __enter__(self) -> Connection:
@@ -198,19 +231,42 @@ class Connection:
         name: str | None = None,
         progress: ProgressCallback | None = None,
         upload_token: str | None = None,
-        _hints: Mapping[str, str] | None = None,
+        public: bool = False,
     ) -> ModelInfo:
         """Upload an ONNX model (a path, its bytes, or an ``onnx.ModelProto``), streamed.
 
         The owner token the server returns is kept by this connection, so
-        :meth:`delete_model` works without passing it; read it from
-        :meth:`owner_token` to keep it elsewhere.
+        `delete_model` works without passing it; read it from
+        `owner_token` to keep it elsewhere.
+
+        Args:
+            model: the ONNX model: a file path, its bytes, or an ``onnx.ModelProto``.
+            name: a label shown by ``list_models`` (default: the file name).
+            progress: called as ``progress(sent, total)`` while the body streams.
+            upload_token: bearer token for servers that restrict uploads
+                (default: the one given to ``connect``).
+            public: list the model for every client of the server and let them find it by
+                name (its id always works for whoever knows it); by default only callers
+                presenting its owner token see it.
         """
+        hints = {"BlindAI-Model-Public": "true" if public else "false"}
+        return self._upload(model, name=name, progress=progress, upload_token=upload_token, hints=hints)
+
+    def _upload(
+        self,
+        model: str | os.PathLike[str] | bytes | bytearray | memoryview | Any,
+        *,
+        name: str | None = None,
+        progress: ProgressCallback | None = None,
+        upload_token: str | None = None,
+        hints: Mapping[str, str] | None = None,
+    ) -> ModelInfo:
+        # ``hints``: the seed client's shape/datatype headers, not part of the public API.
         body, size, default_name = _model_body(model, progress)
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         if name or default_name:
             headers["BlindAI-Model-Name"] = name or default_name or ""
-        headers.update(_hints or {})
+        headers.update(hints or {})
         token = upload_token or self._upload_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -240,6 +296,11 @@ class Connection:
         return info
 
     def owner_token(self, model_id: str) -> str | None:
+        """The owner token of a model uploaded through this connection, to keep it beyond its lifetime.
+
+        ``None`` for models uploaded elsewhere: the server keeps only a hash, so a lost token
+        cannot be recovered.
+        """
         return self._owner_tokens.get(model_id)
 
     def list_models(self, *, owner_tokens: Sequence[str] = ()) -> list[ModelInfo]:
@@ -253,11 +314,21 @@ class Connection:
         return [ModelInfo.from_json(m) for m in self._request("GET", "/v1/models", headers=headers).json()["models"]]
 
     def get_model(self, model_id: str) -> ModelInfo:
+        """One model's description; raises ``ModelNotFoundError`` if the server does not hold it."""
         info = ModelInfo.from_json(self._request("GET", f"/v1/models/{model_id}").json())
         self._metadata[info.model_id] = info
         return info
 
     def delete_model(self, model_id: str, *, owner_token: str | None = None) -> None:
+        """Delete a model (owner only): from memory and, with a model store, from disk.
+
+        Args:
+            model_id: the id ``upload_model`` returned.
+            owner_token: needed only for models uploaded through another connection;
+                otherwise the token this connection kept is used.
+
+        Raises ``PermissionDeniedError`` without the right token, ``ModelNotFoundError`` if absent.
+        """
         token = owner_token or self._owner_tokens.get(model_id)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._request("DELETE", f"/v1/models/{model_id}", headers=headers)

@@ -1,7 +1,7 @@
 """The original BlindAI tutorial API, kept so its code runs unchanged.
 
 ``BlindAiClient().connect_server(...)``, ``upload_model(model, shape, dtype,
-dtype_out)`` and ``run_model(flat_list)`` map onto :func:`blindai.connect`.
+dtype_out)`` and ``run_model(flat_list)`` map onto `blindai.connect`.
 Flat lists are reshaped with the shape given at upload; that shape travels to
 the server as a hint.
 
@@ -32,6 +32,11 @@ __all__ = ["BlindAiClient", "ModelDatumType", "RunModelResponse", "UploadModelRe
 
 
 class ModelDatumType(IntEnum):
+    """The seed's tensor datatypes, numbered as BlindAI 0.6 numbered them on the wire.
+
+    ``upload_model`` maps them onto Open Inference Protocol datatypes (``F32`` -> ``FP32``...).
+    """
+
     F32 = 0
     F64 = 1
     I32 = 2
@@ -62,18 +67,22 @@ _OIP = {
 
 @dataclass(frozen=True)
 class UploadModelResponse:
+    """What the seed's ``upload_model`` returned: the id, and the hash to check the model by."""
+
     model_id: str
     sha256: str
 
 
 @dataclass(frozen=True)
 class RunModelResponse:
+    """The seed's answer shape: ``output`` is a flat list, whatever the model's output shape."""
+
     output: list[Any]
     model_id: str
 
 
 class BlindAiClient:
-    """Seed-compatible client; new code should prefer :func:`blindai.connect`."""
+    """Seed-compatible client; new code should prefer `blindai.connect`."""
 
     def __init__(self, debug_mode: bool = False) -> None:
         self.debug_mode = debug_mode
@@ -82,6 +91,7 @@ class BlindAiClient:
 
     @property
     def connection(self) -> Connection:
+        """The attested `Connection` underneath, for the new API; raises before ``connect_server``."""
         if self._conn is None:
             raise RuntimeError("call connect_server() first")
         return self._conn
@@ -100,7 +110,7 @@ class BlindAiClient:
         """Attest the server, then connect. ``server_name`` and ``certificate`` are accepted
         for compatibility: the attested key is pinned directly, which is stronger. Other
         keyword arguments (``unsafe_trust_roots``, ``now``, ``collateral_url``...) go to
-        :func:`blindai.connect`."""
+        `blindai.connect`."""
         if certificate is not None:
             warnings.warn(
                 "certificate= is ignored: the unattested port carries only public evidence, "
@@ -125,6 +135,12 @@ class BlindAiClient:
         dtype: ModelDatumType = ModelDatumType.F32,
         dtype_out: ModelDatumType = ModelDatumType.F32,
     ) -> UploadModelResponse:
+        """Upload a model over the attested channel, as the seed did.
+
+        ``shape``, ``dtype`` and ``dtype_out`` travel to the server as hints, so that
+        ``run_model`` can take a flat list and return one. The owner token is saved in the
+        user's config folder, so a later script can find and delete the model.
+        """
         hints = {
             "BlindAI-Input-Datatype": _OIP[ModelDatumType(dtype)],
             "BlindAI-Output-Datatype": _OIP[ModelDatumType(dtype_out)],
@@ -132,7 +148,7 @@ class BlindAiClient:
         if shape is not None:
             hints["BlindAI-Input-Shape"] = ",".join(str(int(d)) for d in tuple(shape))
         conn = self.connection
-        self._model = conn.upload_model(model, _hints=hints)
+        self._model = conn._upload(model, hints=hints)
         token = conn.owner_token(self._model.model_id)
         try:
             tokens.set_seed_last_upload(conn.host, conn.attested_port, self._model.model_id, self._model.sha256)
@@ -199,6 +215,7 @@ class BlindAiClient:
         )
 
     def close_connection(self) -> None:
+        """Close the attested connection (``close`` is the same); uploaded models stay on the server."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
