@@ -93,7 +93,7 @@ def test_intel_vector_refused_outside_its_window(vectors: Path, name: str, start
     quote, col = load(vectors, name)
     tee = hardware.detect_tee(quote)
     for when in (second(at(start), -1), second(at(end), 1), None):
-        with pytest.raises(CollateralError, match="collateral expired or not yet valid") as info:
+        with pytest.raises(CollateralError, match="collateral is expired or not yet valid") as info:
             verify_evidence(tee, quote, col, TrustOptions(now=when))
         assert info.value.check == "collateral-time"
 

@@ -9,28 +9,36 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .client.tokens import forget_token, load_tokens, save_token
-from .errors import AttestationError, BlindAIError, SimulationModeWarning
+from .errors import AttestationError, BlindAIError, ConfigurationError, SimulationModeWarning
 from .tees import TEES
 
 __all__ = ["main"]
 
 
-def _size(text: str) -> int:
+def size(text: str) -> int:
+    """A byte size such as ``512m``, ``2G``, ``64KiB`` or ``1000``."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().removesuffix("b").removesuffix("i")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = -1
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use a number with an optional k, m or g (e.g. 512m)")
+    return int(value)
+
+
+_size = size  # flags below use the public name through this alias
 
 
 def _add_connect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("host", help="server host name or address")
-    p.add_argument("--attested-port", type=int, default=50051)
-    p.add_argument("--unattested-port", type=int, default=50052)
+    p.add_argument("host", help="server host name or address (ports go in --attested-port/--unattested-port)")
+    p.add_argument("--attested-port", type=int, default=50051, help="the server's TLS port (models, inference)")
+    p.add_argument("--unattested-port", type=int, default=50052, help="the server's evidence port (plain HTTP)")
     p.add_argument("--policy", help="policy TOML file (required unless --simulation)")
     p.add_argument("--simulation", action="store_true", help="accept a SIMULATION server (no protection)")
     p.add_argument(
@@ -46,7 +54,17 @@ def _add_connect_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_host(host: str) -> None:
+    head, sep, tail = host.rpartition(":")
+    if sep and tail.isdigit() and head and ":" not in head.strip("[]"):
+        raise _CliError(
+            f"host {host!r} includes a port: give the host alone ({head}) and the ports with "
+            "--attested-port and --unattested-port"
+        )
+
+
 def _trust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    _check_host(args.host)
     roots = []
     for path in args.unsafe_trust_root or []:
         try:
@@ -68,8 +86,7 @@ def _connect(args: argparse.Namespace) -> Any:
     return connect(args.host, attested_port=args.attested_port, **_trust_kwargs(args))
 
 
-class _CliError(BlindAIError):
-    """An ordinary mistake on the command line: one line, exit 2."""
+_CliError = ConfigurationError  # an ordinary mistake on the command line: one line, exit 2
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -226,21 +243,22 @@ def _print_claims(claims: Any) -> None:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    size = Path(args.model).stat().st_size
-    bar = None
     try:
-        from tqdm import tqdm
-
-        if (not args.quiet and sys.stderr.isatty()) or args.progress:
-            bar = tqdm(total=size, unit="B", unit_scale=True, desc="upload", file=sys.stderr)
-    except ImportError:
-        pass
+        total = Path(args.model).stat().st_size
+    except OSError as exc:
+        raise _CliError(f"cannot read model file {args.model}: {exc.strerror or exc}") from exc
+    bar: Any = None
 
     def progress(sent: int, _total: int) -> None:
         if bar is not None:
             bar.update(sent - bar.n)
 
     with _connect(args) as conn:
+        # The bar starts once the server is attested, so that its messages come first.
+        if (not args.quiet and sys.stderr.isatty()) or args.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="upload", file=sys.stderr)
         info = conn.upload_model(
             args.model,
             name=args.name,
@@ -261,17 +279,25 @@ def _load_inputs(specs: list[str]) -> dict[str, Any]:
     import numpy as np
 
     inputs: dict[str, Any] = {}
+    if not specs:
+        raise _CliError("give at least one input: --input NAME=FILE (.npy, .npz or .json)")
     for spec in specs:
         name, sep, file = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"--input takes NAME=FILE, got {spec!r}")
-        if file.endswith(".npz"):
-            with np.load(file) as z:
-                inputs.update({k: z[k] for k in z.files})
-        elif file.endswith(".json"):
-            inputs[name] = np.asarray(json.loads(Path(file).read_text()))
-        else:
-            inputs[name] = np.load(file, allow_pickle=False)
+        if not sep or not name or not file:
+            raise _CliError(f"--input takes NAME=FILE, got {spec!r}")
+        try:
+            if file.endswith(".npz"):
+                with np.load(file) as z:
+                    inputs.update({k: z[k] for k in z.files})
+            elif file.endswith(".json"):
+                # Plain numbers: the SDK casts them to the model's declared types when exact.
+                inputs[name] = np.asarray(json.loads(Path(file).read_text()))
+            else:
+                inputs[name] = np.load(file, allow_pickle=False)
+        except OSError as exc:
+            raise _CliError(f"cannot read input {name} from {file}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise _CliError(f"input {name}: {file} is not a valid .npy/.npz/.json array: {exc}") from exc
     return inputs
 
 
@@ -301,9 +327,25 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         models = conn.list_models(owner_tokens=list(load_tokens().values()))  # the server lists only yours
-    for m in models:
-        print(f"{m.model_id}  {m.name:20} {m.size:>12}  sha256:{m.sha256}")
+    if not models:
+        print("no models (the server lists yours, from the owner tokens saved here, and public ones)")
+        return 0
+    rows = [(m.model_id, m.name or "-", human_size(m.size), m.created_at[:19] or "-", m.sha256[:16]) for m in models]
+    header = ("MODEL ID", "NAME", "SIZE", "CREATED", "SHA256")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
 
 
 # ------------------------------------------------------------------ blindai store check|recover
@@ -376,9 +418,17 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blindai", description="Confidential inference for ONNX models in a TEE.")
+    parser = _Parser(
+        prog="blindai", description="Confidential inference for ONNX models in a TEE.", formatter_class=_Formatter
+    )
     parser.add_argument("--version", action="version", version=f"blindai {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("BLINDAI_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=os.environ.get("BLINDAI_LOG_LEVEL", "INFO").upper(),
+        help="how much to log (or BLINDAI_LOG_LEVEL)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
@@ -387,21 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_,
             description=help_,
             epilog=EXAMPLES.get(name),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_Formatter,
         )
         return p
 
     p = add("serve", "run the inference server")
     p.add_argument("--simulation", action="store_true", help="run WITHOUT a TEE (no protection; development only)")
-    p.add_argument("--tee", choices=["auto", "simulation", "sgx", "tdx", "sev-snp"], default="auto")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--attested-port", type=int, default=50051)
-    p.add_argument("--unattested-port", type=int, default=50052)
+    p.add_argument(
+        "--tee",
+        choices=["auto", *TEES],
+        default="auto",
+        help="which TEE to take evidence from; auto: Gramine SGX, else configfs-tsm (TDX, SEV-SNP)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--attested-port", type=int, default=50051, help="TLS port for models and inference (0: free)")
+    p.add_argument("--unattested-port", type=int, default=50052, help="plain-HTTP evidence port (0: free)")
     p.add_argument("--tls-name", action="append", help="extra name for the certificate (repeatable)")
     p.add_argument("--ready-file", help="write the bound ports as JSON here once serving")
-    p.add_argument("--max-model-bytes", type=_size, default=2 << 30)
-    p.add_argument("--max-models", type=int, default=64)
-    p.add_argument("--max-store-bytes", type=_size, default=16 << 30)
+    p.add_argument("--max-model-bytes", type=_size, default=2 << 30, help="largest model upload")
+    p.add_argument("--max-models", type=int, default=64, help="models held at once")
+    p.add_argument("--max-store-bytes", type=_size, default=16 << 30, help="all models together (sealed store too)")
     p.add_argument("--max-request-bytes", type=_size, default=256 << 20, help="per inference request")
     p.add_argument(
         "--max-inference-memory",
@@ -427,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sealing-key-file", help="simulation only: the INSECURE key file (default DIR/.simulation-sealing-key)"
     )
     p.add_argument("--upload-tokens", help="file of accepted upload tokens, one per line (default: uploads are open)")
-    p.add_argument("--inference-workers", type=int, default=None)
+    p.add_argument(
+        "--inference-workers", type=int, default=None, help="threads running inference (default: from the core count)"
+    )
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")
     p.add_argument("--collateral-file", help="serve Intel collateral from this JSON file (refreshed by the operator)")
@@ -466,15 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("upload", "upload an ONNX model over the attested channel")
     _add_connect_args(p)
     p.add_argument("model", help="path to the .onnx file")
-    p.add_argument("--name")
+    p.add_argument("--name", help="a label for the model (default: the file name)")
     p.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
     p.add_argument("--upload-token", help="for servers that restrict uploads (or BLINDAI_UPLOAD_TOKEN)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_upload)
 
     p = add("run", "run a model on private inputs")
     _add_connect_args(p)
-    p.add_argument("model_id")
+    p.add_argument("model_id", help="the id upload printed (or the model's name)")
     p.add_argument("--input", action="append", default=[], help="NAME=FILE (.npy, .npz or .json)")
     p.add_argument("--output", help="write outputs to .npy (first output) or .npz (all)")
     p.add_argument("--model-sha256", help="refuse unless the model has this hash")
@@ -482,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("delete", "delete a model you own")
     _add_connect_args(p)
-    p.add_argument("model_id")
+    p.add_argument("model_id", help="the id upload printed (or the model's name)")
     p.add_argument("--owner-token", help="default: the token saved at upload")
     p.set_defaults(func=cmd_delete)
 
@@ -507,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = add("demo", "the main job: attest a local simulation server and search private notes with MiniLM")
-    p.add_argument("--query", default=None)
+    p.add_argument("--query", default=None, help="the private question to search the notes with")
     p.add_argument(
         "--speech",
         action="store_true",
@@ -518,13 +575,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every flag's default shown in --help."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line (what was wrong, where to read more), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _simulation_notice(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, *_rest: Any, **_kw: Any
+) -> None:
+    """Warnings as one clean line (no source path); the simulation one once per command."""
+    if issubclass(category, SimulationModeWarning):
+        if getattr(_simulation_notice, "shown", False):
+            return
+        _simulation_notice.shown = True  # type: ignore[attr-defined]
+        print(f"warning: SIMULATION: {message}", file=sys.stderr)
+        return
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level, format=fmt, stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     warnings.simplefilter("always", SimulationModeWarning)
+    warnings.showwarning = _simulation_notice
     try:
         rc: int = args.func(args)
         return rc
@@ -539,3 +623,39 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def reference_markdown() -> str:
+    """Every command, argument, default and help text, as markdown (docs/cli-reference.md is this text)."""
+    out = [
+        "# Command line reference",
+        "",
+        "Generated from the parser (`blindai.cli.reference_markdown()`); a test keeps this page equal to it.",
+        "",
+    ]
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        rows = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) or action.dest == "help":
+                continue
+            name = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.dest.upper()}`"
+            default = action.default
+            shown = "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else f"`{default}`"
+            if action.type is size and isinstance(default, int):
+                shown = f"`{human_size(default).replace('.0 ', ' ')}`"
+            text = (action.help or "").replace("%(default)s", str(default)).replace("|", "\\|")
+            rows.append(f"| {name} | {shown} | {text} |")
+        out.append(f"## `{path}`")
+        out.append("")
+        if parser.description:
+            out.extend([parser.description, ""])
+        if rows:
+            out.extend(["| argument | default | meaning |", "|---|---|---|", *rows, ""])
+        for action in subs:
+            for name, sub in action.choices.items():
+                walk(sub, f"{path} {name}")
+
+    walk(build_parser(), "blindai")
+    return "\n".join(out).rstrip() + "\n"

@@ -105,7 +105,8 @@ def run_demo(query: str | None = None, notes: list[str] | None = None) -> int:
             print(f"        tee          {a.tee}   <-- SIMULATION: no hardware guarantee, development only")
             print(f"        measurement  {a.measurements['measurement'][:32]}...")
             print("        binding      report_data = SHA-512(domain || SHA-256(TLS key) || fresh nonce)  OK")
-            print(f"        TLS          pinned to the attested key {conn.certificate_pem.splitlines()[1][:24]}...")
+            key = a.tls_key_sha256.hex() if a.tls_key_sha256 else "?"
+            print(f"        TLS key      SHA-256(SPKI) {key[:32]}... pinned at every handshake")
             for w in caught:
                 print(f"        warning      {w.message}")
             info = conn.upload_model(model_path, name="all-MiniLM-L6-v2")

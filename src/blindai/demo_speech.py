@@ -85,8 +85,8 @@ def run_speech_demo(audio_path: Path | None = None, *, max_tokens: int = 48) -> 
         print(f"        tee          {a.tee}   <-- SIMULATION: no hardware guarantee, development only")
         print(f"        measurement  {a.measurements['measurement'][:32]}...")
         print("        binding      report_data = SHA-512(domain || SHA-256(TLS key) || fresh nonce)  OK")
-        key = client.connection.certificate_pem.splitlines()[1][:24]
-        print(f"        TLS          pinned to the attested key {key}...")
+        key = a.tls_key_sha256.hex() if a.tls_key_sha256 else "?"
+        print(f"        TLS key      SHA-256(SPKI) {key[:32]}... pinned at every handshake")
         for w in caught:
             print(f"        warning      {w.message}")
         t = time.perf_counter()

@@ -5,6 +5,7 @@ type; foreign exceptions (httpx, ssl, cryptography, dcap-qvl) are translated at
 the boundary with ``raise ... from exc`` so the cause is kept for debugging::
 
     BlindAIError
+    +-- ConfigurationError           a wrong argument, file, port or policy file (nothing was attempted)
     +-- TransportError               the server could not be reached or broke the connection
     +-- AttestationError             the server could not prove what it is: nothing was sent
     |   +-- EvidenceParseError       evidence bytes are malformed or truncated
@@ -28,6 +29,7 @@ __all__ = [
     "BindingError",
     "BlindAIError",
     "CollateralError",
+    "ConfigurationError",
     "EvidenceParseError",
     "InvalidInputError",
     "ModelFormatError",
@@ -45,6 +47,10 @@ __all__ = [
 
 class BlindAIError(Exception):
     """Root of every error raised by BlindAI."""
+
+
+class ConfigurationError(BlindAIError):
+    """An argument, file, port or policy file is wrong: fix the call (the CLI exits 2)."""
 
 
 class TransportError(BlindAIError):

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import BlindAIError, PolicyError
+from ..errors import ConfigurationError, PolicyError
 from ..tees import TEES
 from .evidence import VerifiedAttestation
 
@@ -38,7 +38,7 @@ DEFAULT_TCB_STATUS: tuple[str, ...] = ("UpToDate",)
 _RTMRS = ("rtmr0", "rtmr1", "rtmr2", "rtmr3")
 
 
-class PolicyLoadError(BlindAIError, ValueError):
+class PolicyLoadError(ConfigurationError, ValueError):
     """The policy itself is invalid or unsafe (raised when it is loaded or built)."""
 
 

@@ -298,6 +298,36 @@ def _translate(message: str) -> Exception:
     return SignatureError(f"quote verification failed ({message})", check="signature")
 
 
+def collateral_window(collateral: Mapping[str, Any]) -> tuple[dt.datetime, dt.datetime] | None:
+    """When Intel collateral is valid: the latest issue date to the earliest next update of TCB Info
+    and QE Identity (the CRLs usually span longer)."""
+    starts, ends = [], []
+    for key in ("tcb_info", "qe_identity"):
+        try:
+            body = json.loads(str(collateral[key]))
+            starts.append(dt.datetime.fromisoformat(body["issueDate"].replace("Z", "+00:00")))
+            ends.append(dt.datetime.fromisoformat(body["nextUpdate"].replace("Z", "+00:00")))
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue
+    return (max(starts), min(ends)) if starts and ends else None
+
+
+def _expired(collateral: Mapping[str, Any], now_secs: int) -> CollateralError:
+    at = dt.datetime.fromtimestamp(now_secs, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    window = collateral_window(collateral)
+    span = (
+        f"it is valid from {window[0].strftime('%Y-%m-%dT%H:%M:%SZ')} to {window[1].strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        if window
+        else "its validity dates could not be read"
+    )
+    message = f"the collateral is expired or not yet valid at {at}: {span}"
+    return CollateralError(
+        f"{message}; the server must serve current collateral (PCCS), or verify recorded evidence with now=",
+        check="collateral-time",
+        cli_message=f"{message}; for recorded evidence, verify at a time inside that window with --at",
+    )
+
+
 def verify_quote(
     quote: DcapQuote,
     collateral: Mapping[str, Any] | None,
@@ -332,7 +362,10 @@ def verify_quote(
         else:
             report = dcap_qvl.verify_with_root_ca(quote.raw, col, unsafe_root_ca_der, now_secs)
     except (ValueError, RuntimeError) as exc:
-        raise _translate(str(exc)) from exc
+        error = _translate(str(exc))
+        if isinstance(error, CollateralError) and error.check == "collateral-time":
+            error = _expired(collateral, now_secs)
+        raise error from exc
     return claims_of(quote, str(report.status), tuple(str(a) for a in report.advisory_ids))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from ..attestation.providers import (
     PccsCollateral,
     detect_provider,
 )
+from ..errors import ConfigurationError
 from .app import ServerState, attested_app, unattested_app
 from .bodies import BodyLimits
 from .inference import InferenceEngine, limit_inference_memory
@@ -99,7 +101,15 @@ def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            + (" (another process uses it)" if exc.errno == errno.EADDRINUSE else "")
+            + ": choose other ports with --attested-port/--unattested-port (0 picks a free one)"
+        ) from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -160,6 +170,8 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
 
 
 async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelStore) -> None:
+    # Two uvicorn servers would each announce start and stop; our own lines say it once.
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.getLogger().level))
     identity = make_identity(config.tls_names)
     state = ServerState(
         provider=provider,
@@ -299,9 +311,13 @@ def run_server(config: ServerConfig) -> int:
         log.error("cannot start: %s", exc)
         return 2
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config, provider, store))
-    else:
-        uvloop.run(serve(config, provider, store))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config, provider, store))
+        else:
+            uvloop.run(serve(config, provider, store))
+    except ConfigurationError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
     return 0
