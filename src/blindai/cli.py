@@ -115,6 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pccs_url=args.pccs_url,
         collateral_file=Path(args.collateral_file) if args.collateral_file else None,
         snp_crl_file=Path(args.snp_crl_file) if args.snp_crl_file else None,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         snp_crl_url=args.snp_crl_url,
         model_store=Path(args.model_store) if args.model_store else None,
         sealing_key_file=Path(args.sealing_key_file) if args.sealing_key_file else None,
@@ -476,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-idle-timeout", type=float, default=20.0, help="seconds of silence in a body -> 408")
     p.add_argument("--body-min-rate", type=_size, default=16 << 10, help="bytes/s a body must average -> 408")
     p.add_argument("--body-timeout", type=float, default=900.0, help="seconds to receive any one body -> 408")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (off by default; 0 picks a free one): counts, latencies, "
+        "queue depth per route, uploads, errors, memory; nothing a tenant sent",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics listener")
     p.add_argument("--model-store", help="seal models to this folder and load them at start")
     p.add_argument("--no-v06-routes", action="store_true", help="turn off the BlindAI 0.6 wire routes")
     p.add_argument(

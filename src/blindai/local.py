@@ -73,6 +73,7 @@ class LocalServer:
                 raise RuntimeError(f"server did not start within {self.startup_timeout} s:\n{self.log()}")
             time.sleep(0.02)
         ports = json.loads(self.ready_file.read_text())
+        self.ready = ports  # everything the server reported (pid, tee, metrics_port...)
         self.attested_port, self.unattested_port = ports["attested_port"], ports["unattested_port"]
         return self
 

@@ -81,6 +81,8 @@ class ServerConfig:
     collateral_file: Path | None = None
     snp_crl_file: Path | None = None
     snp_crl_url: str | None = None
+    metrics_port: int | None = None  # None: no metrics listener
+    metrics_host: str = "127.0.0.1"
     model_store: Path | None = None
     sealing_key_file: Path | None = None
     upload_tokens_file: Path | None = None
@@ -196,10 +198,20 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
         "timeout_graceful_shutdown": 10,
         "server_header": False,
     }
+    attested_asgi: Any = attested_app(state)
+    unattested_asgi: Any = unattested_app(state)
+    metrics_port: int | None = None
+    if config.metrics_port is not None:
+        from .metrics import Metrics, MetricsMiddleware
+
+        metrics = Metrics()
+        attested_asgi = MetricsMiddleware(attested_asgi, metrics, "attested", models=lambda: len(store.all()))
+        unattested_asgi = MetricsMiddleware(unattested_asgi, metrics, "unattested")
+        metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
     attested = _Server(
-        uvicorn.Config(attested_app(state), ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
+        uvicorn.Config(attested_asgi, ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
     )
-    unattested = _Server(uvicorn.Config(unattested_app(state), **common))  # type: ignore[arg-type]
+    unattested = _Server(uvicorn.Config(unattested_asgi, **common))  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -228,6 +240,7 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             "tee": provider.tee,
             "pid": os.getpid(),
             "version": __version__,
+            "metrics_port": metrics_port,
         }
         log.info(
             "BlindAI %s serving: attested (TLS) %s:%d, unattested (evidence) %s:%d, tee=%s",
@@ -238,6 +251,8 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             ports["unattested_port"],
             provider.tee,
         )
+        if metrics_port is not None:
+            log.info("metrics (Prometheus) on http://%s:%d/metrics", config.metrics_host, metrics_port)
         if config.ready_file is not None:
             tmp = config.ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(ports))
