@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MiniLM", "cache_dir", "export_minilm", "run_demo"]
+__all__ = ["MiniLM", "cache_dir", "export_minilm", "print_attestation", "run_demo"]
 
 NOTES = [
     "Patient reports chest pain radiating to the left arm since this morning.",
@@ -29,6 +30,18 @@ NOTES = [
 ]
 DEFAULT_QUERY = "Which patient might be having a heart attack?"
 MAX_LEN = 128
+
+
+def print_attestation(a: Any, warnings_seen: list[str]) -> None:
+    """What the demos verified, step 3 of 5 (shared by the MiniLM and the speech demo)."""
+    print("[3/5] attestation verified:")
+    print(f"        tee          {a.tee}   <-- SIMULATION: no hardware guarantee, development only")
+    print(f"        measurement  {a.measurements['measurement'][:32]}...")
+    print("        binding      report_data = SHA-512(domain || SHA-256(TLS key) || fresh nonce)  OK")
+    key = a.tls_key_sha256.hex() if a.tls_key_sha256 else "?"
+    print(f"        TLS key      SHA-256(SPKI) {key[:32]}... pinned at every handshake")
+    for message in warnings_seen:
+        print(f"        warning      {message}")
 
 
 def cache_dir() -> Path:
@@ -100,15 +113,7 @@ def run_demo(query: str | None = None, notes: list[str] | None = None) -> int:
                 unattested_port=server.unattested_port,
             )
         with conn:
-            a = conn.attestation
-            print("[3/5] attestation verified:")
-            print(f"        tee          {a.tee}   <-- SIMULATION: no hardware guarantee, development only")
-            print(f"        measurement  {a.measurements['measurement'][:32]}...")
-            print("        binding      report_data = SHA-512(domain || SHA-256(TLS key) || fresh nonce)  OK")
-            key = a.tls_key_sha256.hex() if a.tls_key_sha256 else "?"
-            print(f"        TLS key      SHA-256(SPKI) {key[:32]}... pinned at every handshake")
-            for w in caught:
-                print(f"        warning      {w.message}")
+            print_attestation(conn.attestation, [str(w.message) for w in caught])
             info = conn.upload_model(model_path, name="all-MiniLM-L6-v2")
             print(f"[4/5] model uploaded: id {info.model_id}, sha256 {info.sha256[:16]}...")
             tok = MiniLM()

@@ -80,15 +80,9 @@ def run_speech_demo(audio_path: Path | None = None, *, max_tokens: int = 48) -> 
                 untrusted_port=server.unattested_port,
                 attested_port=server.attested_port,
             )
-        a = client.connection.attestation
-        print("[3/5] attestation verified:")
-        print(f"        tee          {a.tee}   <-- SIMULATION: no hardware guarantee, development only")
-        print(f"        measurement  {a.measurements['measurement'][:32]}...")
-        print("        binding      report_data = SHA-512(domain || SHA-256(TLS key) || fresh nonce)  OK")
-        key = a.tls_key_sha256.hex() if a.tls_key_sha256 else "?"
-        print(f"        TLS key      SHA-256(SPKI) {key[:32]}... pinned at every handshake")
-        for w in caught:
-            print(f"        warning      {w.message}")
+        from .demo import print_attestation
+
+        print_attestation(client.connection.attestation, [str(w.message) for w in caught])
         t = time.perf_counter()
         up = client.upload_model(
             model=str(model_path), shape=(1, audio.size), dtype=ModelDatumType.F32, dtype_out=ModelDatumType.I64
