@@ -138,11 +138,14 @@ def verify_server_attestation(
     ):
         validate(verified, policy)
     elif verified.tee == "sev-snp" and not verified.crl_checked:
+        why = "no current VCEK/VLEK CRL came with the SEV-SNP evidence, so revocation was not checked: "
+        serve = "have the server serve one (blindai serve --snp-crl-file/--snp-crl-url), "
         raise CollateralError(
-            "no current VCEK/VLEK CRL came with the SEV-SNP evidence, so revocation was not checked: "
-            "have the server serve one (blindai serve --snp-crl-file/--snp-crl-url), fetch it yourself "
-            "(collateral_url=KDS), or accept the risk with require_crl = false in a policy",
+            why + serve + "fetch it yourself (collateral_url=KDS), or accept the risk with require_crl = false "
+            "in a policy",
             check="crl",
+            cli_message=why + serve + "fetch it yourself (--collateral-url https://kdsintf.amd.com), or accept "
+            "the risk with require_crl = false in a --policy",
         )
     if verified.simulation:
         warnings.warn(
