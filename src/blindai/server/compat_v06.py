@@ -92,11 +92,12 @@ def unattested_routes(certificate_der: bytes, simulation: bool, evidence: Callab
     return [Route("/", root), Route("/quote", quote), Route("/collateral", collateral)]
 
 
-# Python objects a CBOR message may become, per byte of CBOR, at worst (a list of empty lists);
-# reserved from the server's request budget before decoding. A 0.6 upload is a list of byte
-# values (small ints are shared objects: one 8-byte slot per model byte, 1 or 2 CBOR bytes).
+# Python objects a CBOR message of /run or /delete may become, per byte of CBOR (a list of empty
+# lists; empty maps are ~85); reserved from the server's request budget before decoding. A 0.6
+# upload is checked first (scan_upload) and charged what its checked shape costs.
 CBOR_COST = 64
-CBOR_UPLOAD_COST = 8
+# A 0.6 upload's small fields besides the model (name, client_info) may decode to any objects.
+UPLOAD_FIELDS_COST = 128
 
 
 def attested_routes(
@@ -118,7 +119,9 @@ def attested_routes(
         # A CBOR list of byte values takes up to 2 bytes per model byte.
         async with uploads.slot():
             raw = await read_body(request, hold, store.limits.max_model_bytes * 2 + (1 << 20))
-        msg = await decode(raw, hold, CBOR_UPLOAD_COST)
+        cost = await asyncio.to_thread(scan_upload, raw)
+        hold.take(cost, "decoding this CBOR message")
+        msg = await asyncio.to_thread(_load, raw)
         del raw
         data = await asyncio.to_thread(parse_upload, msg, store.limits.max_model_bytes)
         name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
@@ -131,12 +134,15 @@ def attested_routes(
 
     async def run(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
-        model_id, model_hash = msg.get("model_id") or "", msg.get("model_hash") or ""
+        model_id, model_hash = _model_id(msg), _model_hash(msg)
         if model_id:
-            entry = store.get(str(model_id))
+            entry = store.get(model_id)
         else:
-            wanted = model_hash.hex() if isinstance(model_hash, bytes) else str(model_hash).lower()
-            matches = [m for m in store.all() if m.sha256 == wanted]
+            # A content hash is no capability (anyone may know a public checkpoint's): only models
+            # uploaded through these routes, which 0.6 clients address by hash, or public ones.
+            matches = [
+                m for m in store.all() if m.sha256 == model_hash and (m.public or m.hints.get(LEGACY_HINT))
+            ]
             if not matches:
                 raise ModelNotFoundError("no model with that hash", status=404)
             entry = matches[-1]
@@ -156,7 +162,7 @@ def attested_routes(
 
     async def delete(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
-        entry = store.get(str(msg.get("model_id", "")))
+        entry = store.get(_model_id(msg))
         if not entry.hints.get(LEGACY_HINT):
             raise PermissionDeniedError(
                 "this model is owner-protected: delete it with DELETE /v1/models/{id} and its owner token", status=403
@@ -170,6 +176,152 @@ def attested_routes(
         Route("/run", held(run), methods=["POST"]),
         Route("/delete", held(delete), methods=["POST"]),
     ]
+
+
+def _model_id(msg: dict[str, Any]) -> str:
+    """0.6 model ids are text (uuids); anything else is a 400, never str() of a 5,000-digit number."""
+    value = msg.get("model_id") or ""
+    if not isinstance(value, str) or len(value) > 256:
+        raise InvalidInputError("'model_id' must be a model id (text)", status=400)
+    return value
+
+
+def _model_hash(msg: dict[str, Any]) -> str:
+    """The SHA-256 digest a 0.6 client pins: 32 bytes, or 64 hex digits; returned as lowercase hex."""
+    value = msg.get("model_hash") or ""
+    if isinstance(value, bytes) and len(value) == 32:
+        return value.hex()
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value):
+        return value.lower()
+    raise InvalidInputError("'model_hash' must be a SHA-256 digest (32 bytes or 64 hex digits)", status=400)
+
+
+# ------------------------------------------------------------------ the shape of a 0.6 upload, before decoding
+
+MAX_UPLOAD_FIELDS = 64 << 10  # CBOR bytes besides the model: name, length, client_info
+_MAX_SCAN_DEPTH = 4
+
+
+def _head(raw: bytes, pos: int) -> tuple[int, int, int]:
+    """(major type, argument, position after the head) of the CBOR item at pos; definite lengths only."""
+    if pos >= len(raw):
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    major, info = raw[pos] >> 5, raw[pos] & 31
+    pos += 1
+    if info < 24:
+        return major, info, pos
+    if info > 27:
+        raise InvalidInputError("a 0.6 upload takes definite-length CBOR only", status=400)
+    n = 1 << (info - 24)
+    if pos + n > len(raw):
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    return major, int.from_bytes(raw[pos : pos + n], "big"), pos + n
+
+
+def _skip(raw: bytes, pos: int, depth: int = 0) -> int:
+    """Past one CBOR item (no tags: a 0.6 client sends none, and bignums and dates hide behind them)."""
+    if depth > _MAX_SCAN_DEPTH:
+        raise InvalidInputError("a 0.6 upload field is nested too deeply", status=400)
+    major, arg, pos = _head(raw, pos)
+    if major in (0, 1, 7):
+        return pos
+    if major in (2, 3):
+        if arg > len(raw) - pos:
+            raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+        return pos + arg
+    if major == 6:
+        raise InvalidInputError("a 0.6 upload takes no CBOR tags", status=400)
+    items = arg * (2 if major == 5 else 1)
+    if items > len(raw) - pos:  # every item takes at least one byte
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    for _ in range(items):
+        pos = _skip(raw, pos, depth + 1)
+    return pos
+
+
+def _byte_values_end(raw: bytes, pos: int, count: int) -> int:
+    """End of an array of ``count`` byte values (CBOR 0..23 in one byte, 24..255 as 0x18 XX).
+
+    Vectorised, 1 MiB at a time, each slice starting at an item's head. Every head must be
+    <= 0x18: anything else (maps, lists, strings, larger ints) is what costs memory when decoded.
+    """
+    import numpy as np
+
+    bad = InvalidInputError("'model' must be the model's bytes (a byte string or a list of byte values)", status=400)
+    if count > len(raw) - pos:
+        raise bad
+    seen = 0
+    while seen < count:
+        if pos >= len(raw):
+            raise bad
+        b = np.frombuffer(raw, np.uint8, min(1 << 20, len(raw) - pos), pos)
+        heads = np.flatnonzero(_heads(b))[: count - seen]
+        if np.any(b[heads] > 0x18):
+            raise bad
+        seen += len(heads)
+        last = int(heads[-1])
+        pos += last + (2 if b[last] == 0x18 else 1)  # the next slice starts at the next head
+    if pos > len(raw):
+        raise bad
+    return pos
+
+
+def _heads(b: Any) -> Any:
+    """Which bytes start an item, b[0] being one: all but the value byte after a head 0x18.
+
+    In a run of 0x18 bytes that starts at a head, heads and values alternate; a byte after a
+    run is a value exactly when the run's last byte is a head.
+    """
+    import numpy as np
+
+    is18 = b == 0x18
+    idx = np.arange(len(b), dtype=np.int32)
+    starts = is18 & ~np.concatenate(([False], is18[:-1]))
+    run_start = np.maximum.accumulate(np.where(starts, idx, 0))
+    head = ~is18 | ((idx - run_start) % 2 == 0)
+    head &= ~np.concatenate(([False], is18[:-1] & head[:-1]))
+    return head
+
+
+def scan_upload(raw: bytes) -> int:
+    """Check a 0.6 upload's CBOR shape before decoding it; returns what decoding it will cost.
+
+    The message must be a map of text keys whose ``model`` is a byte string or a list of byte
+    values, its other fields small (MAX_UPLOAD_FIELDS) and tag-free. So decoding costs at most the
+    model's bytes (8 more per byte for a list: one slot each, small ints being shared objects) and
+    UPLOAD_FIELDS_COST per byte of the rest, whatever the CBOR: a list of empty maps was ~85 bytes per byte.
+    """
+    major, pairs, pos = _head(raw, 0)
+    if major != 5:
+        raise InvalidInputError("body must be a CBOR map", status=400)
+    cost = model_span = 0
+    for _ in range(min(pairs, len(raw))):
+        kmajor, klen, pos = _head(raw, pos)
+        if kmajor != 3 or klen > 64 or klen > len(raw) - pos:
+            raise InvalidInputError("a 0.6 upload's keys are short text", status=400)
+        key, pos = raw[pos : pos + klen], pos + klen
+        if key != b"model":
+            pos = _skip(raw, pos)
+            continue
+        start = pos
+        vmajor, n, pos = _head(raw, pos)
+        if vmajor == 2 and n <= len(raw) - pos:
+            pos += n
+            cost += n
+        elif vmajor == 4:
+            pos = _byte_values_end(raw, pos, n)
+            cost += 9 * n
+        else:
+            raise InvalidInputError(
+                "'model' must be the model's bytes (a byte string or a list of byte values)", status=400
+            )
+        model_span += pos - start
+    if pos != len(raw) or pairs > len(raw):
+        raise InvalidInputError("body is not valid CBOR: bytes after the message", status=400)
+    rest = len(raw) - model_span
+    if rest > MAX_UPLOAD_FIELDS:
+        raise InvalidInputError(f"a 0.6 upload's fields besides 'model' exceed {MAX_UPLOAD_FIELDS} bytes", status=400)
+    return cost + rest * UPLOAD_FIELDS_COST
 
 
 def load_message(body: bytes) -> dict[str, Any]:
@@ -191,6 +343,8 @@ def parse_upload(msg: dict[str, Any], max_bytes: int) -> bytes:
     else:
         raise InvalidInputError("'model' must be the model's bytes", status=400)
     length = msg.get("length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 1 << 63):
+        raise InvalidInputError("'length' must be the model's size in bytes", status=400)
     if length is not None and length != len(data):
         raise InvalidInputError(f"'length' says {length} bytes but the model has {len(data)}", status=400)
     return data

@@ -379,6 +379,18 @@ class ModelEntry:
         }
 
 
+def _is_sha256_hex(value: object) -> bool:
+    """64 ASCII hex digits: anything else never reaches hmac.compare_digest (non-ASCII str raises there)."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedModel:
+    """What deleting a listed model that never loaded returns: only its id is known."""
+
+    model_id: str
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -523,6 +535,8 @@ class ModelStore:
             raise InvalidInputError(f"model name must be printable and at most {MAX_NAME} characters", status=400)
         with self._lock:
             self._check_room(len(data))
+            if public and name is not None:  # unnamed uploads (the seed client's) keep the default name
+                self._check_public_name(name)
         vet_model(data, self.limits.allowed_domains)
         loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
         token = secrets.token_urlsafe(32)  # 256 bits
@@ -540,6 +554,8 @@ class ModelStore:
         with self._write_lock:
             with self._lock:
                 self._check_room(len(data))
+                if public and name is not None:
+                    self._check_public_name(name)
             self._persist(entry, data)
             with self._lock:
                 self._models[entry.model_id] = entry
@@ -593,6 +609,20 @@ class ModelStore:
         log.info("model %s replaced (%d bytes, sha256 %s)", entry.model_id, entry.size, sha256)
         return entry
 
+    def _check_public_name(self, name: str) -> None:
+        """A public name belongs to its first claimant while that model exists (lookups stay unambiguous).
+
+        Owner tokens are per model, so a second public upload of a name cannot be told apart from
+        another tenant's: refused either way; the owner replaces the model (same id, same name) instead.
+        """
+        for m in self._models.values():
+            if m.public and m.name == name:
+                raise InvalidInputError(
+                    f"a public model named {name!r} exists ({m.model_id}); public names are unique: "
+                    "choose another name, or replace that model with its owner token",
+                    status=409,
+                )
+
     def _check_room(self, size: int, *, replacing: ModelEntry | None = None) -> None:
         """A new model needs a free slot; a replacement only the bytes it adds (the old ones go)."""
         if replacing is None and len(self._models) + len(self._unavailable) >= self.limits.max_models:
@@ -626,6 +656,8 @@ class ModelStore:
                 entry = self._models.get(ref)
         if entry is None:
             raise ModelNotFoundError(f"no model {ref!r}", status=404)
+        if sha256 is not None and not _is_sha256_hex(sha256):
+            raise InvalidInputError("a model pin must be a SHA-256 digest: 64 hex digits", status=400)
         if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):
             raise ModelHashMismatchError(
                 f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}", status=412
@@ -657,14 +689,44 @@ class ModelStore:
 
     @staticmethod
     def _check_owner(entry: ModelEntry, token: str | None, action: str) -> None:
+        ModelStore._check_token(entry.owner_token_hash, token, action)
+
+    @staticmethod
+    def _check_token(owner_token_hash: str, token: str | None, action: str) -> None:
         if token is None:
             raise PermissionDeniedError(
                 f"{action} a model needs its owner token (Authorization: Bearer ...)", status=401
             )
-        if not hmac.compare_digest(hash_token(token), entry.owner_token_hash):
+        if not hmac.compare_digest(hash_token(token), owner_token_hash):
             raise PermissionDeniedError("wrong owner token for this model", status=403)
 
-    def delete(self, ref: str, token: str | None) -> ModelEntry:
+    def _delete_unavailable(self, model_id: str, token: str | None) -> DeletedModel | None:
+        """A listed model whose file does not load: its owner may still delete it.
+
+        The manifest keeps each model's owner-token hash, so no readable file is needed to check it.
+        """
+        with self._lock:
+            if model_id not in self._unavailable or model_id in self._models or self.sealed is None:
+                return None
+        listing = self.sealed.manifest.models.get(model_id)
+        if listing is None or listing.owner is None:  # listed by an older manifest: no owner to check
+            return None
+        self._check_token(listing.owner, token, "deleting")
+        with self._write_lock:
+            try:
+                self.sealed.delete(model_id)
+            except OSError as exc:
+                raise ServerError("the model could not be deleted from the store; it is kept", status=507) from exc
+            with self._lock:
+                self._unavailable.pop(model_id, None)
+                self._retry_at.pop(model_id, None)
+        log.info("model %s deleted (it was listed but not loaded)", model_id)
+        return DeletedModel(model_id)
+
+    def delete(self, ref: str, token: str | None) -> ModelEntry | DeletedModel:
+        gone = self._delete_unavailable(ref, token)
+        if gone is not None:
+            return gone
         entry = self.get(ref, tokens=[token] if token else ())
         self._check_owner(entry, token, "deleting")
         with self._write_lock:

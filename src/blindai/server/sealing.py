@@ -218,6 +218,9 @@ class Listing:
 
     sha256: str
     version: int | None  # None: listed by a manifest of the first format, which had no versions
+    # SHA-256 of the owner token, so that the owner can delete a listed model whose file does not
+    # read (no file, no metadata); None in manifests written before it was kept here.
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -231,7 +234,10 @@ class Manifest:
             "format": 2,
             "store_id": self.store_id,
             "generation": self.generation,
-            "models": {k: {"sha256": v.sha256, "version": v.version} for k, v in sorted(self.models.items())},
+            "models": {
+                k: {"sha256": v.sha256, "version": v.version, **({"owner": v.owner} if v.owner else {})}
+                for k, v in sorted(self.models.items())
+            },
         }
         return seal(key, "manifest", meta, b"")
 
@@ -244,8 +250,10 @@ class Manifest:
                 if isinstance(v, str):  # first format: id -> sha256
                     models[str(k)] = Listing(v, None)
                 else:
-                    version = v.get("version")
-                    models[str(k)] = Listing(str(v["sha256"]), int(version) if version is not None else None)
+                    version, owner = v.get("version"), v.get("owner")
+                    models[str(k)] = Listing(
+                        str(v["sha256"]), int(version) if version is not None else None, str(owner) if owner else None
+                    )
             return cls(str(meta.get("store_id") or ""), int(meta.get("generation") or 0), models)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SealedFileError(f"the manifest's contents are malformed ({exc})") from None
@@ -402,7 +410,9 @@ class SealedDirectory:
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
-            models = {**self.manifest.models, model_id: Listing(str(meta["sha256"]), version)}
+            owner = meta.get("owner_token_hash")
+            listing = Listing(str(meta["sha256"]), version, str(owner) if owner else None)
+            models = {**self.manifest.models, model_id: listing}
             self._write_manifest(Manifest(self.manifest.store_id, version, models))
         except BaseException:
             with contextlib.suppress(OSError):
@@ -420,7 +430,9 @@ class SealedDirectory:
         manifest = Manifest(self.manifest.store_id, self.manifest.generation + 1, models)
         self._write_manifest(manifest)
         self.manifest = manifest
-        with contextlib.suppress(FileNotFoundError):
+        # Unlisted, the model is deleted; a file that cannot be removed (gone, unreadable disk, not
+        # a file) is an unlisted file: reported at start, moved aside by `blindai store recover`.
+        with contextlib.suppress(OSError):
             self._path(model_id).unlink()
         fsync_dir(self.folder)
 
@@ -518,7 +530,8 @@ def recover_store(
                 v = d.manifest.generation + 1
                 meta = {**meta, "store_id": d.manifest.store_id, "version": v}
                 atomic_write(path, seal(key, model_id, meta, data))
-                d.manifest.models[model_id] = Listing(str(meta.get("sha256")), v)
+                owner = meta.get("owner_token_hash")
+                d.manifest.models[model_id] = Listing(str(meta.get("sha256")), v, str(owner) if owner else None)
                 d.manifest.generation = v
                 done.append(f"adopted {name} ({meta.get('name')!r}, now version {v})")
                 continue
