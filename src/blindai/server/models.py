@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..protocol.tensors import DATATYPES, check_shape
 from .inference import LoadedModel, TensorSpec
-from .sealing import SealedDirectory, SealedFileError
+from .sealing import MAX_HEADER, SealedDirectory, SealedFileError
 
 __all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "check_string_growth", "vet_model"]
 
@@ -450,6 +450,7 @@ class ModelStore:
         if self.sealed is None:
             return 0
         loaded = 0
+        self.sealed.max_file = self.limits.max_model_bytes + MAX_HEADER + 4096  # a bigger file is no model of ours
         for model_id in self.sealed.open(log):
             if self._load_one(model_id):
                 loaded += 1
