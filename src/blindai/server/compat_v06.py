@@ -7,6 +7,7 @@ Message shapes, as the 0.6.x client sends and reads them:
   collateral, CBOR-encoded (0.6 clients verify SGX evidence with their own, older
   binding rule, so hardware attestation needs the current client);
 - ``POST /upload``: ``{model: [byte values], length, model_name, optimize, client_info}``
+  (checked and decoded by ``read_upload``, never by cbor2 as a whole)
   -> ``{model_id, hash (sha256 digest bytes)}``;
 - ``POST /run``: ``{model_id, model_hash, inputs: [{info: {fact, datum_type, node_name},
   bytes_data}], client_info}`` -> ``{outputs: [same shape]}``;
@@ -94,7 +95,7 @@ def unattested_routes(certificate_der: bytes, simulation: bool, evidence: Callab
 
 # Python objects a CBOR message of /run or /delete may become, per byte of CBOR (a list of empty
 # lists; empty maps are ~85); reserved from the server's request budget before decoding. A 0.6
-# upload is checked first (scan_upload) and charged what its checked shape costs.
+# upload is checked and decoded by read_upload, and charged what that can cost (upload_cost).
 CBOR_COST = 64
 # A 0.6 upload's small fields besides the model (name, client_info) may decode to any objects.
 UPLOAD_FIELDS_COST = 128
@@ -119,11 +120,10 @@ def attested_routes(
         # A CBOR list of byte values takes up to 2 bytes per model byte.
         async with uploads.slot():
             raw = await read_body(request, hold, store.limits.max_model_bytes * 2 + (1 << 20))
-        cost = await asyncio.to_thread(scan_upload, raw)
-        hold.take(cost, "decoding this CBOR message")
-        msg = await asyncio.to_thread(_load, raw)
+        # Checked and decoded without cbor2 building a Python list: the model's bytes, then the small fields.
+        hold.take(upload_cost(raw), "decoding this CBOR message")
+        data, msg = await asyncio.to_thread(read_upload, raw, store.limits.max_model_bytes)
         del raw
-        data = await asyncio.to_thread(parse_upload, msg, store.limits.max_model_bytes)
         name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
         del msg
         if not data:
@@ -198,7 +198,7 @@ def _model_hash(msg: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------ the shape of a 0.6 upload, before decoding
 
-MAX_UPLOAD_FIELDS = 64 << 10  # CBOR bytes besides the model: name, length, client_info
+MAX_UPLOAD_FIELDS = 16 << 10  # CBOR bytes besides the model: name, length, client_info
 _MAX_SCAN_DEPTH = 4
 
 
@@ -239,11 +239,12 @@ def _skip(raw: bytes, pos: int, depth: int = 0) -> int:
     return pos
 
 
-def _byte_values_end(raw: bytes, pos: int, count: int) -> int:
-    """End of an array of ``count`` byte values (CBOR 0..23 in one byte, 24..255 as 0x18 XX).
+def _byte_values(raw: bytes, pos: int, count: int, out: Any) -> int:
+    """Decode an array of ``count`` byte values (CBOR 0..23 in one byte, 24..255 as 0x18 XX) into ``out``.
 
-    Vectorised, 1 MiB at a time, each slice starting at an item's head. Every head must be
-    <= 0x18: anything else (maps, lists, strings, larger ints) is what costs memory when decoded.
+    Vectorised, 1 MiB at a time, each slice starting at an item's head; returns the end. Every
+    head must be <= 0x18: anything else (maps, lists, strings, larger ints) is what would cost
+    memory when decoded, and is refused before anything is built from it.
     """
     import numpy as np
 
@@ -254,15 +255,19 @@ def _byte_values_end(raw: bytes, pos: int, count: int) -> int:
     while seen < count:
         if pos >= len(raw):
             raise bad
-        b = np.frombuffer(raw, np.uint8, min(1 << 20, len(raw) - pos), pos)
-        heads = np.flatnonzero(_heads(b))[: count - seen]
-        if np.any(b[heads] > 0x18):
+        n = min(1 << 20, len(raw) - pos)
+        b = np.frombuffer(raw, np.uint8, min(n + 1, len(raw) - pos), pos)  # one more: a value past the slice
+        heads = np.flatnonzero(_heads(b[:n]))[: count - seen]
+        first = b[heads]
+        if np.any(first > 0x18):
             raise bad
+        two = first == 0x18
+        if len(heads) and two[-1] and heads[-1] + 1 >= len(b):
+            raise bad  # truncated: the last value byte is missing
+        out[seen : seen + len(heads)] = np.where(two, b[np.minimum(heads + 1, len(b) - 1)], first)
         seen += len(heads)
         last = int(heads[-1])
-        pos += last + (2 if b[last] == 0x18 else 1)  # the next slice starts at the next head
-    if pos > len(raw):
-        raise bad
+        pos += last + (2 if two[-1] else 1)  # the next slice starts at the next head
     return pos
 
 
@@ -278,50 +283,92 @@ def _heads(b: Any) -> Any:
     idx = np.arange(len(b), dtype=np.int32)
     starts = is18 & ~np.concatenate(([False], is18[:-1]))
     run_start = np.maximum.accumulate(np.where(starts, idx, 0))
-    head = ~is18 | ((idx - run_start) % 2 == 0)
+    head = ~is18 | ((idx - run_start) & 1 == 0)
     head &= ~np.concatenate(([False], is18[:-1] & head[:-1]))
     return head
 
 
-def scan_upload(raw: bytes) -> int:
-    """Check a 0.6 upload's CBOR shape before decoding it; returns what decoding it will cost.
+def upload_cost(raw: bytes) -> int:
+    """What read_upload holds at most: the model's bytes (at most the body) and its small fields decoded."""
+    return len(raw) + MAX_UPLOAD_FIELDS * UPLOAD_FIELDS_COST
+
+
+def read_upload(raw: bytes, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """A 0.6 upload: the model's bytes and its other fields, its shape checked before anything is decoded.
 
     The message must be a map of text keys whose ``model`` is a byte string or a list of byte
-    values, its other fields small (MAX_UPLOAD_FIELDS) and tag-free. So decoding costs at most the
-    model's bytes (8 more per byte for a list: one slot each, small ints being shared objects) and
-    UPLOAD_FIELDS_COST per byte of the rest, whatever the CBOR: a list of empty maps was ~85 bytes per byte.
+    values, its other fields small (MAX_UPLOAD_FIELDS), tag-free and definite-length. The list is
+    decoded straight into bytes (no Python list: cbor2 built one 8-byte slot per model byte), and
+    only the small fields go through cbor2; so decoding costs at most the body plus
+    UPLOAD_FIELDS_COST per byte of those fields, whatever the CBOR. A list of empty maps used to
+    cost ~85 bytes of Python objects per CBOR byte.
     """
+    import numpy as np
+
     major, pairs, pos = _head(raw, 0)
     if major != 5:
         raise InvalidInputError("body must be a CBOR map", status=400)
-    cost = model_span = 0
-    for _ in range(min(pairs, len(raw))):
+    if pairs > len(raw):
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    data: bytes | None = None
+    fields: dict[str, Any] = {}
+    rest = 0
+    for _ in range(pairs):
         kmajor, klen, pos = _head(raw, pos)
         if kmajor != 3 or klen > 64 or klen > len(raw) - pos:
             raise InvalidInputError("a 0.6 upload's keys are short text", status=400)
-        key, pos = raw[pos : pos + klen], pos + klen
-        if key != b"model":
-            pos = _skip(raw, pos)
+        try:
+            key = raw[pos : pos + klen].decode()
+        except UnicodeDecodeError:
+            raise InvalidInputError("a 0.6 upload's keys are short text", status=400) from None
+        pos += klen
+        if key != "model":
+            start, pos = pos, _skip(raw, pos)
+            rest += pos - start
+            if rest > MAX_UPLOAD_FIELDS:
+                raise InvalidInputError(
+                    f"a 0.6 upload's fields besides 'model' exceed {MAX_UPLOAD_FIELDS} bytes", status=400
+                )
+            fields[key] = _load_item(raw[start:pos])
             continue
-        start = pos
         vmajor, n, pos = _head(raw, pos)
-        if vmajor == 2 and n <= len(raw) - pos:
-            pos += n
-            cost += n
-        elif vmajor == 4:
-            pos = _byte_values_end(raw, pos, n)
-            cost += 9 * n
-        else:
+        if vmajor not in (2, 4):
             raise InvalidInputError(
                 "'model' must be the model's bytes (a byte string or a list of byte values)", status=400
             )
-        model_span += pos - start
-    if pos != len(raw) or pairs > len(raw):
+        if n > max_bytes:
+            raise InvalidInputError(f"model exceeds the limit of {max_bytes} bytes", status=413)
+        if vmajor == 2:
+            if n > len(raw) - pos:
+                raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+            data, pos = raw[pos : pos + n], pos + n
+        else:
+            out = np.empty(n, np.uint8)
+            pos = _byte_values(raw, pos, n, out)
+            data = out.tobytes()
+            del out
+    if pos != len(raw):
         raise InvalidInputError("body is not valid CBOR: bytes after the message", status=400)
-    rest = len(raw) - model_span
-    if rest > MAX_UPLOAD_FIELDS:
-        raise InvalidInputError(f"a 0.6 upload's fields besides 'model' exceed {MAX_UPLOAD_FIELDS} bytes", status=400)
-    return cost + rest * UPLOAD_FIELDS_COST
+    if data is None:
+        raise InvalidInputError("'model' must be the model's bytes", status=400)
+    _check_length(fields.get("length"), len(data))
+    return data, fields
+
+
+def _load_item(item: bytes) -> Any:
+    try:
+        return cbor2.loads(item)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInputError(f"body is not valid CBOR: {exc}", status=400) from None
+
+
+def _check_length(length: Any, size: int) -> None:
+    if length is None:
+        return
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 1 << 63:
+        raise InvalidInputError("'length' must be the model's size in bytes", status=400)
+    if length != size:
+        raise InvalidInputError(f"'length' says {length} bytes but the model has {size}", status=400)
 
 
 def load_message(body: bytes) -> dict[str, Any]:
@@ -342,11 +389,7 @@ def parse_upload(msg: dict[str, Any], max_bytes: int) -> bytes:
         data = raw
     else:
         raise InvalidInputError("'model' must be the model's bytes", status=400)
-    length = msg.get("length")
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 1 << 63):
-        raise InvalidInputError("'length' must be the model's size in bytes", status=400)
-    if length is not None and length != len(data):
-        raise InvalidInputError(f"'length' says {length} bytes but the model has {len(data)}", status=400)
+    _check_length(msg.get("length"), len(data))
     return data
 
 
