@@ -192,3 +192,23 @@ def test_the_red_team_models_are_refused_by_a_live_server(srv: LocalServer) -> N
         info = conn.upload_model(label_encoder(16))
         assert conn.run_model(info.model_id, np.zeros(3, np.int64)).output.tolist() == [3]
     assert srv.proc is not None and srv.proc.poll() is None
+
+
+def test_when_type_inference_fails_the_schemas_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No inferred type at all: numeric operators are told apart by their schemas, strings still refused."""
+    from blindai.server import models
+
+    monkeypatch.setattr(models, "_infer", lambda skel: skel)
+    nodes, prev = [], "x"
+    for i in range(MAX_STRING_TENSORS + 4):  # more Constants than string tensors allowed: all numeric
+        k = onnx.numpy_helper.from_array(np.array([1.0], np.float32))
+        nodes.append(helper.make_node("Constant", [], [f"c{i}"], value=k))
+        nodes.append(helper.make_node("Add", [prev, f"c{i}"], [f"a{i}"]))
+        prev = f"a{i}"
+    nodes.append(helper.make_node("Reshape", [prev, "shape"], ["y"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    vet_model(_model(nodes, [x, SHAPE], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]))
+    vet_model(contrib_then_gather())
+    for data, op in ((const_string_expand(), "Expand"), (castlike_expand(), "CastLike")):
+        with pytest.raises(blindai.InvalidInputError, match=repr(op)):
+            vet_model(data)

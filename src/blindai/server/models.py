@@ -266,6 +266,19 @@ def _type_str(param: Any) -> str:
 
 def _derive(node: Any, i: int, schema: Any, types: dict[str, int]) -> int:
     """A type inference could not give: _NOT_STRING when the schema rules strings out, else 0."""
+    if node.domain in _SAFE_DOMAINS and node.op_type in ("Constant", "Cast") and i == 0:
+        # Their type is an attribute: read it, so a model whose inference failed is not refused for them.
+        for attr in node.attribute:
+            if attr.ref_attr_name:
+                continue
+            if attr.name == "to":
+                return _STRING if attr.i == _STRING else _NOT_STRING
+            if attr.name in ("value_string", "value_strings"):
+                return _STRING
+            if attr.name == "value":
+                return _STRING if attr.t.data_type == _STRING else _NOT_STRING
+            if attr.name in ("value_float", "value_floats", "value_int", "value_ints", "sparse_value"):
+                return _STRING if attr.sparse_tensor.values.data_type == _STRING else _NOT_STRING
     if schema is None:
         return 0
     out = _formal(list(schema.outputs), i)
