@@ -414,13 +414,15 @@ class SealedDirectory:
         return sorted(self.manifest.models)
 
     def _refuse_foreign_files(self, files: list[Path]) -> None:
-        """Model files of another store beside this manifest: a manifest swapped in by the host
-        (another store's, sealed with the same key) would otherwise start silently with none of
-        this folder's models. Refused, naming the files; `blindai store recover` sorts them out."""
+        """Unlisted model files of another store than the manifest's: a manifest swapped in by the host
+        (another store's, sealed with the same key) would otherwise start silently with none of this
+        folder's models. Refused, naming the files; `blindai store recover` moves them aside or adopts them."""
         if not self.manifest.store_id:
             return  # a manifest of the first format has no store id to compare
         foreign = []
         for path in files:
+            if path.name.split(".", 1)[0] in self.manifest.models:
+                continue  # a listed file of another store does not load (read() says why); recover keeps listings
             header = header_of(path)
             meta = header.get("meta") if header else None
             store_id = meta.get("store_id") if isinstance(meta, dict) else None
