@@ -78,6 +78,8 @@ def _v06_cbor(data: bytes) -> None:
         compat_v06.parse_upload(msg, 1 << 20)
     except BlindAIError:
         pass
+    with contextlib.suppress(BlindAIError):
+        compat_v06.read_upload(data, 1 << 20)
     try:
         msg = compat_v06.load_message(data)
         compat_v06.parse_run_inputs(msg, ["x", "y"])

@@ -7,6 +7,7 @@ Message shapes, as the 0.6.x client sends and reads them:
   collateral, CBOR-encoded (0.6 clients verify SGX evidence with their own, older
   binding rule, so hardware attestation needs the current client);
 - ``POST /upload``: ``{model: [byte values], length, model_name, optimize, client_info}``
+  (checked and decoded by ``read_upload``, never by cbor2 as a whole)
   -> ``{model_id, hash (sha256 digest bytes)}``;
 - ``POST /run``: ``{model_id, model_hash, inputs: [{info: {fact, datum_type, node_name},
   bytes_data}], client_info}`` -> ``{outputs: [same shape]}``;
@@ -92,11 +93,12 @@ def unattested_routes(certificate_der: bytes, simulation: bool, evidence: Callab
     return [Route("/", root), Route("/quote", quote), Route("/collateral", collateral)]
 
 
-# Python objects a CBOR message may become, per byte of CBOR, at worst (a list of empty lists);
-# reserved from the server's request budget before decoding. A 0.6 upload is a list of byte
-# values (small ints are shared objects: one 8-byte slot per model byte, 1 or 2 CBOR bytes).
+# Python objects a CBOR message of /run or /delete may become, per byte of CBOR (a list of empty
+# lists; empty maps are ~85); reserved from the server's request budget before decoding. A 0.6
+# upload is checked and decoded by read_upload, and charged what that can cost (upload_cost).
 CBOR_COST = 64
-CBOR_UPLOAD_COST = 8
+# A 0.6 upload's small fields besides the model (name, client_info) may decode to any objects.
+UPLOAD_FIELDS_COST = 128
 
 
 def attested_routes(
@@ -118,9 +120,10 @@ def attested_routes(
         # A CBOR list of byte values takes up to 2 bytes per model byte.
         async with uploads.slot():
             raw = await read_body(request, hold, store.limits.max_model_bytes * 2 + (1 << 20))
-        msg = await decode(raw, hold, CBOR_UPLOAD_COST)
+        # Checked and decoded without cbor2 building a Python list: the model's bytes, then the small fields.
+        hold.take(upload_cost(raw), "decoding this CBOR message")
+        data, msg = await asyncio.to_thread(read_upload, raw, store.limits.max_model_bytes)
         del raw
-        data = await asyncio.to_thread(parse_upload, msg, store.limits.max_model_bytes)
         name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
         del msg
         if not data:
@@ -131,12 +134,15 @@ def attested_routes(
 
     async def run(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
-        model_id, model_hash = msg.get("model_id") or "", msg.get("model_hash") or ""
+        model_id, model_hash = _model_id(msg), _model_hash(msg)
         if model_id:
-            entry = store.get(str(model_id))
+            entry = store.get(model_id)
         else:
-            wanted = model_hash.hex() if isinstance(model_hash, bytes) else str(model_hash).lower()
-            matches = [m for m in store.all() if m.sha256 == wanted]
+            # A content hash is no capability (anyone may know a public checkpoint's): only models
+            # uploaded through these routes, which 0.6 clients address by hash, or public ones.
+            matches = [
+                m for m in store.all() if m.sha256 == model_hash and (m.public or m.hints.get(LEGACY_HINT))
+            ]
             if not matches:
                 raise ModelNotFoundError("no model with that hash", status=404)
             entry = matches[-1]
@@ -156,7 +162,7 @@ def attested_routes(
 
     async def delete(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
-        entry = store.get(str(msg.get("model_id", "")))
+        entry = store.get(_model_id(msg))
         if not entry.hints.get(LEGACY_HINT):
             raise PermissionDeniedError(
                 "this model is owner-protected: delete it with DELETE /v1/models/{id} and its owner token", status=403
@@ -170,6 +176,199 @@ def attested_routes(
         Route("/run", held(run), methods=["POST"]),
         Route("/delete", held(delete), methods=["POST"]),
     ]
+
+
+def _model_id(msg: dict[str, Any]) -> str:
+    """0.6 model ids are text (uuids); anything else is a 400, never str() of a 5,000-digit number."""
+    value = msg.get("model_id") or ""
+    if not isinstance(value, str) or len(value) > 256:
+        raise InvalidInputError("'model_id' must be a model id (text)", status=400)
+    return value
+
+
+def _model_hash(msg: dict[str, Any]) -> str:
+    """The SHA-256 digest a 0.6 client pins: 32 bytes, or 64 hex digits; returned as lowercase hex."""
+    value = msg.get("model_hash") or ""
+    if isinstance(value, bytes) and len(value) == 32:
+        return value.hex()
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value):
+        return value.lower()
+    raise InvalidInputError("'model_hash' must be a SHA-256 digest (32 bytes or 64 hex digits)", status=400)
+
+
+# ------------------------------------------------------------------ the shape of a 0.6 upload, before decoding
+
+MAX_UPLOAD_FIELDS = 16 << 10  # CBOR bytes besides the model: name, length, client_info
+_MAX_SCAN_DEPTH = 4
+
+
+def _head(raw: bytes, pos: int) -> tuple[int, int, int]:
+    """(major type, argument, position after the head) of the CBOR item at pos; definite lengths only."""
+    if pos >= len(raw):
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    major, info = raw[pos] >> 5, raw[pos] & 31
+    pos += 1
+    if info < 24:
+        return major, info, pos
+    if info > 27:
+        raise InvalidInputError("a 0.6 upload takes definite-length CBOR only", status=400)
+    n = 1 << (info - 24)
+    if pos + n > len(raw):
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    return major, int.from_bytes(raw[pos : pos + n], "big"), pos + n
+
+
+def _skip(raw: bytes, pos: int, depth: int = 0) -> int:
+    """Past one CBOR item (no tags: a 0.6 client sends none, and bignums and dates hide behind them)."""
+    if depth > _MAX_SCAN_DEPTH:
+        raise InvalidInputError("a 0.6 upload field is nested too deeply", status=400)
+    major, arg, pos = _head(raw, pos)
+    if major in (0, 1, 7):
+        return pos
+    if major in (2, 3):
+        if arg > len(raw) - pos:
+            raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+        return pos + arg
+    if major == 6:
+        raise InvalidInputError("a 0.6 upload takes no CBOR tags", status=400)
+    items = arg * (2 if major == 5 else 1)
+    if items > len(raw) - pos:  # every item takes at least one byte
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    for _ in range(items):
+        pos = _skip(raw, pos, depth + 1)
+    return pos
+
+
+def _byte_values(raw: bytes, pos: int, count: int, out: Any) -> int:
+    """Decode an array of ``count`` byte values (CBOR 0..23 in one byte, 24..255 as 0x18 XX) into ``out``.
+
+    Vectorised, 1 MiB at a time, each slice starting at an item's head; returns the end. Every
+    head must be <= 0x18: anything else (maps, lists, strings, larger ints) is what would cost
+    memory when decoded, and is refused before anything is built from it.
+    """
+    import numpy as np
+
+    bad = InvalidInputError("'model' must be the model's bytes (a byte string or a list of byte values)", status=400)
+    if count > len(raw) - pos:
+        raise bad
+    seen = 0
+    while seen < count:
+        if pos >= len(raw):
+            raise bad
+        n = min(1 << 20, len(raw) - pos)
+        b = np.frombuffer(raw, np.uint8, min(n + 1, len(raw) - pos), pos)  # one more: a value past the slice
+        heads = np.flatnonzero(_heads(b[:n]))[: count - seen]
+        first = b[heads]
+        if np.any(first > 0x18):
+            raise bad
+        two = first == 0x18
+        if len(heads) and two[-1] and heads[-1] + 1 >= len(b):
+            raise bad  # truncated: the last value byte is missing
+        out[seen : seen + len(heads)] = np.where(two, b[np.minimum(heads + 1, len(b) - 1)], first)
+        seen += len(heads)
+        last = int(heads[-1])
+        pos += last + (2 if two[-1] else 1)  # the next slice starts at the next head
+    return pos
+
+
+def _heads(b: Any) -> Any:
+    """Which bytes start an item, b[0] being one: all but the value byte after a head 0x18.
+
+    In a run of 0x18 bytes that starts at a head, heads and values alternate; a byte after a
+    run is a value exactly when the run's last byte is a head.
+    """
+    import numpy as np
+
+    is18 = b == 0x18
+    idx = np.arange(len(b), dtype=np.int32)
+    starts = is18 & ~np.concatenate(([False], is18[:-1]))
+    run_start = np.maximum.accumulate(np.where(starts, idx, 0))
+    head = ~is18 | ((idx - run_start) & 1 == 0)
+    head &= ~np.concatenate(([False], is18[:-1] & head[:-1]))
+    return head
+
+
+def upload_cost(raw: bytes) -> int:
+    """What read_upload holds at most: the model's bytes (at most the body) and its small fields decoded."""
+    return len(raw) + MAX_UPLOAD_FIELDS * UPLOAD_FIELDS_COST
+
+
+def read_upload(raw: bytes, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """A 0.6 upload: the model's bytes and its other fields, its shape checked before anything is decoded.
+
+    The message must be a map of text keys whose ``model`` is a byte string or a list of byte
+    values, its other fields small (MAX_UPLOAD_FIELDS), tag-free and definite-length. The list is
+    decoded straight into bytes (no Python list: cbor2 built one 8-byte slot per model byte), and
+    only the small fields go through cbor2; so decoding costs at most the body plus
+    UPLOAD_FIELDS_COST per byte of those fields, whatever the CBOR. A list of empty maps used to
+    cost ~85 bytes of Python objects per CBOR byte.
+    """
+    import numpy as np
+
+    major, pairs, pos = _head(raw, 0)
+    if major != 5:
+        raise InvalidInputError("body must be a CBOR map", status=400)
+    if pairs > len(raw):
+        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+    data: bytes | None = None
+    fields: dict[str, Any] = {}
+    rest = 0
+    for _ in range(pairs):
+        kmajor, klen, pos = _head(raw, pos)
+        if kmajor != 3 or klen > 64 or klen > len(raw) - pos:
+            raise InvalidInputError("a 0.6 upload's keys are short text", status=400)
+        try:
+            key = raw[pos : pos + klen].decode()
+        except UnicodeDecodeError:
+            raise InvalidInputError("a 0.6 upload's keys are short text", status=400) from None
+        pos += klen
+        if key != "model":
+            start, pos = pos, _skip(raw, pos)
+            rest += pos - start
+            if rest > MAX_UPLOAD_FIELDS:
+                raise InvalidInputError(
+                    f"a 0.6 upload's fields besides 'model' exceed {MAX_UPLOAD_FIELDS} bytes", status=400
+                )
+            fields[key] = _load_item(raw[start:pos])
+            continue
+        vmajor, n, pos = _head(raw, pos)
+        if vmajor not in (2, 4):
+            raise InvalidInputError(
+                "'model' must be the model's bytes (a byte string or a list of byte values)", status=400
+            )
+        if n > max_bytes:
+            raise InvalidInputError(f"model exceeds the limit of {max_bytes} bytes", status=413)
+        if vmajor == 2:
+            if n > len(raw) - pos:
+                raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+            data, pos = raw[pos : pos + n], pos + n
+        else:
+            out = np.empty(n, np.uint8)
+            pos = _byte_values(raw, pos, n, out)
+            data = out.tobytes()
+            del out
+    if pos != len(raw):
+        raise InvalidInputError("body is not valid CBOR: bytes after the message", status=400)
+    if data is None:
+        raise InvalidInputError("'model' must be the model's bytes", status=400)
+    _check_length(fields.get("length"), len(data))
+    return data, fields
+
+
+def _load_item(item: bytes) -> Any:
+    try:
+        return cbor2.loads(item)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInputError(f"body is not valid CBOR: {exc}", status=400) from None
+
+
+def _check_length(length: Any, size: int) -> None:
+    if length is None:
+        return
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 1 << 63:
+        raise InvalidInputError("'length' must be the model's size in bytes", status=400)
+    if length != size:
+        raise InvalidInputError(f"'length' says {length} bytes but the model has {size}", status=400)
 
 
 def load_message(body: bytes) -> dict[str, Any]:
@@ -190,9 +389,7 @@ def parse_upload(msg: dict[str, Any], max_bytes: int) -> bytes:
         data = raw
     else:
         raise InvalidInputError("'model' must be the model's bytes", status=400)
-    length = msg.get("length")
-    if length is not None and length != len(data):
-        raise InvalidInputError(f"'length' says {length} bytes but the model has {len(data)}", status=400)
+    _check_length(msg.get("length"), len(data))
     return data
 
 

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..protocol.tensors import DATATYPES, check_shape
 from .inference import LoadedModel, TensorSpec
-from .sealing import SealedDirectory, SealedFileError
+from .sealing import MAX_HEADER, SealedDirectory, SealedFileError
 
 __all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "check_string_growth", "vet_model"]
 
@@ -37,6 +37,8 @@ log = logging.getLogger("blindai.models")
 
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 MAX_NAME = 128
+MAX_STRING_VALUE = 1024
+MAX_STRING_TENSORS = 16
 RETRY_S = 2.0  # a listed model that failed to load is read again at most this often
 
 
@@ -112,9 +114,18 @@ STRING_SAFE_OPS = frozenset(
         "Compress", "Unique", "StringNormalizer", "Constant", "LabelEncoder", "CategoryMapper",
     }
 )  # fmt: skip
+# Even the safe operators copy: a string tensor fanned out to many Identity nodes is held once
+# per copy, and a lookup writes one label per input element. So every string constant of a model
+# (labels, default strings, Constant values, string tensors) is at most MAX_STRING_VALUE bytes,
+# all of them together at most MAX_STRING_CONSTANTS, and a graph makes at most MAX_STRING_TENSORS
+# string tensors: a run holds at most that many times its input strings (or 1 KiB per element).
+MAX_STRING_CONSTANTS = 4 << 20
+_STRING = 8  # onnx.TensorProto.STRING
+_NOT_STRING = -2  # a tensor known not to hold strings although its exact type was not inferred
+_SAFE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
-def _has_string(tp: Any, string: int) -> bool:
+def _has_string(tp: Any, string: int = _STRING) -> bool:
     """A type that is, or holds (sequence, map, optional), a string tensor."""
     kind = tp.WhichOneof("value")
     if kind == "tensor_type":
@@ -128,78 +139,223 @@ def _has_string(tp: Any, string: int) -> bool:
     return False
 
 
-def _uses_strings(model: Any) -> bool:
-    """Whether any string tensor can appear, read from declarations only (no inference: large models).
+def _kind(tp: Any) -> int:
+    """_STRING, 0 (not known), or a code that is not a string type."""
+    if _has_string(tp):
+        return _STRING
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return int(tp.tensor_type.elem_type)  # 0 when the elem type is unset
+    return _NOT_STRING if kind in ("sequence_type", "optional_type", "map_type", "sparse_tensor_type") else 0
 
-    A string comes in as an input or a constant, or is made by Cast to STRING or by an
-    ai.onnx.ml operator from its string attributes; every one of those is declared here.
-    """
-    import onnx
 
-    string = onnx.TensorProto.STRING
+def check_string_constants(model: Any) -> None:
+    """Every string a model holds (attribute values, string tensors) is short, and all of them bounded."""
+    total = 0
+
+    def check(values: Iterable[bytes], where: str) -> None:
+        nonlocal total
+        for v in values:
+            if len(v) > MAX_STRING_VALUE:
+                raise InvalidInputError(
+                    f"{where} holds a string of {len(v)} bytes; string constants are limited to "
+                    f"{MAX_STRING_VALUE} bytes each (see docs/models.md, string tensors)",
+                    status=422,
+                )
+            total += len(v)
+        if total > MAX_STRING_CONSTANTS:
+            raise InvalidInputError(
+                f"the model's string constants exceed {MAX_STRING_CONSTANTS} bytes in all (see docs/models.md)",
+                status=422,
+            )
+
     graphs: list[Any] = [model.graph, *model.functions]
     while graphs:
         g = graphs.pop()
-        for vi in [*getattr(g, "input", []), *getattr(g, "output", []), *getattr(g, "value_info", [])]:
-            if _has_string(vi.type, string):
-                return True
-        if any(t.data_type == string for t in getattr(g, "initializer", [])):
-            return True
+        for t in getattr(g, "initializer", []):
+            check(t.string_data, f"initializer {t.name!r}")
         for node in g.node:
-            if node.op_type == "Cast" and any(a.name == "to" and a.i == string for a in node.attribute):
-                return True
             for attr in node.attribute:
-                if (attr.HasField("t") and attr.t.data_type == string) or any(
-                    t.data_type == string for t in attr.tensors
-                ):
-                    return True
-                if attr.strings and node.domain == "ai.onnx.ml":
-                    return True
+                where = f"attribute {attr.name!r} of operator {node.op_type!r}"
+                check([attr.s, *attr.strings], where)
+                for t in [attr.t, *attr.tensors]:
+                    check(t.string_data, where)
                 if attr.HasField("g"):
                     graphs.append(attr.g)
                 graphs.extend(attr.graphs)
-    return False
+
+
+def _skeleton(model: Any) -> Any:
+    """The model without its weights, functions inlined: what type inference needs, at little cost.
+
+    Initializers become typed graph inputs (types flow the same; only constant-folded shapes are
+    lost), so vetting a 2 GB model does not copy 2 GB through onnx's C++ bindings several times.
+    """
+    import onnx
+
+    skel = onnx.ModelProto()
+    skel.ir_version = model.ir_version
+    skel.opset_import.extend(model.opset_import)
+    skel.functions.extend(model.functions)
+    g, src = skel.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    declared = {vi.name for vi in src.input}
+    for init in [*src.initializer, *(sp.values for sp in src.sparse_initializer)]:
+        if init.name not in declared:
+            declared.add(init.name)
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    if skel.functions:
+        try:
+            from onnx import inliner
+
+            skel = inliner.inline_local_functions(skel)
+        except Exception as exc:  # a function that cannot be inlined cannot be typed: refused below
+            log.info("inlining model-local functions failed: %s", exc)
+    return skel
+
+
+def _infer(skel: Any) -> Any:
+    """ONNX type inference, strict where the model allows it; best effort otherwise (unknowns refused)."""
+    import onnx
+
+    for strict in (True, False):
+        try:
+            return onnx.shape_inference.infer_shapes(skel, check_type=strict, strict_mode=strict)
+        except Exception as exc:  # onnx raises InferenceError, ValidationError, RuntimeError...
+            log.debug("type inference (strict=%s) failed: %s", strict, exc)
+    return skel
+
+
+_ORT_SCHEMAS: dict[tuple[str, str], list[Any]] | None = None
+
+
+def _schema(op: str, domain: str, version: int) -> Any:
+    """The operator's schema (ONNX's own, else onnxruntime's contrib ones), or None."""
+    global _ORT_SCHEMAS
+    import onnx
+
+    try:
+        return onnx.defs.get_schema(op, version, domain)
+    except Exception:  # SchemaError: not an ONNX operator, perhaps an onnxruntime one
+        pass
+    if _ORT_SCHEMAS is None:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        found: dict[tuple[str, str], list[Any]] = {}
+        for sch in ort_state.get_all_operator_schema():
+            found.setdefault((sch.domain, sch.name), []).append(sch)
+        _ORT_SCHEMAS = found
+    candidates = sorted(_ORT_SCHEMAS.get((domain, op), []), key=lambda sch: int(sch.since_version))
+    usable = [sch for sch in candidates if int(sch.since_version) <= version] or candidates[-1:]
+    return usable[-1] if usable else None
+
+
+def _formal(params: list[Any], i: int) -> Any:
+    if i < len(params):
+        return params[i]
+    return params[-1] if params else None  # a variadic last parameter repeats
+
+
+def _type_str(param: Any) -> str:
+    return str(getattr(param, "type_str", None) or getattr(param, "typeStr", ""))
+
+
+def _derive(node: Any, i: int, schema: Any, types: dict[str, int]) -> int:
+    """A type inference could not give: _NOT_STRING when the schema rules strings out, else 0."""
+    if node.domain in _SAFE_DOMAINS and node.op_type in ("Constant", "Cast") and i == 0:
+        # Their type is an attribute: read it, so a model whose inference failed is not refused for them.
+        for attr in node.attribute:
+            if attr.ref_attr_name:
+                continue
+            if attr.name == "to":
+                return _STRING if attr.i == _STRING else _NOT_STRING
+            if attr.name in ("value_string", "value_strings"):
+                return _STRING
+            if attr.name == "value":
+                return _STRING if attr.t.data_type == _STRING else _NOT_STRING
+            if attr.name in ("value_float", "value_floats", "value_int", "value_ints", "sparse_value"):
+                return _STRING if attr.sparse_tensor.values.data_type == _STRING else _NOT_STRING
+    if schema is None:
+        return 0
+    out = _formal(list(schema.outputs), i)
+    if out is None:
+        return 0
+    param = _type_str(out)
+    allowed = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}.get(param, [param])
+    if not any("string" in a for a in allowed):
+        return _NOT_STRING
+    # Same type parameter as some inputs (Gather's T, Expand's T...): strings only if one of them may be.
+    tied = [
+        types.get(name, 0)
+        for j, name in enumerate(node.input)
+        if name and (p := _formal(list(schema.inputs), j)) is not None and _type_str(p) == param
+    ]
+    if tied and all(t not in (_STRING, 0) for t in tied):
+        return _NOT_STRING
+    return _STRING if _STRING in tied else 0
 
 
 def check_string_growth(model: Any) -> None:
-    """Refuse graphs whose string tensors can grow beyond their inputs (see STRING_SAFE_OPS)."""
-    import onnx
+    """Refuse graphs whose string tensors can grow beyond their inputs (see STRING_SAFE_OPS). Fails closed.
 
-    if not _uses_strings(model):
-        return
-    string = onnx.TensorProto.STRING
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is best effort: unknown types are treated as possibly strings
-        inferred = model
-    types: dict[str, int] = {}
-    graphs: list[Any] = [inferred.graph, *inferred.functions]
-    nodes: list[Any] = []
-    while graphs:
-        g = graphs.pop()
-        for vi in [*getattr(g, "input", []), *getattr(g, "output", []), *getattr(g, "value_info", [])]:
-            types[vi.name] = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else -1
-        for init in getattr(g, "initializer", []):
-            types[init.name] = init.data_type
+    Runs type inference on every model (declarations can omit strings: Constant value_string,
+    CastLike, a Cast inside a function), and refuses any tensor that is a string, or whose type
+    neither inference nor the operator's schema can tell, made by an operator not on the list.
+    """
+    check_string_constants(model)
+    inferred = _infer(_skeleton(model))
+    versions = {o.domain or "": int(o.version) for o in inferred.opset_import}
+    versions.setdefault("ai.onnx", versions.get("", 1))
+    made: list[str] = []
+
+    def walk(g: Any, outer: dict[str, int]) -> None:
+        types = dict(outer)
+        for vi in [*g.input, *g.value_info, *g.output]:
+            kind = _kind(vi.type)
+            if kind or vi.name not in types:
+                types[vi.name] = kind
+        for init in g.initializer:
+            types[init.name] = int(init.data_type)
         for node in g.node:
-            nodes.append(node)
             for attr in node.attribute:
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
-    for node in nodes:
-        if node.op_type in STRING_SAFE_OPS and node.domain in ("", "ai.onnx", "ai.onnx.ml"):
-            continue
-        for out in node.output:
-            t = types.get(out, 0)
-            if out and t in (string, 0, -1):
-                what = "a string tensor" if t == string else "a tensor of unknown type in a model that uses strings"
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    walk(sub, types)
+                for sub in attr.graphs:
+                    walk(sub, types)
+            domain = node.domain or ""
+            schema = _schema(node.op_type, domain, versions.get(domain, 1))
+            for i, out in enumerate(node.output):
+                if not out:
+                    continue
+                if types.get(out, 0) == 0:
+                    types[out] = _derive(node, i, schema, types)
+                kind = types[out]
+                if kind not in (_STRING, 0):
+                    continue
+                if node.op_type in STRING_SAFE_OPS and domain in _SAFE_DOMAINS:
+                    made.append(out)
+                    continue
+                what = "a string tensor" if kind == _STRING else "a tensor whose type cannot be inferred"
                 raise InvalidInputError(
                     f"operator {node.op_type!r} makes {what} ({out!r}): string tensors live outside the "
-                    f"inference memory cap, so only operators that cannot make them grow are accepted "
+                    f"inference memory cap, so only operators that cannot make them grow may yield them "
                     f"({', '.join(sorted(STRING_SAFE_OPS))}); see docs/models.md",
                     status=422,
                 )
+        # A graph input handed straight back as an output is copied too.
+        made.extend(o.name for o in g.output if types.get(o.name) == _STRING and o.name in {i.name for i in g.input})
+
+    walk(inferred.graph, {})
+    if len(made) > MAX_STRING_TENSORS:
+        raise InvalidInputError(
+            f"the model makes {len(made)} string tensors; at most {MAX_STRING_TENSORS} string tensors are "
+            "accepted (each holds its own copy of the strings, outside the inference memory cap; see docs/models.md)",
+            status=422,
+        )
 
 
 @dataclass(slots=True)
@@ -234,6 +390,18 @@ class ModelEntry:
             "outputs": [s.to_json() for s in self.outputs],
             "hints": dict(self.hints),
         }
+
+
+def _is_sha256_hex(value: object) -> bool:
+    """64 ASCII hex digits: anything else never reaches hmac.compare_digest (non-ASCII str raises there)."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedModel:
+    """What deleting a listed model that never loaded returns: only its id is known."""
+
+    model_id: str
 
 
 def hash_token(token: str) -> str:
@@ -295,6 +463,7 @@ class ModelStore:
         if self.sealed is None:
             return 0
         loaded = 0
+        self.sealed.max_file = self.limits.max_model_bytes + MAX_HEADER + 4096  # a bigger file is no model of ours
         for model_id in self.sealed.open(log):
             if self._load_one(model_id):
                 loaded += 1
@@ -380,6 +549,8 @@ class ModelStore:
             raise InvalidInputError(f"model name must be printable and at most {MAX_NAME} characters", status=400)
         with self._lock:
             self._check_room(len(data))
+            if public and name is not None:  # unnamed uploads (the seed client's) keep the default name
+                self._check_public_name(name)
         vet_model(data, self.limits.allowed_domains)
         loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
         token = secrets.token_urlsafe(32)  # 256 bits
@@ -397,6 +568,8 @@ class ModelStore:
         with self._write_lock:
             with self._lock:
                 self._check_room(len(data))
+                if public and name is not None:
+                    self._check_public_name(name)
             self._persist(entry, data)
             with self._lock:
                 self._models[entry.model_id] = entry
@@ -450,6 +623,20 @@ class ModelStore:
         log.info("model %s replaced (%d bytes, sha256 %s)", entry.model_id, entry.size, sha256)
         return entry
 
+    def _check_public_name(self, name: str) -> None:
+        """A public name belongs to its first claimant while that model exists (lookups stay unambiguous).
+
+        Owner tokens are per model, so a second public upload of a name cannot be told apart from
+        another tenant's: refused either way; the owner replaces the model (same id, same name) instead.
+        """
+        for m in self._models.values():
+            if m.public and m.name == name:
+                raise InvalidInputError(
+                    f"a public model named {name!r} exists ({m.model_id}); public names are unique: "
+                    "choose another name, or replace that model with its owner token",
+                    status=409,
+                )
+
     def _check_room(self, size: int, *, replacing: ModelEntry | None = None) -> None:
         """A new model needs a free slot; a replacement only the bytes it adds (the old ones go)."""
         if replacing is None and len(self._models) + len(self._unavailable) >= self.limits.max_models:
@@ -483,6 +670,8 @@ class ModelStore:
                 entry = self._models.get(ref)
         if entry is None:
             raise ModelNotFoundError(f"no model {ref!r}", status=404)
+        if sha256 is not None and not _is_sha256_hex(sha256):
+            raise InvalidInputError("a model pin must be a SHA-256 digest: 64 hex digits", status=400)
         if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):
             raise ModelHashMismatchError(
                 f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}", status=412
@@ -514,14 +703,44 @@ class ModelStore:
 
     @staticmethod
     def _check_owner(entry: ModelEntry, token: str | None, action: str) -> None:
+        ModelStore._check_token(entry.owner_token_hash, token, action)
+
+    @staticmethod
+    def _check_token(owner_token_hash: str, token: str | None, action: str) -> None:
         if token is None:
             raise PermissionDeniedError(
                 f"{action} a model needs its owner token (Authorization: Bearer ...)", status=401
             )
-        if not hmac.compare_digest(hash_token(token), entry.owner_token_hash):
+        if not hmac.compare_digest(hash_token(token), owner_token_hash):
             raise PermissionDeniedError("wrong owner token for this model", status=403)
 
-    def delete(self, ref: str, token: str | None) -> ModelEntry:
+    def _delete_unavailable(self, model_id: str, token: str | None) -> DeletedModel | None:
+        """A listed model whose file does not load: its owner may still delete it.
+
+        The manifest keeps each model's owner-token hash, so no readable file is needed to check it.
+        """
+        with self._lock:
+            if model_id not in self._unavailable or model_id in self._models or self.sealed is None:
+                return None
+        listing = self.sealed.manifest.models.get(model_id)
+        if listing is None or listing.owner is None:  # listed by an older manifest: no owner to check
+            return None
+        self._check_token(listing.owner, token, "deleting")
+        with self._write_lock:
+            try:
+                self.sealed.delete(model_id)
+            except OSError as exc:
+                raise ServerError("the model could not be deleted from the store; it is kept", status=507) from exc
+            with self._lock:
+                self._unavailable.pop(model_id, None)
+                self._retry_at.pop(model_id, None)
+        log.info("model %s deleted (it was listed but not loaded)", model_id)
+        return DeletedModel(model_id)
+
+    def delete(self, ref: str, token: str | None) -> ModelEntry | DeletedModel:
+        gone = self._delete_unavailable(ref, token)
+        if gone is not None:
+            return gone
         entry = self.get(ref, tokens=[token] if token else ())
         self._check_owner(entry, token, "deleting")
         with self._write_lock:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import secrets
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +142,62 @@ def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tupl
     return ident, meta, plaintext
 
 
+# The largest sealed file read at start unless the store says otherwise (a 2 GiB model, its header).
+MAX_FILE = (2 << 30) + MAX_HEADER + 4096
+
+
+def read_regular(path: Path, limit: int = MAX_FILE) -> bytes:
+    """A sealed file's bytes: a regular file only, at most ``limit`` bytes, never a blocking open.
+
+    A host may put a FIFO (an open that waits for a writer forever), a device or a 100 GiB sparse
+    file where a model file was: O_NONBLOCK makes the open return, fstat refuses what is not a
+    regular file, and the size is checked before anything is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):  # what reading it would say: a read error, retried later
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise SealedFileError(f"{path.name} is not a regular file")
+        if st.st_size > limit:
+            raise SealedFileError(f"{path.name} holds {st.st_size} bytes, more than a sealed model may ({limit})")
+        chunks, left = [], st.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def header_of(path: Path) -> dict[str, Any] | None:
+    """A sealed file's header, unauthenticated (the tag covers it with the body): for refusing, never trusting."""
+    try:
+        head = read_regular_prefix(path, 12 + MAX_HEADER)
+        if len(head) < 12 or head[:8] != MAGIC:
+            return None
+        (hlen,) = struct.unpack_from("<I", head, 8)
+        header = json.loads(head[12 : 12 + hlen])
+    except (OSError, SealedFileError, ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def read_regular_prefix(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of a regular file (same guards as read_regular)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SealedFileError(f"{path.name} is not a regular file")
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Temporary file, fsync, rename, fsync the folder: after a crash the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -218,6 +276,9 @@ class Listing:
 
     sha256: str
     version: int | None  # None: listed by a manifest of the first format, which had no versions
+    # SHA-256 of the owner token, so that the owner can delete a listed model whose file does not
+    # read (no file, no metadata); None in manifests written before it was kept here.
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -231,7 +292,10 @@ class Manifest:
             "format": 2,
             "store_id": self.store_id,
             "generation": self.generation,
-            "models": {k: {"sha256": v.sha256, "version": v.version} for k, v in sorted(self.models.items())},
+            "models": {
+                k: {"sha256": v.sha256, "version": v.version, **({"owner": v.owner} if v.owner else {})}
+                for k, v in sorted(self.models.items())
+            },
         }
         return seal(key, "manifest", meta, b"")
 
@@ -244,8 +308,10 @@ class Manifest:
                 if isinstance(v, str):  # first format: id -> sha256
                     models[str(k)] = Listing(v, None)
                 else:
-                    version = v.get("version")
-                    models[str(k)] = Listing(str(v["sha256"]), int(version) if version is not None else None)
+                    version, owner = v.get("version"), v.get("owner")
+                    models[str(k)] = Listing(
+                        str(v["sha256"]), int(version) if version is not None else None, str(owner) if owner else None
+                    )
             return cls(str(meta.get("store_id") or ""), int(meta.get("generation") or 0), models)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SealedFileError(f"the manifest's contents are malformed ({exc})") from None
@@ -297,6 +363,7 @@ class SealedDirectory:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.manifest = Manifest(secrets.token_hex(16), 0, {})
         self._opened = False  # writes before open() would replace a manifest never read: refused
+        self.max_file = MAX_FILE  # the store sets it from --max-model-bytes
 
     def _path(self, model_id: str) -> Path:
         return model_path(self.folder, model_id)
@@ -324,7 +391,7 @@ class SealedDirectory:
             log.info("new model store %s (id %s)", self.folder, self.manifest.store_id)
             return []
         try:
-            self.manifest = Manifest.unseal(self.key, manifest_path.read_bytes())
+            self.manifest = Manifest.unseal(self.key, read_regular(manifest_path, MAX_HEADER + 4096))
         except (SealedFileError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise StoreError(
@@ -332,6 +399,7 @@ class SealedDirectory:
                 f"than guess which model files are live ({len(files)} model file(s) there); "
                 f"{recovery_hint(self.folder)}"
             ) from None
+        self._refuse_foreign_files(files)
         self._drop_temporaries(log, self.manifest.models)
         self._opened = True
         for path in model_files(self.folder):
@@ -345,6 +413,42 @@ class SealedDirectory:
                 )
         return sorted(self.manifest.models)
 
+    def _refuse_foreign_files(self, files: list[Path]) -> None:
+        """Unlisted model files of another store than the manifest's: a manifest swapped in by the host
+        (another store's, sealed with the same key) would otherwise start silently with none of this
+        folder's models. Refused, naming the files; `blindai store recover` moves them aside or adopts them."""
+        if not self.manifest.store_id:
+            return  # a manifest of the first format has no store id to compare
+        foreign = []
+        for path in files:
+            if path.name.split(".", 1)[0] in self.manifest.models:
+                continue  # a listed file of another store does not load (read() says why); recover keeps listings
+            header = header_of(path)
+            meta = header.get("meta") if header else None
+            store_id = meta.get("store_id") if isinstance(meta, dict) else None
+            if store_id is not None and store_id != self.manifest.store_id:
+                foreign.append(path.name)
+        if foreign:
+            raise StoreError(
+                f"the model store {self.folder} has model files of another model store than its manifest "
+                f"({self.manifest.store_id}): {', '.join(foreign)}. The manifest may have been replaced; refusing "
+                f"to start rather than serve another store's state; {recovery_hint(self.folder)}"
+            )
+
+    def _pending_ok(self, tmp: Path, model_id: str, entry: Listing) -> str | None:
+        """Why a pending file is not the listed version of its model (None when it is)."""
+        try:
+            ident, meta, _ = unseal(self.key, read_regular(tmp, self.max_file), model_id)
+        except (SealedFileError, OSError) as exc:
+            return str(exc)
+        except Exception as exc:  # any malformed file is refused, never a failed start
+            return f"malformed ({type(exc).__name__})"
+        if ident != model_id or meta.get("version") != entry.version or meta.get("sha256") != entry.sha256:
+            return "its id, version or hash differ from the listing"
+        if self.manifest.store_id and meta.get("store_id") not in (None, self.manifest.store_id):
+            return "it belongs to another model store"
+        return None
+
     def _drop_temporaries(self, log: Any, listed: dict[str, Listing]) -> None:
         for tmp in sorted(self.folder.glob(TEMP_GLOB)):
             name = tmp.name
@@ -353,11 +457,25 @@ class SealedDirectory:
                 version = rest.removeprefix(MODEL_SUFFIX[1:] + ".v").removesuffix(_PENDING)
                 entry = listed.get(model_id)
                 if entry is not None and entry.version is not None and version == str(entry.version):
-                    # Listed, then the server stopped before the rename: finish the write.
-                    log.warning("finishing the write of model %s (version %s)", model_id, version)
-                    with contextlib.suppress(OSError):
-                        os.replace(tmp, self._path(model_id))
-                        fsync_dir(self.folder)
+                    # Listed, then the server stopped before the rename: finish the write, but only
+                    # with a file that is that version (a planted one must not replace the model).
+                    why = self._pending_ok(tmp, model_id, entry) if model_id.isalnum() else "bad name"
+                    if why is None:
+                        log.warning("finishing the write of model %s (version %s)", model_id, version)
+                        with contextlib.suppress(OSError):
+                            os.replace(tmp, self._path(model_id))
+                            fsync_dir(self.folder)
+                    else:
+                        aside = self.folder / f"rejected-{_stamp()}"
+                        log.error(
+                            "pending file %s is not the listed version of model %s (%s): moved to %s/, "
+                            "the model file is left as it is",
+                            name, model_id, why, aside.name,
+                        )  # fmt: skip
+                        with contextlib.suppress(OSError):
+                            aside.mkdir(mode=0o700, exist_ok=True)
+                            os.replace(tmp, aside / name)
+                            fsync_dir(self.folder)
                     continue
             log.warning("removing an unfinished write from a previous run: %s", name)
             with contextlib.suppress(OSError):
@@ -369,7 +487,7 @@ class SealedDirectory:
         if entry is None:
             raise SealedFileError(f"model {model_id} is not in the manifest")
         try:
-            _, meta, data = unseal(self.key, self._path(model_id).read_bytes(), model_id)
+            _, meta, data = unseal(self.key, read_regular(self._path(model_id), self.max_file), model_id)
         except (SealedFileError, OSError):
             raise
         except Exception as exc:  # any malformed file is a skipped file, never a failed start
@@ -402,7 +520,9 @@ class SealedDirectory:
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
-            models = {**self.manifest.models, model_id: Listing(str(meta["sha256"]), version)}
+            owner = meta.get("owner_token_hash")
+            listing = Listing(str(meta["sha256"]), version, str(owner) if owner else None)
+            models = {**self.manifest.models, model_id: listing}
             self._write_manifest(Manifest(self.manifest.store_id, version, models))
         except BaseException:
             with contextlib.suppress(OSError):
@@ -420,7 +540,9 @@ class SealedDirectory:
         manifest = Manifest(self.manifest.store_id, self.manifest.generation + 1, models)
         self._write_manifest(manifest)
         self.manifest = manifest
-        with contextlib.suppress(FileNotFoundError):
+        # Unlisted, the model is deleted; a file that cannot be removed (gone, unreadable disk, not
+        # a file) is an unlisted file: reported at start, moved aside by `blindai store recover`.
+        with contextlib.suppress(OSError):
             self._path(model_id).unlink()
         fsync_dir(self.folder)
 
@@ -445,13 +567,14 @@ def check_store(folder: Path, key: SealingKey) -> StoreReport:
     """What a start would do with this folder, without changing anything."""
     d = SealedDirectory.__new__(SealedDirectory)
     d.folder, d.key = folder, key
+    d.max_file = MAX_FILE
     d.manifest = Manifest("", 0, {})
     path = folder / MANIFEST
     if not path.exists():
         report = StoreReport("missing")
     else:
         try:
-            d.manifest = Manifest.unseal(key, path.read_bytes())
+            d.manifest = Manifest.unseal(key, read_regular(path, MAX_HEADER + 4096))
             report = StoreReport("ok")
         except (SealedFileError, OSError) as exc:
             report = StoreReport(f"unusable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
@@ -471,7 +594,7 @@ def check_store(folder: Path, key: SealingKey) -> StoreReport:
 
 def _describe(key: SealingKey, path: Path, model_id: str) -> str:
     try:
-        _, meta, data = unseal(key, path.read_bytes(), model_id)
+        _, meta, data = unseal(key, read_regular(path), model_id)
     except (SealedFileError, OSError) as exc:
         return f"does not unseal ({exc})"
     except Exception as exc:
@@ -518,7 +641,8 @@ def recover_store(
                 v = d.manifest.generation + 1
                 meta = {**meta, "store_id": d.manifest.store_id, "version": v}
                 atomic_write(path, seal(key, model_id, meta, data))
-                d.manifest.models[model_id] = Listing(str(meta.get("sha256")), v)
+                owner = meta.get("owner_token_hash")
+                d.manifest.models[model_id] = Listing(str(meta.get("sha256")), v, str(owner) if owner else None)
                 d.manifest.generation = v
                 done.append(f"adopted {name} ({meta.get('name')!r}, now version {v})")
                 continue
