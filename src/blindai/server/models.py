@@ -46,7 +46,8 @@ class StoreLimits:
     max_models: int = 64
     max_store_bytes: int = 16 << 30
     allowed_domains: frozenset[str] = DEFAULT_DOMAINS
-    intra_op_threads: int = 0
+    intra_op_threads: int = 0  # threads of a lone run (the wide session); 0: the cores this process may use
+    model_concurrency: int = 0  # runs of one model at once (narrow session, 1 thread each); 0: as many as cores
 
 
 def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> None:
@@ -319,7 +320,7 @@ class ModelStore:
                 size=len(data),
                 created_at=str(meta["created_at"]),
                 owner_token_hash=str(meta["owner_token_hash"]),
-                model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
+                model=self._load(data),
                 hints=dict(meta.get("hints") or {}),
                 public=meta.get("public") is True,
             )
@@ -357,6 +358,11 @@ class ModelStore:
                 status=503,
             )
 
+    def _load(self, data: bytes) -> LoadedModel:
+        return LoadedModel(
+            data, intra_op_threads=self.limits.intra_op_threads, concurrency=self.limits.model_concurrency
+        )
+
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
             return
@@ -381,7 +387,7 @@ class ModelStore:
         with self._lock:
             self._check_room(len(data))
         vet_model(data, self.limits.allowed_domains)
-        loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
+        loaded = self._load(data)
         token = secrets.token_urlsafe(32)  # 256 bits
         entry = ModelEntry(
             model_id=uuid.uuid4().hex,
@@ -429,7 +435,7 @@ class ModelStore:
         with self._lock:
             self._check_room(len(data), replacing=old)
         vet_model(data, self.limits.allowed_domains)
-        loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
+        loaded = self._load(data)
         entry = ModelEntry(
             model_id=old.model_id,
             name=old.name,

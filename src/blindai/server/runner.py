@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -70,7 +71,9 @@ class ServerConfig:
     ready_file: Path | None = None
     limits: StoreLimits = field(default_factory=StoreLimits)
     max_request_bytes: int = 256 << 20
-    inference_workers: int | None = None
+    inference_workers: int | None = None  # legacy name of limits.model_concurrency (used when that is 0)
+    batch_window_ms: float = 0.0
+    max_batch_rows: int = 64
     inference_timeout_s: float = 60.0
     max_output_bytes: int = 1 << 30
     gramine_dir: Path | None = None
@@ -154,6 +157,8 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
             )
         sealed = SealedDirectory(config.model_store, key)
     tokens = load_upload_tokens(config.upload_tokens_file) if config.upload_tokens_file else None
+    if config.inference_workers and not config.limits.model_concurrency:
+        config.limits = dataclasses.replace(config.limits, model_concurrency=config.inference_workers)
     store = ModelStore(config.limits, sealed=sealed, upload_token_hashes=tokens)
     store.load_sealed()
     return store
@@ -169,6 +174,8 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             workers=config.inference_workers,
             timeout_s=config.inference_timeout_s,
             max_output_bytes=config.max_output_bytes,
+            batch_window_ms=config.batch_window_ms,
+            max_batch_rows=config.max_batch_rows,
         ),
         max_request_bytes=config.max_request_bytes,
         v06=config.v06_routes,
