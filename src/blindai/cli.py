@@ -102,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_store_bytes=args.max_store_bytes,
             intra_op_threads=args.intra_op_threads,
             model_concurrency=args.model_concurrency,
+            concurrent_session_max_bytes=args.concurrent_session_max_bytes,
         ),
         max_request_bytes=args.max_request_bytes,
         inference_workers=args.inference_workers,
@@ -457,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="batch requests to one model arriving within this window (default 0: off; see docs/performance.md)",
+    )
+    p.add_argument(
+        "--concurrent-session-max-bytes",
+        type=_size,
+        default=256 << 20,
+        help="models above this size keep one session and run one at a time (a second costs their size again)",
     )
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows of one dynamic batch at most")
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")

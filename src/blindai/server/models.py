@@ -48,6 +48,9 @@ class StoreLimits:
     allowed_domains: frozenset[str] = DEFAULT_DOMAINS
     intra_op_threads: int = 0  # threads of a lone run (the wide session); 0: the cores this process may use
     model_concurrency: int = 0  # runs of one model at once (narrow session, 1 thread each); 0: as many as cores
+    # Larger models get no second (narrow) session: it would cost their size again in memory, and their
+    # runs are long enough for intra-op threads to use the cores well (performance.md).
+    concurrent_session_max_bytes: int = 256 << 20
 
 
 def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> None:
@@ -359,9 +362,10 @@ class ModelStore:
             )
 
     def _load(self, data: bytes) -> LoadedModel:
-        return LoadedModel(
-            data, intra_op_threads=self.limits.intra_op_threads, concurrency=self.limits.model_concurrency
-        )
+        concurrency = self.limits.model_concurrency
+        if len(data) > self.limits.concurrent_session_max_bytes:
+            concurrency = 1
+        return LoadedModel(data, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency)
 
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
