@@ -236,3 +236,50 @@ def test_live_server_with_batching_and_concurrency(batching_server: LocalServer)
     for x, got in zip(xs, results, strict=True):
         np.testing.assert_allclose(got, ref.session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
     owner.close()
+
+
+def test_front_workers_share_one_key_and_one_store() -> None:
+    """--workers 2: connections land on both worker processes, all see the attested key, one store serves all."""
+    import json
+    import re
+    import socket
+    import ssl
+
+    import httpx
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with LocalServer("--workers", "2", log_level="DEBUG") as srv:
+        workers = json.loads(srv.ready_file.read_text())["workers"]
+        assert len(workers) == 2 and srv.proc is not None and srv.proc.pid not in workers
+        doc = httpx.get(f"http://127.0.0.1:{srv.unattested_port}/attestation").json()
+        attested = x509.load_pem_x509_certificate(doc["certificate"].encode()).public_bytes(Encoding.DER)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # we compare the certificate ourselves
+        local_ports = []
+        for _ in range(16):
+            with socket.create_connection(("127.0.0.1", srv.attested_port)) as raw, ctx.wrap_socket(raw) as tls:
+                assert tls.getpeercert(binary_form=True) == attested
+                local_ports.append(tls.getsockname()[1])
+        seen: dict[int, int] = {}
+        for _ in range(200):
+            seen = {
+                int(m[2]): int(m[1]) for m in re.finditer(r"front worker (\d+): connection from port (\d+)", srv.log())
+            }
+            if all(p in seen for p in local_ports):
+                break
+            threading.Event().wait(0.05)
+        assert {seen[p] for p in local_ports} == set(workers)
+
+        # An upload through one connection (one worker), runs through new connections (any worker).
+        owner = sim_connect(srv)
+        info = owner.upload_model(onnx_models.mlp(), name="front")
+        ref = load(onnx_models.mlp())
+        x = np.arange(16, dtype=np.float32).reshape(1, 16)
+        for _ in range(6):
+            c = sim_connect(srv)
+            np.testing.assert_allclose(
+                c.run_model(info.model_id, x).output, ref.session.run(None, {"x": x})[0], rtol=1e-5
+            )
+            c.close()
+        owner.close()

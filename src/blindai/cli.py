@@ -85,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("--intra-op-threads", args.intra_op_threads, 0),
         ("--batch-window-ms", args.batch_window_ms, 0),
         ("--max-batch-rows", args.max_batch_rows, 1),
+        ("--workers", args.workers, 0),
     ):
         if value < least:
             print(f"error: {flag} must be at least {least}", file=sys.stderr)
@@ -107,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         inference_workers=args.inference_workers,
         batch_window_ms=args.batch_window_ms,
+        workers=args.workers,
         max_batch_rows=args.max_batch_rows,
         inference_timeout_s=args.inference_timeout,
         gramine_dir=Path(args.gramine_dir) if args.gramine_dir else None,
@@ -464,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=256 << 20,
         help="models above this size keep one session and run one at a time (a second costs their size again)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes terminating TLS on the attested port (default 0: 1 below 8 cores, else cores/4, at most 8)",
     )
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows of one dynamic batch at most")
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")

@@ -17,8 +17,10 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,10 +41,11 @@ from ..attestation.providers import (
 )
 from .app import ServerState, attested_app, unattested_app
 from .bodies import BodyLimits
-from .inference import InferenceEngine, limit_inference_memory
+from .front import default_workers, listen_shared, start_workers, stop_workers
+from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .models import ModelStore, StoreLimits, hash_token
 from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
-from .tls import make_identity
+from .tls import TlsIdentity, make_identity
 
 __all__ = ["ServerConfig", "run_server", "serve"]
 
@@ -73,6 +76,7 @@ class ServerConfig:
     max_request_bytes: int = 256 << 20
     inference_workers: int | None = None  # legacy name of limits.model_concurrency (used when that is 0)
     batch_window_ms: float = 0.0
+    workers: int = 0  # front worker processes for the attested port; 0: from the core count (front.py)
     max_batch_rows: int = 64
     inference_timeout_s: float = 60.0
     max_output_bytes: int = 1 << 30
@@ -164,8 +168,51 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
     return store
 
 
-async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelStore) -> None:
-    identity = make_identity(config.tls_names)
+@dataclass
+class _Front:
+    """Forked front workers terminate TLS on the attested port; this process serves HTTP on ``backend``."""
+
+    backend: socket.socket
+    port: int
+    pids: list[int]
+    folder: str
+
+
+def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
+    workers = config.workers or default_workers(machine_cores())
+    if workers <= 1:
+        return None
+    folder = tempfile.mkdtemp(prefix="blindai-front-")  # mode 0700: only this user reaches the socket
+    path = os.path.join(folder, "attested.sock")
+    backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    backend.bind(path)
+    backend.listen(2048)
+    backend.setblocking(False)
+    shared = listen_shared(config.host, config.attested_port, workers)
+    port = shared[0].getsockname()[1]
+    pids = start_workers(shared, identity, path)
+    for sock in shared:  # a listening copy nobody accepts on would still get its share of connections
+        sock.close()
+    log.info("attested port %d served by %d front worker processes: %s", port, workers, pids)
+    return _Front(backend, port, pids, folder)
+
+
+def _stop_front(front: _Front | None) -> None:
+    if front is None:
+        return
+    stop_workers(front.pids)
+    front.backend.close()
+    shutil.rmtree(front.folder, ignore_errors=True)
+
+
+async def serve(
+    config: ServerConfig,
+    provider: EvidenceProvider,
+    store: ModelStore,
+    identity: TlsIdentity | None = None,
+    front: _Front | None = None,
+) -> None:
+    identity = identity or make_identity(config.tls_names)
     state = ServerState(
         provider=provider,
         identity=identity,
@@ -181,7 +228,7 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
         v06=config.v06_routes,
         body_limits=config.body_limits or BodyLimits(max_inflight_bytes=default_inflight_bytes(config.limits)),
     )
-    attested_sock = _listen(config.host, config.attested_port)
+    attested_sock = front.backend if front is not None else _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
     common = {
         "lifespan": "off",
@@ -191,9 +238,12 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
         "timeout_graceful_shutdown": 10,
         "server_header": False,
     }
-    attested = _Server(
-        uvicorn.Config(attested_app(state), ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
-    )
+    if front is not None:  # TLS ends in the workers; plain HTTP on the private Unix socket
+        attested = _Server(uvicorn.Config(attested_app(state), **common))  # type: ignore[arg-type]
+    else:
+        attested = _Server(
+            uvicorn.Config(attested_app(state), ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
+        )
     unattested = _Server(uvicorn.Config(unattested_app(state), **common))  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
 
@@ -216,8 +266,9 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             if any(t.done() for t in tasks):
                 break
             await asyncio.sleep(0.01)
-        ports = {
-            "attested_port": attested_sock.getsockname()[1],
+        ports: dict[str, Any] = {
+            "attested_port": front.port if front is not None else attested_sock.getsockname()[1],
+            "workers": front.pids if front is not None else [],
             "unattested_port": unattested_sock.getsockname()[1],
             "host": config.host,
             "tee": provider.tee,
@@ -298,17 +349,24 @@ def run_server(config: ServerConfig) -> int:
         return 2
     if provider.tee == "simulation":
         log.warning(SIMULATION_BANNER)
-    bound_malloc()
-    limit_inference_memory(config.max_inference_memory or default_inference_memory())
+    # The key, then the front workers, before any model is loaded: a worker inherits the key and
+    # nothing else worth having, and (under Gramine) a small address space to copy.
+    identity = make_identity(config.tls_names)
+    front = _start_front(config, identity)
     try:
-        store = make_store(config, provider)
-    except (NoSealingKeyError, StoreError, ValueError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(config, provider, store))
-    else:
-        uvloop.run(serve(config, provider, store))
-    return 0
+        bound_malloc()
+        limit_inference_memory(config.max_inference_memory or default_inference_memory())
+        try:
+            store = make_store(config, provider)
+        except (NoSealingKeyError, StoreError, ValueError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(config, provider, store, identity, front))
+        else:
+            uvloop.run(serve(config, provider, store, identity, front))
+        return 0
+    finally:
+        _stop_front(front)
