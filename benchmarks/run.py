@@ -151,6 +151,16 @@ def main() -> int:
             rate = bi.throughput(mini[0], mini[1], srv, secs, (16,))["secure x16"]
         out(f"| {' '.join(flags) or '(defaults)'} | {rate:.1f} | {rate / best:.2f} |")
     out()
+    out("## Front workers, tiny MLP with 16 client processes (requests/s)")
+    out()
+    out("| server flags | req/s |")
+    out("|---|---:|")
+    tiny = models["tiny MLP (64-128-8)"]
+    for flags in (("--workers", "1"), ("--workers", "2")):
+        with LocalServer(*flags, log_level="WARNING") as srv:
+            rate = bi.throughput(tiny[0], tiny[1], srv, secs, (16,))["secure x16"]
+        out(f"| {' '.join(flags)} | {rate:.1f} |")
+    out()
     big = models.get("wav2vec2-base, 1 s 16 kHz", models["all-MiniLM-L6-v2, seq 128"])[0]
     u = bi.upload(big, 2 if q else 3)
     out(f"## Upload to ready: {big.name} ({u['size_mb']:.0f} MiB)")
