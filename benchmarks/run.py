@@ -190,8 +190,8 @@ def main() -> int:
     out()
     out("| what | median ms | p90 ms | spread | target |")
     out("|---|---:|---:|---:|---|")
-    for stats, target in bench_attestation.run(50 if q else 200):
-        out(f"| {stats.name} | {stats.median:.3f} | {stats.p90:.3f} | {stats.spread:.2f} | {target} |")
+    for stats, goal in bench_attestation.run(50 if q else 200):
+        out(f"| {stats.name} | {stats.median:.3f} | {stats.p90:.3f} | {stats.spread:.2f} | {goal} |")
     out()
     out("Where the remaining overhead goes, and what would close the gaps: [performance.md](performance.md).")
     if target is None:
