@@ -271,6 +271,24 @@ def test_front_workers_share_one_key_and_one_store() -> None:
             threading.Event().wait(0.05)
         assert {seen[p] for p in local_ports} == set(workers)
 
+        # An early answer (unknown model) while a large body is still arriving reaches the client
+        # through the worker instead of a reset: the worker lingers as the server itself would.
+        statuses: list[int] = []
+
+        def early() -> None:
+            with httpx.Client(base_url=f"https://127.0.0.1:{srv.attested_port}", verify=ctx, timeout=30) as h:
+                for _ in range(3):
+                    statuses.append(
+                        h.post("/v2/models/no-such-model/infer", content=b"{" + b" " * (16 << 20)).status_code
+                    )
+
+        posters = [threading.Thread(target=early) for _ in range(8)]
+        for t in posters:
+            t.start()
+        for t in posters:
+            t.join()
+        assert statuses == [404] * 24
+
         # An upload through one connection (one worker), runs through new connections (any worker).
         owner = sim_connect(srv)
         info = owner.upload_model(onnx_models.mlp(), name="front")

@@ -29,6 +29,7 @@ __all__ = ["default_workers", "listen_shared", "start_workers", "stop_workers"]
 log = logging.getLogger("blindai.front")
 
 CHUNK = 1 << 18
+LINGER_S = 2.0
 
 
 def default_workers(cores: int) -> int:
@@ -85,21 +86,41 @@ def stop_workers(pids: list[int]) -> None:
 
 
 async def _worker(sock: socket.socket, ctx: ssl.SSLContext, backend: str, parent: int) -> None:
+    loop = asyncio.get_running_loop()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         log.debug("front worker %d: connection from port %s", os.getpid(), peer[1] if peer else "?")
+        # A plain socket towards the main process, not a stream: a failed write (the main process
+        # closed after an early answer) must not discard the answer still waiting to be read.
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.setblocking(False)
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(backend)
+            await loop.sock_connect(up, backend)
         except OSError:
+            up.close()
             writer.close()
             return
+        to_main = asyncio.create_task(_to_main(loop, reader, up))
+        to_client = asyncio.create_task(_to_client(loop, up, writer))
         # Either side ending ends the connection: HTTP/1.1 clients do not half-close.
-        await asyncio.wait(
-            [asyncio.create_task(_pipe(reader, up_writer)), asyncio.create_task(_pipe(up_reader, writer))],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        for w in (up_writer, writer):
-            w.close()
+        await asyncio.wait([to_main, to_client], return_when=asyncio.FIRST_COMPLETED)
+        if not to_client.done() and not reader.at_eof():
+            # Writing to the main process failed while the client is still there: the main process
+            # closed, possibly right after answering (an early error while the body still arrives).
+            # Let that answer through.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(to_client), LINGER_S)
+        to_main.cancel()
+        if to_client.done() and not reader.at_eof():
+            # Closing with the client's bytes unread would make the kernel reset the connection, and
+            # the client could lose the answer: read and drop what still comes, for a moment, as the
+            # main process would have (a lingering close).
+            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
+                await asyncio.wait_for(_discard(reader), LINGER_S)
+        to_client.cancel()
+        up.close()
+        writer.close()
 
     sock.setblocking(False)
     server = await asyncio.start_server(handle, sock=sock, ssl=ctx, ssl_handshake_timeout=30, limit=CHUNK)
@@ -109,8 +130,19 @@ async def _worker(sock: socket.socket, ctx: ssl.SSLContext, backend: str, parent
             await asyncio.sleep(1.0)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _discard(reader: asyncio.StreamReader) -> None:
+    while await reader.read(CHUNK):
+        pass
+
+
+async def _to_main(loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader, up: socket.socket) -> None:
     with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
         while data := await reader.read(CHUNK):
+            await loop.sock_sendall(up, data)
+
+
+async def _to_client(loop: asyncio.AbstractEventLoop, up: socket.socket, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
+        while data := await loop.sock_recv(up, CHUNK):
             writer.write(data)
             await writer.drain()
