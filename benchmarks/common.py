@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks: interleaved runs, medians, p90 and spread."""
+"""Timing helpers shared by the benchmarks: runs in alternating blocks, medians, p90 and spread."""
 
 from __future__ import annotations
 
@@ -55,6 +55,42 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int =
             fn()
             samples[k].append((time.perf_counter() - t) * 1e3)
     return {k: Stats(k, v) for k, v in samples.items()}
+
+
+def blocks(
+    fns: dict[str, Callable[[], object]], rounds: int, per_block: int, gap_s: float = 0.3, warmup: int = 3
+) -> dict[str, Stats]:
+    """Each contender runs ``per_block`` calls in a row, then the machine idles, then the next.
+
+    Call-by-call interleaving misleads on many cores: a raw session's spinning threads steal
+    the cores of the server's next run. Blocks with idle gaps between them let each side start
+    from a quiet machine; alternating the order each round spreads drift over both.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            time.sleep(gap_s)
+            fn = fns[k]
+            for _ in range(per_block):
+                t = time.perf_counter()
+                fn()
+                samples[k].append((time.perf_counter() - t) * 1e3)
+    return {k: Stats(k, v) for k, v in samples.items()}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

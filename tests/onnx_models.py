@@ -63,3 +63,21 @@ def string_identity() -> onnx.ModelProto:
 
 def fixed_shape_model() -> onnx.ModelProto:
     return scale_model(TensorProto.FLOAT, [2, 3])
+
+
+def gather_rows(rows: int = 10, width: int = 2) -> onnx.ModelProto:
+    """y = table[idx]: an index out of range fails the run in onnxruntime (a request that breaks its batch)."""
+    table = numpy_helper.from_array(np.arange(rows * width, dtype=np.float32).reshape(rows, width), "table")
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
+    node = helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)
+    return _model(helper.make_graph([node], "gather", [idx], [y], [table]))
+
+
+def column_sum() -> onnx.ModelProto:
+    """y = sum over the rows of x: the output's first dimension is not the batch dimension."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    axes = numpy_helper.from_array(np.array([0], dtype=np.int64), "axes")
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
+    return _model(helper.make_graph([node], "colsum", [x], [y], [axes]))

@@ -97,6 +97,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.simulation and args.tee not in ("auto", "simulation"):
         print("error: --simulation and --tee", args.tee, "contradict each other", file=sys.stderr)
         return 2
+    for flag, value, least in (
+        ("--model-concurrency", args.model_concurrency, 0),
+        ("--intra-op-threads", args.intra_op_threads, 0),
+        ("--batch-window-ms", args.batch_window_ms, 0),
+        ("--max-batch-rows", args.max_batch_rows, 1),
+        ("--workers", args.workers, 0),
+    ):
+        if value < least:
+            print(f"error: {flag} must be at least {least}", file=sys.stderr)
+            return 2
     config = ServerConfig(
         host=args.host,
         attested_port=args.attested_port,
@@ -105,10 +115,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_names=args.tls_name or [],
         ready_file=Path(args.ready_file) if args.ready_file else None,
         limits=StoreLimits(
-            max_model_bytes=args.max_model_bytes, max_models=args.max_models, max_store_bytes=args.max_store_bytes
+            max_model_bytes=args.max_model_bytes,
+            max_models=args.max_models,
+            max_store_bytes=args.max_store_bytes,
+            intra_op_threads=args.intra_op_threads,
+            model_concurrency=args.model_concurrency,
+            concurrent_session_max_bytes=args.concurrent_session_max_bytes,
         ),
         max_request_bytes=args.max_request_bytes,
         inference_workers=args.inference_workers,
+        batch_window_ms=args.batch_window_ms,
+        workers=args.workers,
+        max_batch_rows=args.max_batch_rows,
         inference_timeout_s=args.inference_timeout,
         gramine_dir=Path(args.gramine_dir) if args.gramine_dir else None,
         tsm_dir=Path(args.tsm_dir) if args.tsm_dir else None,
@@ -492,9 +510,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--sealing-key-file", help="simulation only: the INSECURE key file (default DIR/.simulation-sealing-key)"
     )
     p.add_argument("--upload-tokens", help="file of accepted upload tokens, one per line (default: uploads are open)")
+    p.add_argument("--inference-workers", type=int, default=None, help="old name of --model-concurrency")
     p.add_argument(
-        "--inference-workers", type=int, default=None, help="threads running inference (default: from the core count)"
+        "--model-concurrency",
+        type=int,
+        default=0,
+        help="runs of one model at once when requests queue, 1 core each (default 0: one per core; 1: one at a time)",
     )
+    p.add_argument(
+        "--intra-op-threads", type=int, default=0, help="threads of a lone run (default 0: every core it may use)"
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="batch requests to one model arriving within this window (default 0: off; see docs/performance.md)",
+    )
+    p.add_argument(
+        "--concurrent-session-max-bytes",
+        type=_size,
+        default=256 << 20,
+        help="models above this size keep one session and run one at a time (a second costs their size again)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes terminating TLS on the attested port (default 0: 1 below 8 cores, else cores/4, at most 8)",
+    )
+    p.add_argument("--max-batch-rows", type=int, default=64, help="rows of one dynamic batch at most")
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")
     p.add_argument("--collateral-file", help="serve Intel collateral from this JSON file (refreshed by the operator)")

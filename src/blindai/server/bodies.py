@@ -13,12 +13,14 @@ its memory returned: an unauthenticated client cannot hold memory or a slot by b
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidInputError, ServerError
 
@@ -178,8 +180,31 @@ async def read_body(
     if declared is not None and declared > max_bytes:
         raise InvalidInputError(f"{what} of {declared} bytes exceeds the limit of {max_bytes} bytes", status=413)
     chunks: list[bytes] = []
-    size = 0
     digest = hashlib.sha256() if sha256 else None
+    # Hashing runs on a thread of its own, chunk by chunk in order, while the loop keeps decrypting
+    # and receiving (hashlib releases the GIL): a model's SHA-256 is ready when its last byte is.
+    hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="blindai-sha256") if sha256 else None
+    try:
+        data = await _receive(stream, chunks, digest, hasher, max_bytes, limits, hold, what)
+        if hasher is not None:
+            await asyncio.wrap_future(hasher.submit(lambda: None))  # runs after every update queued before it
+    finally:
+        if hasher is not None:
+            hasher.shutdown(wait=False, cancel_futures=True)
+    return Body(data, digest.hexdigest() if digest is not None else None)
+
+
+async def _receive(
+    stream: AsyncIterator[bytes],
+    chunks: list[bytes],
+    digest: Any,
+    hasher: concurrent.futures.ThreadPoolExecutor | None,
+    max_bytes: int,
+    limits: BodyLimits,
+    hold: Hold,
+    what: str,
+) -> bytes:
+    size = 0
     start = last = time.monotonic()
     deadline = start + limits.total_timeout_s
     it = stream.__aiter__()
@@ -206,8 +231,8 @@ async def read_body(
         if size > max_bytes:
             raise InvalidInputError(f"{what} exceeds the limit of {max_bytes} bytes", status=413)
         await hold.take_async(len(chunk), what)  # while the budget is full, this body is not read
-        if digest is not None:
-            digest.update(chunk)
+        if digest is not None and hasher is not None:
+            hasher.submit(digest.update, chunk)
         chunks.append(chunk)
     if len(chunks) == 1:
         data = chunks[0]
@@ -220,7 +245,7 @@ async def read_body(
     else:
         data = b"".join(chunks)
     chunks.clear()
-    return Body(data, digest.hexdigest() if digest is not None else None)
+    return data
 
 
 def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> ServerError:

@@ -134,10 +134,11 @@ def attested_routes(
 
     async def run(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
-        model_id, model_hash = _model_id(msg), _model_hash(msg)
-        if model_id:
+        model_id = _model_id(msg)
+        if model_id:  # 0.6 clients send the hash field too (empty) when they name the id
             entry = store.get(model_id)
         else:
+            model_hash = _model_hash(msg)
             # A content hash is no capability (anyone may know a public checkpoint's): only models
             # uploaded through these routes, which 0.6 clients address by hash, or public ones.
             matches = [

@@ -9,6 +9,7 @@ GIL) and a timer can terminate a run that takes too long.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -24,7 +25,7 @@ import onnxruntime as ort
 from ..errors import InvalidInputError, ServerError
 from ..protocol.tensors import DATATYPES
 
-__all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "limit_inference_memory", "ort_datatype"]
+__all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "limit_inference_memory", "machine_cores", "ort_datatype"]
 
 log = logging.getLogger("blindai.inference")
 
@@ -87,32 +88,86 @@ def limit_inference_memory(max_bytes: int) -> None:
     ort.set_default_logger_severity(4)
 
 
-class LoadedModel:
-    """One onnxruntime session and the declared signature of its model."""
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if _MEMORY_LIMIT is not None:
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Threads spin during a run (fast parallel sections) but stop as soon as it returns, so
+    # they do not take the cores the event loop and TLS need between runs (performance.md).
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
 
-    def __init__(self, model_bytes: bytes, *, intra_op_threads: int = 0) -> None:
-        opts = ort.SessionOptions()
-        if _MEMORY_LIMIT is not None:
-            opts.add_session_config_entry("session.use_env_allocators", "1")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        # Threads spin during a run (fast parallel sections) but stop as soon as it returns, so
-        # they do not take the cores the event loop and TLS need between runs (performance.md).
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
+
+def machine_cores() -> int:
+    """Cores this process may use (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class LoadedModel:
+    """A model's onnxruntime sessions, its declared signature and its run scheduler.
+
+    Two sessions of one model, both from the same bytes: a *wide* one whose runs use every
+    core (intra-op threads = cores), for a lone request, and a *narrow* one (intra-op 1) that
+    up to ``concurrency`` runs share at once when requests queue. onnxruntime fixes the
+    thread count per session, so this is how one model moves between "one request, all
+    cores" and "many requests, one core each" (performance.md). The narrow session costs
+    about the model's size again in memory; it is built only when concurrency > 1, and in
+    the background after the wide one, so upload-to-ready does not wait for it.
+    """
+
+    def __init__(
+        self, model_bytes: bytes, *, intra_op_threads: int = 0, concurrency: int = 0, narrow_now: bool = False
+    ) -> None:
+        self.cores = intra_op_threads if intra_op_threads > 0 else machine_cores()
+        self.concurrency = concurrency if concurrency > 0 else self.cores
         try:
-            self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=_providers())
+            self.session = ort.InferenceSession(
+                model_bytes, sess_options=_session_options(self.cores), providers=_providers()
+            )
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise InvalidInputError(f"onnxruntime cannot load this model: {_short(exc)}", status=422) from exc
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._input_by_name = {s.name: s for s in self.inputs}
-        # One run at a time per model: each run already uses every core (intra-op threads),
-        # so concurrent runs of one model would only oversubscribe them. Other models still
-        # run in parallel. Created lazily, in the event loop that awaits it.
-        self._turn: asyncio.Semaphore | None = None
         self._output_names = [s.name for s in self.outputs]
+        self.batchable = _batch_dim_shared(self.session)
+        # Runs of this model only: a model's runs never wait for a thread another model holds.
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.concurrency + 1, thread_name_prefix="blindai-run")
+        self.narrow: ort.InferenceSession | None = None
+        self._narrow_ready: concurrent.futures.Future[None] | None = None
+        self._sched: _Scheduler | None = None
+        if self.concurrency > 1:
+            if narrow_now:
+                self._build_narrow(model_bytes)
+            else:
+                self._narrow_ready = self.pool.submit(self._build_narrow, model_bytes)
+
+    def _build_narrow(self, model_bytes: bytes) -> None:
+        try:
+            self.narrow = ort.InferenceSession(model_bytes, sess_options=_session_options(1), providers=_providers())
+        except Exception as exc:  # the wide session loaded: serve with it alone
+            log.error("the concurrent (1-thread) session did not load, serving one run at a time: %s", _short(exc))
+
+    def wait_narrow(self) -> bool:
+        """Until the concurrent session is built (or failed); whether concurrent runs are possible."""
+        if self._narrow_ready is not None:
+            self._narrow_ready.result()
+        return self.narrow is not None
+
+    def scheduler(self) -> _Scheduler:
+        if self._sched is None:
+            self._sched = _Scheduler(self)
+        return self._sched
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def check_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Every declared input present, nothing unknown, datatype, rank and fixed dims match."""
@@ -147,11 +202,6 @@ class LoadedModel:
             feed[name] = arr
         return feed
 
-    def turn(self) -> asyncio.Semaphore:
-        if self._turn is None:
-            self._turn = asyncio.Semaphore(1)
-        return self._turn
-
     def output_names(self, requested: list[str] | None) -> list[str]:
         if requested is None:
             return self._output_names
@@ -161,9 +211,15 @@ class LoadedModel:
         return requested
 
     def run(
-        self, feed: dict[str, npt.NDArray[Any]], names: list[str], run_options: ort.RunOptions | None = None
+        self,
+        feed: dict[str, npt.NDArray[Any]],
+        names: list[str],
+        run_options: ort.RunOptions | None = None,
+        *,
+        wide: bool = True,
     ) -> dict[str, npt.NDArray[Any]]:
-        values = self.session.run(names, feed, run_options)
+        session = self.session if wide or self.narrow is None else self.narrow
+        values = session.run(names, feed, run_options)
         return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
 
 
@@ -225,14 +281,142 @@ def _providers() -> list[str]:
 _OUT_OF_MEMORY = ("Available memory of", "size overflowed", "bad_alloc", "Failed to allocate")
 
 
-class InferenceEngine:
-    """Runs models off the event loop, bounded in concurrency, time and output size."""
+def _batch_dim_shared(session: ort.InferenceSession) -> bool:
+    """Whether the first dimension of every input and every output is one and the same symbol.
 
-    def __init__(self, *, workers: int | None = None, timeout_s: float = 60.0, max_output_bytes: int = 1 << 30) -> None:
-        self.workers = workers or max(1, os.cpu_count() or 1)
+    Only then is it a batch dimension that requests can be stacked along and outputs split
+    back on; a model declaring an output whose first dimension is fixed, unnamed or another
+    symbol (a pooled vector, a per-batch scalar) is never batched.
+    """
+    dims = [a.shape[0] if a.shape else None for a in [*session.get_inputs(), *session.get_outputs()]]
+    return bool(dims) and isinstance(dims[0], str) and bool(dims[0]) and all(d == dims[0] for d in dims)
+
+
+class _Scheduler:
+    """Which session the next run of one model uses, and how many run at once.
+
+    A request that finds the model idle runs on the wide session (every core, lowest
+    latency). Requests that queue run on the narrow session, up to ``concurrency`` at
+    once, one core each, never alongside a wide run: runs x threads stays within the cores.
+    Lives in the event loop (no lock): acquire and release happen there.
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.wide = 0
+        self.narrow = 0
+        self.waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+
+    def _narrow_free(self) -> bool:
+        return self.model.narrow is not None and self.wide == 0 and self.narrow < self.model.concurrency
+
+    def _take(self, wide: bool) -> bool:
+        if wide:
+            self.wide += 1
+        else:
+            self.narrow += 1
+        return wide
+
+    async def acquire(self) -> bool:
+        """A run slot; True for the wide session, False for the narrow one. Release it after."""
+        if not self.waiters:
+            if self.wide == 0 and self.narrow == 0:
+                return self._take(True)
+            if self._narrow_free():
+                return self._take(False)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(fut.result())
+            elif fut in self.waiters:
+                self.waiters.remove(fut)
+            raise
+
+    def release(self, wide: bool) -> None:
+        if wide:
+            self.wide -= 1
+        else:
+            self.narrow -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.waiters:
+            fut = self.waiters[0]
+            if fut.done():
+                self.waiters.popleft()
+                continue
+            idle = self.wide == 0 and self.narrow == 0
+            if idle and (len(self.waiters) == 1 or self.model.narrow is None):
+                grant = True
+            elif self._narrow_free():
+                grant = False
+            else:
+                return
+            self.waiters.popleft()
+            fut.set_result(self._take(grant))
+
+
+@dataclass
+class _Batch:
+    names: list[str]
+    members: list[tuple[dict[str, npt.NDArray[Any]], int, asyncio.Future[dict[str, npt.NDArray[Any]]]]]
+    rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+def _rows(feed: Mapping[str, npt.NDArray[Any]]) -> int | None:
+    """The rows of a request whose inputs all agree on their first dimension, else None."""
+    counts = {a.shape[0] for a in feed.values() if a.ndim >= 1}
+    return counts.pop() if len(counts) == 1 and all(a.ndim >= 1 for a in feed.values()) else None
+
+
+def _join(members: list[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+    return {n: np.concatenate([m[n] for m in members], axis=0) for n in members[0]}
+
+
+def _split(outputs: dict[str, npt.NDArray[Any]], sizes: list[int]) -> list[dict[str, npt.NDArray[Any]]]:
+    total = sum(sizes)
+    for n, a in outputs.items():
+        if a.ndim == 0 or a.shape[0] != total:
+            raise ValueError(f"output {n!r} has {a.shape[:1]} rows for a batch of {total}")
+    parts: list[dict[str, npt.NDArray[Any]]] = []
+    start = 0
+    for size in sizes:
+        # A copy: a caller's reply must hold its own rows only, not a view of everyone's.
+        parts.append({n: a[start : start + size].copy() for n, a in outputs.items()})
+        start += size
+    return parts
+
+
+class InferenceEngine:
+    """Runs models off the event loop, bounded in concurrency, time and output size.
+
+    Each model schedules its own runs (``_Scheduler``) on its own threads, so a request to one
+    model never waits on another model's runs. With ``batch_window_ms`` > 0, requests to a
+    model whose first dimension is a shared batch dimension that arrive within the window
+    run as one batch and are split back.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        timeout_s: float = 60.0,
+        max_output_bytes: int = 1 << 30,
+        batch_window_ms: float = 0.0,
+        max_batch_rows: int = 64,
+    ) -> None:
+        # Kept for callers of the old signature: runs now use each model's own threads.
+        self.workers = workers or machine_cores()
         self.timeout_s = timeout_s
         self.max_output_bytes = max_output_bytes
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="blindai-infer")
+        self.batch_window_s = max(0.0, batch_window_ms) / 1e3
+        self.max_batch_rows = max_batch_rows
+        self._open: dict[tuple[int, Any], _Batch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def infer(
         self, model: LoadedModel, inputs: Mapping[str, npt.NDArray[Any]], requested: list[str] | None
@@ -240,30 +424,116 @@ class InferenceEngine:
         # Checking converts string inputs element by element: a worker thread does it, not the loop.
         feed = await asyncio.to_thread(model.check_inputs, inputs)
         names = model.output_names(requested)
-        options = ort.RunOptions()
-        loop = asyncio.get_running_loop()
-        async with model.turn():
-            # Setting `terminate` from the loop thread makes onnxruntime abort the run at its
-            # next check, freeing the worker; the clock starts when the run does, not in the queue.
-            timer = loop.call_later(self.timeout_s, setattr, options, "terminate", True)
-            start = time.perf_counter()
-            try:
-                outputs = await loop.run_in_executor(self._pool, model.run, feed, names, options)
-            except Exception as exc:
-                if options.terminate:
-                    raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
-                if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
-                    raise ServerError(
-                        f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
-                    ) from exc
-                raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
-            finally:
-                timer.cancel()
+        start = time.perf_counter()
+        rows = _rows(feed) if self.batch_window_s > 0 and model.batchable else None
+        if rows is not None and 0 < rows <= self.max_batch_rows:
+            outputs = await self._batched(model, feed, names, rows)
+        else:
+            outputs = await self._run(model, feed, names)
         total = await asyncio.to_thread(lambda: sum(output_bytes(a) for a in outputs.values()))
         if total > self.max_output_bytes:
             raise ServerError(f"outputs of {total} bytes exceed the limit of {self.max_output_bytes}", status=507)
         log.debug("inference done in %.2f ms", (time.perf_counter() - start) * 1e3)
         return outputs
 
+    async def _run(
+        self, model: LoadedModel, feed: dict[str, npt.NDArray[Any]], names: list[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        sched = model.scheduler()
+        wide = await sched.acquire()
+        loop = asyncio.get_running_loop()
+        options = ort.RunOptions()
+        try:
+            job = model.pool.submit(model.run, feed, names, options, wide=wide)
+        except RuntimeError:
+            sched.release(wide)
+            raise ServerError("the model is being replaced or deleted; retry", status=503) from None
+        # The slot is given back when the run really ends, even if this request is cancelled meanwhile.
+        job.add_done_callback(lambda _f: loop.call_soon_threadsafe(sched.release, wide))
+        # Setting `terminate` from the loop thread makes onnxruntime abort the run at its
+        # next check, freeing the thread; the clock starts when the run does, not in the queue.
+        timer = loop.call_later(self.timeout_s, setattr, options, "terminate", True)
+        try:
+            return await asyncio.wrap_future(job)
+        except Exception as exc:
+            if options.terminate:
+                raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
+            if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
+                raise ServerError(
+                    f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
+                ) from exc
+            raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
+        finally:
+            timer.cancel()
+
+    async def _batched(
+        self, model: LoadedModel, feed: dict[str, npt.NDArray[Any]], names: list[str], rows: int
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Join (or open) the model's batch for requests of this exact signature, and wait for its rows."""
+        loop = asyncio.get_running_loop()
+        # Same model, same requested outputs, same dtypes and same dims after the first: nothing else mixes.
+        key = (id(model), (tuple(names), tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feed.items()))))
+        batch = self._open.get(key)
+        if batch is not None and batch.rows + rows > self.max_batch_rows:
+            self._flush(model, key, batch)
+            batch = None
+        if batch is None:
+            batch = _Batch(names, [])
+            self._open[key] = batch
+            batch.timer = loop.call_later(self.batch_window_s, self._flush, model, key, batch)
+        fut: asyncio.Future[dict[str, npt.NDArray[Any]]] = loop.create_future()
+        batch.members.append((feed, rows, fut))
+        batch.rows += rows
+        if batch.rows >= self.max_batch_rows:
+            self._flush(model, key, batch)
+        return await fut
+
+    def _flush(self, model: LoadedModel, key: tuple[int, Any], batch: _Batch) -> None:
+        if self._open.get(key) is not batch:
+            return
+        del self._open[key]
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._run_batch(model, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, model: LoadedModel, batch: _Batch) -> None:
+        members = batch.members
+        if len(members) > 1:
+            try:
+                joined = await asyncio.to_thread(_join, [m[0] for m in members])
+                outputs = await self._run(model, joined, batch.names)
+                del joined
+                parts = await asyncio.to_thread(_split, outputs, [m[1] for m in members])
+            except Exception:
+                # One caller's rows may be what failed the batch: each runs alone and gets its own answer.
+                log.debug("a batch of %d requests failed; running them one by one", len(members))
+            else:
+                for (_feed, _rows_n, fut), part in zip(members, parts, strict=True):
+                    if not fut.done():
+                        fut.set_result(part)
+                return
+        await asyncio.gather(*(self._solo(model, feed, batch.names, fut) for feed, _n, fut in members))
+
+    async def _solo(
+        self,
+        model: LoadedModel,
+        feed: dict[str, npt.NDArray[Any]],
+        names: list[str],
+        fut: asyncio.Future[dict[str, npt.NDArray[Any]]],
+    ) -> None:
+        try:
+            result = await self._run(model, feed, names)
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+        else:
+            if not fut.done():
+                fut.set_result(result)
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for batch in self._open.values():
+            if batch.timer is not None:
+                batch.timer.cancel()
+        self._open.clear()

@@ -48,7 +48,11 @@ class StoreLimits:
     max_models: int = 64
     max_store_bytes: int = 16 << 30
     allowed_domains: frozenset[str] = DEFAULT_DOMAINS
-    intra_op_threads: int = 0
+    intra_op_threads: int = 0  # threads of a lone run (the wide session); 0: the cores this process may use
+    model_concurrency: int = 0  # runs of one model at once (narrow session, 1 thread each); 0: as many as cores
+    # Larger models get no second (narrow) session: it would cost their size again in memory, and their
+    # runs are long enough for intra-op threads to use the cores well (performance.md).
+    concurrent_session_max_bytes: int = 256 << 20
 
 
 def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS) -> None:
@@ -488,7 +492,7 @@ class ModelStore:
                 size=len(data),
                 created_at=str(meta["created_at"]),
                 owner_token_hash=str(meta["owner_token_hash"]),
-                model=LoadedModel(data, intra_op_threads=self.limits.intra_op_threads),
+                model=self._load(data),
                 hints=dict(meta.get("hints") or {}),
                 public=meta.get("public") is True,
             )
@@ -526,6 +530,12 @@ class ModelStore:
                 status=503,
             )
 
+    def _load(self, data: bytes) -> LoadedModel:
+        concurrency = self.limits.model_concurrency
+        if len(data) > self.limits.concurrent_session_max_bytes:
+            concurrency = 1
+        return LoadedModel(data, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency)
+
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
             return
@@ -552,7 +562,7 @@ class ModelStore:
             if public and name is not None:  # unnamed uploads (the seed client's) keep the default name
                 self._check_public_name(name)
         vet_model(data, self.limits.allowed_domains)
-        loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
+        loaded = self._load(data)
         token = secrets.token_urlsafe(32)  # 256 bits
         entry = ModelEntry(
             model_id=uuid.uuid4().hex,
@@ -602,7 +612,7 @@ class ModelStore:
         with self._lock:
             self._check_room(len(data), replacing=old)
         vet_model(data, self.limits.allowed_domains)
-        loaded = LoadedModel(data, intra_op_threads=self.limits.intra_op_threads)
+        loaded = self._load(data)
         entry = ModelEntry(
             model_id=old.model_id,
             name=old.name,

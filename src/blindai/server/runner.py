@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,10 +43,11 @@ from ..attestation.providers import (
 from ..errors import ConfigurationError
 from .app import ServerState, attested_app, unattested_app
 from .bodies import BodyLimits
-from .inference import InferenceEngine, limit_inference_memory
+from .front import default_workers, listen_shared, start_workers, stop_workers
+from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .models import ModelStore, StoreLimits, hash_token
 from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
-from .tls import make_identity
+from .tls import TlsIdentity, make_identity
 
 __all__ = ["ServerConfig", "run_server", "serve"]
 
@@ -72,7 +76,10 @@ class ServerConfig:
     ready_file: Path | None = None
     limits: StoreLimits = field(default_factory=StoreLimits)
     max_request_bytes: int = 256 << 20
-    inference_workers: int | None = None
+    inference_workers: int | None = None  # legacy name of limits.model_concurrency (used when that is 0)
+    batch_window_ms: float = 0.0
+    workers: int = 0  # front worker processes for the attested port; 0: from the core count (front.py)
+    max_batch_rows: int = 64
     inference_timeout_s: float = 60.0
     max_output_bytes: int = 1 << 30
     gramine_dir: Path | None = None
@@ -99,6 +106,14 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        + (" (another process uses it)" if exc.errno == errno.EADDRINUSE else "")
+        + ": choose other ports with --attested-port/--unattested-port (0 picks a free one)"
+    )
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -107,11 +122,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigurationError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-            + (" (another process uses it)" if exc.errno == errno.EADDRINUSE else "")
-            + ": choose other ports with --attested-port/--unattested-port (0 picks a free one)"
-        ) from exc
+        raise _cannot_listen(host, port, exc) from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -166,15 +177,65 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
             )
         sealed = SealedDirectory(config.model_store, key)
     tokens = load_upload_tokens(config.upload_tokens_file) if config.upload_tokens_file else None
+    if config.inference_workers and not config.limits.model_concurrency:
+        config.limits = dataclasses.replace(config.limits, model_concurrency=config.inference_workers)
     store = ModelStore(config.limits, sealed=sealed, upload_token_hashes=tokens)
     store.load_sealed()
     return store
 
 
-async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelStore) -> None:
+@dataclass
+class _Front:
+    """Forked front workers terminate TLS on the attested port; this process serves HTTP on ``backend``."""
+
+    backend: socket.socket
+    port: int
+    pids: list[int]
+    folder: str
+
+
+def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
+    workers = config.workers or default_workers(machine_cores())
+    if workers <= 1:
+        return None
+    folder = tempfile.mkdtemp(prefix="blindai-front-")  # mode 0700: only this user reaches the socket
+    path = os.path.join(folder, "attested.sock")
+    backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    backend.bind(path)
+    backend.listen(2048)
+    backend.setblocking(False)
+    try:
+        shared = listen_shared(config.host, config.attested_port, workers)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        backend.close()
+        raise _cannot_listen(config.host, config.attested_port, exc) from exc
+    port = shared[0].getsockname()[1]
+    pids = start_workers(shared, identity, path)
+    for sock in shared:  # a listening copy nobody accepts on would still get its share of connections
+        sock.close()
+    log.info("attested port %d served by %d front worker processes: %s", port, workers, pids)
+    return _Front(backend, port, pids, folder)
+
+
+def _stop_front(front: _Front | None) -> None:
+    if front is None:
+        return
+    stop_workers(front.pids)
+    front.backend.close()
+    shutil.rmtree(front.folder, ignore_errors=True)
+
+
+async def serve(
+    config: ServerConfig,
+    provider: EvidenceProvider,
+    store: ModelStore,
+    identity: TlsIdentity | None = None,
+    front: _Front | None = None,
+) -> None:
     # Two uvicorn servers would each announce start and stop; our own lines say it once.
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.getLogger().level))
-    identity = make_identity(config.tls_names)
+    identity = identity or make_identity(config.tls_names)
     state = ServerState(
         provider=provider,
         identity=identity,
@@ -183,12 +244,14 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             workers=config.inference_workers,
             timeout_s=config.inference_timeout_s,
             max_output_bytes=config.max_output_bytes,
+            batch_window_ms=config.batch_window_ms,
+            max_batch_rows=config.max_batch_rows,
         ),
         max_request_bytes=config.max_request_bytes,
         v06=config.v06_routes,
         body_limits=config.body_limits or BodyLimits(max_inflight_bytes=default_inflight_bytes(config.limits)),
     )
-    attested_sock = _listen(config.host, config.attested_port)
+    attested_sock = front.backend if front is not None else _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
     common = {
         "lifespan": "off",
@@ -208,9 +271,12 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
         attested_asgi = MetricsMiddleware(attested_asgi, metrics, "attested", models=lambda: len(store.all()))
         unattested_asgi = MetricsMiddleware(unattested_asgi, metrics, "unattested")
         metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
-    attested = _Server(
-        uvicorn.Config(attested_asgi, ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
-    )
+    if front is not None:  # TLS ends in the workers; plain HTTP on the private Unix socket
+        attested = _Server(uvicorn.Config(attested_asgi, **common))  # type: ignore[arg-type]
+    else:
+        attested = _Server(
+            uvicorn.Config(attested_asgi, ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
+        )
     unattested = _Server(uvicorn.Config(unattested_asgi, **common))  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
 
@@ -233,8 +299,9 @@ async def serve(config: ServerConfig, provider: EvidenceProvider, store: ModelSt
             if any(t.done() for t in tasks):
                 break
             await asyncio.sleep(0.01)
-        ports = {
-            "attested_port": attested_sock.getsockname()[1],
+        ports: dict[str, Any] = {
+            "attested_port": front.port if front is not None else attested_sock.getsockname()[1],
+            "workers": front.pids if front is not None else [],
             "unattested_port": unattested_sock.getsockname()[1],
             "host": config.host,
             "tee": provider.tee,
@@ -318,21 +385,32 @@ def run_server(config: ServerConfig) -> int:
         return 2
     if provider.tee == "simulation":
         log.warning(SIMULATION_BANNER)
-    bound_malloc()
-    limit_inference_memory(config.max_inference_memory or default_inference_memory())
+    # The key, then the front workers, before any model is loaded: a worker inherits the key and
+    # nothing else worth having, and (under Gramine) a small address space to copy.
+    identity = make_identity(config.tls_names)
     try:
-        store = make_store(config, provider)
-    except (NoSealingKeyError, StoreError, ValueError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(serve(config, provider, store))
-        else:
-            uvloop.run(serve(config, provider, store))
+        front = _start_front(config, identity)
     except ConfigurationError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    return 0
+    try:
+        bound_malloc()
+        limit_inference_memory(config.max_inference_memory or default_inference_memory())
+        try:
+            store = make_store(config, provider)
+        except (NoSealingKeyError, StoreError, ValueError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        try:
+            try:
+                import uvloop
+            except ImportError:
+                asyncio.run(serve(config, provider, store, identity, front))
+            else:
+                uvloop.run(serve(config, provider, store, identity, front))
+        except ConfigurationError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        return 0
+    finally:
+        _stop_front(front)
