@@ -189,13 +189,12 @@ def _read(path: str, what: str) -> bytes:
 def cmd_attest_verify(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from .attestation import hardware
     from .attestation.policy import load_policy, validate
-    from .attestation.verify import TrustOptions, verify_evidence
-    from .errors import BindingError
+    from .attestation.verify import TrustOptions, detect_tee, verify_evidence
+    from .errors import BindingError, Check
 
     evidence = _read(args.evidence, "evidence file")
-    tee = hardware.detect_tee(evidence)
+    tee = detect_tee(evidence)
     collateral = None
     if args.collateral:
         try:
@@ -225,7 +224,7 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise _CliError("--report-data must be hex") from exc
         if claims.report_data != want:
-            raise BindingError("report_data differs", check="report-data", got=claims.report_data, expected=want)
+            raise BindingError("report_data differs", check=Check.REPORT_DATA, got=claims.report_data, expected=want)
     if args.policy:
         validate(claims, load_policy(Path(args.policy)))
     _emit_claims(claims, args.json)
