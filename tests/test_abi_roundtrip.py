@@ -271,7 +271,7 @@ def test_sgx_reserved_bytes_are_refused(vectors: Path) -> None:
 
 @pytest.mark.parametrize(
     ("version", "offset"),
-    [(2, 0x04C), (2, 0x188), (2, 0x190), (2, 0x1EB), (2, 0x1F8), (4, 0x1F8), (5, 0x208), (5, 0x400)],
+    [(2, 0x04C), (2, 0x188), (2, 0x190), (2, 0x1EB), (2, 0x1F8), (3, 0x1F8), (5, 0x208), (5, 0x400)],
 )
 def test_snp_reserved_bytes_are_refused(version: int, offset: int) -> None:
     from tests.fakes.amd_pki import FakeAmdPki
@@ -286,7 +286,8 @@ def test_snp_reserved_bytes_are_refused(version: int, offset: int) -> None:
 
 
 def test_fields_a_version_has_are_not_reserved() -> None:
-    """CPUID exists from report v3, the mitigation vectors from v5: there they are data, not reserved."""
+    """CPUID exists from report v3, the mitigation vectors from v4 (named for v5, filled by Turin v4):
+    there they are data, not reserved."""
     from tests.fakes.amd_pki import FakeAmdPki
 
     r = snp_abi.parse_report(FakeAmdPki().report(report_data=b"", measurement=bytes(48)))

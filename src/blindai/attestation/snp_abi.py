@@ -62,7 +62,7 @@ _REPORT = struct.Struct(
     "BBB"  # 0x1EC COMMITTED_BUILD, COMMITTED_MINOR, COMMITTED_MAJOR
     "1s"  # 0x1EF reserved
     "Q"  # 0x1F0 LAUNCH_TCB
-    "16s"  # 0x1F8 LAUNCH_MIT_VECTOR, CURRENT_MIT_VECTOR (version 5 and later; reserved before)
+    "16s"  # 0x1F8 LAUNCH_MIT_VECTOR, CURRENT_MIT_VECTOR (version 4 and later; reserved before)
     "152s"  # 0x208 reserved
     "72s"  # 0x2A0 SIGNATURE.R (little-endian)
     "72s"  # 0x2E8 SIGNATURE.S (little-endian)
@@ -73,7 +73,9 @@ SIGNED_SIZE = 0x2A0  # the signature covers bytes 0x000..0x29F
 SIGNATURE_COMPONENT_SIZE = 72
 SUPPORTED_VERSIONS = range(2, 6)
 FIRST_VERSION_WITH_CPUID = 3
-FIRST_VERSION_WITH_MIT_VECTORS = 5
+# The ABI spec names LAUNCH_MIT_VECTOR and CURRENT_MIT_VECTOR for version 5, but Turin firmware
+# emitting version 4 reports has been seen to fill them: from 4 on they are data, never refused.
+FIRST_VERSION_WITH_MIT_VECTORS = 4
 POLICY_DEBUG_BIT = 1 << 19
 SIG_ALGO_ECDSA_P384_SHA384 = 1
 KEY_VCEK, KEY_VLEK = 0, 1
@@ -133,7 +135,7 @@ class TcbVersion:
 @dataclass(frozen=True, slots=True)
 class SnpReport:
     """An ATTESTATION_REPORT. Fields a version does not have are None (CPUID before v3, the
-    mitigation vectors before v5); reserved bytes are not kept: they are zero."""
+    mitigation vectors before v4); reserved bytes are not kept: they are zero."""
 
     version: int
     guest_svn: int
@@ -209,7 +211,7 @@ def parse_report(data: bytes) -> SnpReport:
     has_mit = version >= FIRST_VERSION_WITH_MIT_VECTORS
     reserved = [(rsv0, "0x04C"), (rsv1, "0x18B"), (rsv2, "0x1EB"), (rsv3, "0x1EF"), (rsv4, "0x208"), (rsv5, "0x330")]
     reserved += [] if has_cpuid else [(cpuid, "0x188 (CPUID, before version 3)")]
-    reserved += [] if has_mit else [(mit, "0x1F8 (mitigation vectors, before version 5)")]
+    reserved += [] if has_mit else [(mit, "0x1F8 (mitigation vectors, before version 4)")]
     for raw, where in reserved:
         require_zero(raw, f"SEV-SNP report bytes at {where}")
     launch_mit, current_mit = struct.unpack("<QQ", mit)
