@@ -68,3 +68,30 @@ def test_check_names_are_constants() -> None:
     literal = re.compile(r'check="')
     for f in (PKG / "attestation").glob("*.py"):
         assert not literal.search(f.read_text()), f"{f.name} passes a check name as a string: use errors.Check"
+
+
+def test_one_shape_for_trust_roots(vectors: Path) -> None:
+    """A test root is added beside the pinned vendor roots for every TEE, never instead of them:
+    real Intel and AMD evidence still verifies with a FAKE root given, and FAKE evidence with it."""
+    import datetime as dt
+    import json
+
+    from blindai.attestation import TrustOptions, verify_evidence
+    from tests.fakes.amd_pki import FakeAmdPki
+    from tests.fakes.intel_pki import FakeIntelPki
+
+    now = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)
+    intel, amd = FakeIntelPki(now), FakeAmdPki(now=now)
+    opts = TrustOptions(now=now, unsafe_trust_roots=(intel.root_pem, amd.ark_pem))
+    quote = (vectors / "sgx/phala_sgx_quote.bin").read_bytes()
+    collateral = json.loads((vectors / "sgx/phala_sgx_quote.collateral.json").read_text())
+    assert verify_evidence("sgx", quote, collateral, opts).tee == "sgx"
+    fake_quote = intel.sgx_quote(mrenclave=b"\x01" * 32, mrsigner=b"\x02" * 32, report_data=b"")
+    assert verify_evidence("sgx", fake_quote, intel.collateral(), opts).measurements["mrenclave"] == "01" * 32
+    snp = vectors / "sev-snp"
+    certs = ((snp / "virtee_milan_vcek.der").read_bytes(), (snp / "virtee_cert_chain_milan.pem").read_bytes())
+    report = (snp / "virtee_milan_report.bin").read_bytes()
+    snp_opts = TrustOptions(unsafe_trust_roots=opts.unsafe_trust_roots)  # the VCEK's own validity: now
+    assert verify_evidence("sev-snp", report, None, snp_opts, snp_certs=certs).tee == "sev-snp"
+    fake_report = amd.report(report_data=b"", measurement=bytes(48))
+    assert verify_evidence("sev-snp", fake_report, None, opts, snp_certs=amd.cert_blobs()).tee == "sev-snp"

@@ -4,8 +4,9 @@ Two verifications, both over records `dcap_abi.parse_quote` produced:
 
 `verify_quote` (with collateral; what clients use), in order:
   1. collateral is present and in dcap-qvl's QuoteCollateralV3 layout;
-  2. every issuer chain in the collateral ends at the pinned Intel SGX root key
-     (`trust.INTEL_SGX_ROOT_SPKI_SHA256`), or verification runs against an ``unsafe_`` test root;
+  2. every issuer chain in the collateral ends at a trusted root key: the pinned Intel SGX root
+     (`trust.INTEL_SGX_ROOT_SPKI_SHA256`) or an ``unsafe_`` test root of `TrustOptions`, the
+     same set as for SEV-SNP; dcap-qvl then verifies against that root;
   3. dcap-qvl checks the quote signature, the QE report and its binding, the PCK chain to the
      root, the root and PCK CRLs, TCB Info and QE Identity (signatures and validity at ``now``),
      and derives the TCB status and advisories (SGX ECDSA Quote Library API, "Quote
@@ -154,25 +155,33 @@ def verify_quote(
             "no collateral for this quote: get it from the server, a file or a PCCS", check=Check.COLLATERAL
         )
     col = _collateral(collateral)
-    # Step 2: the collateral's chains end at the pinned Intel root (unless a test root is given).
-    roots = unsafe_roots(opts)
-    if not roots:
-        for name in _COLLATERAL_CHAINS:
-            root = _chain_root_spki(str(collateral.get(name, "")))
-            if root is not None and root != INTEL_SGX_ROOT_SPKI_SHA256:
-                raise SignatureError(
-                    f"{name} does not end at the Intel SGX root key",
-                    check=Check.ROOT,
-                    got=root,
-                    expected=INTEL_SGX_ROOT_SPKI_SHA256,
-                )
-    # Steps 3 and 4: dcap-qvl at the injected time; its failures translated.
+    # Step 2: every issuer chain of the collateral ends at a trusted root key: the pinned Intel
+    # root, or a test root of the options (the same set verify_quote_signatures and SNP use).
+    test_roots = {spki_sha256(c): c for c in unsafe_roots(opts)}
+    ends = [(name, _chain_root_spki(str(collateral.get(name, "")))) for name in _COLLATERAL_CHAINS]
+    for name, root in ends:
+        if root is not None and root != INTEL_SGX_ROOT_SPKI_SHA256 and root not in test_roots:
+            raise SignatureError(
+                f"{name} does not end at the Intel SGX root key" + (" nor at a test root" if test_roots else ""),
+                check=Check.ROOT,
+                got=root,
+                expected=INTEL_SGX_ROOT_SPKI_SHA256,
+            )
+    at_test_root = [test_roots[root] for _, root in ends if root in test_roots]
+    at_intel = any(root == INTEL_SGX_ROOT_SPKI_SHA256 for _, root in ends)
+    test_root: x509.Certificate | None = None
+    if at_test_root:
+        test_root = at_test_root[0]
+    elif test_roots and not at_intel:
+        # no chain says which root: the given test root is the one dcap-qvl checks the quote's PCK chain against
+        test_root = next(iter(test_roots.values()))
+    # Steps 3 and 4: dcap-qvl at the injected time, against that root; its failures translated.
     now_secs = int(opts.now.timestamp()) if opts.now is not None else int(time.time())
     try:
-        if not roots:
+        if test_root is None:
             report = dcap_qvl.verify(quote.raw, col, now_secs)
         else:
-            root_der = roots[0].public_bytes(serialization.Encoding.DER)
+            root_der = test_root.public_bytes(serialization.Encoding.DER)
             report = dcap_qvl.verify_with_root_ca(quote.raw, col, root_der, now_secs)
     except (ValueError, RuntimeError) as exc:
         error = _translate(str(exc))
