@@ -296,3 +296,15 @@ def test_fields_a_version_has_are_not_reserved() -> None:
     )
     parsed = snp_abi.parse_report(snp_abi.serialise_report(v5))
     assert parsed == v5 and parsed.product == "Genoa"
+
+
+def test_serialisers_refuse_fields_of_the_wrong_size() -> None:
+    """struct would pad or cut them silently; a record must survive its own round trip or not be written."""
+    from tests.fakes.amd_pki import FakeAmdPki
+
+    r = snp_abi.parse_report(FakeAmdPki().report(report_data=b"", measurement=bytes(48)))
+    with pytest.raises(ValueError, match="48 bytes, got 47"):
+        snp_abi.serialise_report(dataclasses.replace(r, measurement=bytes(47)))
+    body = dcap_abi.parse_sgx_report(bytes(dcap_abi.SGX_REPORT_SIZE))
+    with pytest.raises(ValueError, match="64 bytes, got 5"):
+        dcap_abi.serialise_sgx_report(dataclasses.replace(body, report_data=b"short"))

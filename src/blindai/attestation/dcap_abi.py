@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ._wire import pack_exact, require_zero
 from ._wire import parse_error as _bad
-from ._wire import require_zero
 
 __all__ = [
     "DcapQuote",
@@ -62,6 +62,8 @@ CERT_HEADER_SIZE = _CERT_HEADER.size  # 6
 _U16 = struct.Struct("<H")  # the QE authentication data size
 ECDSA_P256_SIGNATURE_SIZE = 64  # r || s, big-endian 32 bytes each
 ECDSA_P256_KEY_SIZE = 64  # x || y of the attestation key
+_RAW_SIGNATURE = struct.Struct(f"<{ECDSA_P256_SIGNATURE_SIZE}s")
+_SIGNATURE_AND_KEY = struct.Struct(f"<{ECDSA_P256_SIGNATURE_SIZE}s{ECDSA_P256_KEY_SIZE}s")
 
 TEE_TYPE_SGX = 0x00000000
 TEE_TYPE_TDX = 0x00000081
@@ -115,7 +117,8 @@ def parse_sgx_report(b: bytes) -> SgxReportBody:
 
 def serialise_sgx_report(r: SgxReportBody) -> bytes:
     z = bytes
-    return _SGX_REPORT.pack(
+    return pack_exact(
+        _SGX_REPORT,
         r.cpu_svn, r.misc_select, z(12), r.isv_ext_prod_id, r.attributes, r.mr_enclave, z(32), r.mr_signer, z(32),
         r.config_id, r.isv_prod_id, r.isv_svn, r.config_svn, z(42), r.isv_family_id, r.report_data,
     )  # fmt: skip
@@ -158,14 +161,15 @@ def parse_td_report(b: bytes) -> TdReportBody:
 
 
 def serialise_td_report(r: TdReportBody) -> bytes:
-    out = _TD10_REPORT.pack(
+    out = pack_exact(
+        _TD10_REPORT,
         r.tee_tcb_svn, r.mr_seam, r.mr_signer_seam, r.seam_attributes, r.td_attributes, r.xfam, r.mr_td,
         r.mr_config_id, r.mr_owner, r.mr_owner_config, *r.rtmrs, r.report_data,
     )  # fmt: skip
     if (r.tee_tcb_svn2 is None) != (r.mr_service_td is None):
         raise ValueError("a TD 1.5 body has both tee_tcb_svn2 and mr_service_td, a 1.0 body neither")
     if r.tee_tcb_svn2 is not None and r.mr_service_td is not None:
-        out += _TD15_EXTRA.pack(r.tee_tcb_svn2, r.mr_service_td)
+        out += pack_exact(_TD15_EXTRA, r.tee_tcb_svn2, r.mr_service_td)
     return out
 
 
@@ -266,7 +270,7 @@ def serialise_quote(q: DcapQuote) -> bytes:
     body = serialise_sgx_report(q.body) if isinstance(q.body, SgxReportBody) else serialise_td_report(q.body)
     if len(body) != BODY_SIZES[q.body_type]:
         raise ValueError(f"body type {q.body_type} is {BODY_SIZES[q.body_type]} bytes, the body {len(body)}")
-    head = _HEADER.pack(q.version, q.att_key_type, q.tee_type, q.qe_svn, q.pce_svn, q.qe_vendor_id, q.user_data)
+    head = pack_exact(_HEADER, q.version, q.att_key_type, q.tee_type, q.qe_svn, q.pce_svn, q.qe_vendor_id, q.user_data)
     if q.version == 5:
         head += _BODY_DESCRIPTOR.pack(q.body_type, len(body))
     return head + body + _U32.pack(len(q.signature_data)) + q.signature_data
@@ -332,7 +336,7 @@ def _parse_qe_cert_data(r: _Reader) -> QeCertificationData:
 def _serialise_qe_cert_data(qe: QeCertificationData) -> bytes:
     return (
         qe.qe_report_bytes
-        + qe.qe_report_signature
+        + pack_exact(_RAW_SIGNATURE, qe.qe_report_signature)
         + _U16.pack(len(qe.qe_auth_data))
         + qe.qe_auth_data
         + _CERT_HEADER.pack(qe.cert_type, len(qe.cert_data))
@@ -358,4 +362,4 @@ def serialise_signature_data(sd: EcdsaSignatureData, version: int) -> bytes:
     qe = _serialise_qe_cert_data(sd.qe)
     if version != 3:
         qe = _CERT_HEADER.pack(CERT_TYPE_QE_REPORT, len(qe)) + qe
-    return sd.signature + sd.attestation_key + qe
+    return pack_exact(_SIGNATURE_AND_KEY, sd.signature, sd.attestation_key) + qe

@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 
 from ..errors import Check, EvidenceParseError
+from ._wire import pack_exact, require_zero
 from ._wire import parse_error as _bad
-from ._wire import require_zero
 
 __all__ = [
     "CertTableEntry",
@@ -258,7 +258,8 @@ def serialise_report(r: SnpReport) -> bytes:
     cpuid = bytes([r.cpuid_fam_id or 0, r.cpuid_mod_id or 0, r.cpuid_step or 0])
     mit = struct.pack("<QQ", r.launch_mit_vector or 0, r.current_mit_vector or 0)
     z = bytes
-    return _REPORT.pack(
+    return pack_exact(
+        _REPORT,
         r.version, r.guest_svn, r.policy, r.family_id, r.image_id, r.vmpl, r.signature_algo, r.current_tcb,
         r.platform_info, r.flags, z(4), r.report_data, r.measurement, r.host_data, r.id_key_digest,
         r.author_key_digest, r.report_id, r.report_id_ma, r.reported_tcb, cpuid, z(21), r.chip_id, r.committed_tcb,
@@ -299,7 +300,7 @@ def serialise_cert_table(entries: tuple[CertTableEntry, ...] | list[CertTableEnt
     offset = CERT_ENTRY_SIZE * (len(entries) + 1)
     head, body = bytearray(), bytearray()
     for e in entries:
-        head += _CERT_ENTRY.pack(e.guid.bytes_le, offset, len(e.data))
+        head += pack_exact(_CERT_ENTRY, e.guid.bytes_le, offset, len(e.data))
         body += e.data
         offset += len(e.data)
     return bytes(head + bytes(CERT_ENTRY_SIZE) + body)
