@@ -10,8 +10,8 @@ from pathlib import Path
 
 from common import Stats, timeit
 
-from blindai.attestation import hardware
-from blindai.attestation.verify import TrustOptions, verify_evidence
+from blindai.attestation.snp_verify import verify_snp_evidence
+from blindai.attestation.verify import TrustOptions, detect_tee, verify_evidence
 
 VECTORS = Path(os.environ.get("BLINDAI_TEST_VECTORS") or Path(__file__).resolve().parents[2] / "shared" / "vectors")
 
@@ -27,7 +27,7 @@ def run(repeat: int = 200) -> list[tuple[Stats, str]]:
     ):
         quote = (VECTORS / name).read_bytes()
         col = json.loads((VECTORS / name.replace(".bin", ".collateral.json")).read_text())
-        tee = hardware.detect_tee(quote)
+        tee = detect_tee(quote)
         opts = TrustOptions(now=dt.datetime.fromisoformat(when))
         out.append(
             (
@@ -47,7 +47,7 @@ def run(repeat: int = 200) -> list[tuple[Stats, str]]:
             (
                 Stats(
                     "verify sev-snp report + VCEK/ASK/ARK chain",
-                    timeit(lambda: hardware.verify_snp(report, None, TrustOptions(), certs), repeat),
+                    timeit(lambda: verify_snp_evidence(report, None, TrustOptions(), certs), repeat),
                 ),
                 "-",
             )

@@ -14,11 +14,11 @@ import atheris
 
 with atheris.instrument_imports(include=["blindai"]):
     # Imported here so that coverage guides the fuzzer through them (targets import lazily).
-    import blindai.attestation.hardware
+    import blindai.attestation.dcap_abi
     import blindai.attestation.ratls
-    import blindai.attestation.sev_snp
-    import blindai.attestation.sgx_tdx
     import blindai.attestation.simulation
+    import blindai.attestation.snp_abi
+    import blindai.attestation.verify
     import blindai.protocol.infer
     import blindai.protocol.tensors
     import blindai.server.compat_v06

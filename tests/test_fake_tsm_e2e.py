@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.attestation import report_data_for, sgx_tdx
+from blindai.attestation import TrustOptions, dcap_abi, dcap_verify, report_data_for
 from blindai.attestation.binding import load_certificate, spki_sha256
 from blindai.local import LocalServer
 from tests import onnx_models
@@ -95,11 +95,11 @@ def test_tdx_server_evidence_path(tmp_path: Path) -> None:
     try:
         doc = httpx.get(f"http://127.0.0.1:{server.unattested_port}/attestation", params={"nonce": "0a0b"}).json()
         assert doc["tee"] == "tdx"
-        quote = sgx_tdx.parse_quote(base64.b64decode(doc["evidence"]))
+        quote = dcap_abi.parse_quote(base64.b64decode(doc["evidence"]))
         cert = load_certificate(doc["certificate"])
         assert quote.tee == "tdx" and quote.version == 4
         assert quote.body.report_data == report_data_for(spki_sha256(cert), bytes.fromhex("0a0b"))
-        sgx_tdx.verify_quote_signatures(quote, root_spki_sha256=(pki.root_spki_sha256,))
+        dcap_verify.verify_quote_signatures(quote, TrustOptions(unsafe_trust_roots=(pki.root_pem,)))
         # and the whole client path, dcap-qvl included
         with blindai.connect(
             "127.0.0.1",

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from blindai.attestation import hardware, load_policy, ratls, sev_snp, sgx_tdx, validate
-from blindai.attestation.verify import TrustOptions, verify_evidence
+from blindai.attestation import dcap_abi, dcap_verify, load_policy, ratls, snp_abi, snp_verify, trust, validate
+from blindai.attestation.binding import spki_sha256
+from blindai.attestation.snp_verify import verify_snp_evidence
+from blindai.attestation.verify import TrustOptions, detect_tee, verify_evidence
 from blindai.errors import (
     AttestationError,
     BindingError,
@@ -73,7 +75,7 @@ def test_intel_vector_inside_its_window(
     vectors: Path, name: str, start: str, end: str, tee: str, status: str, advisories: list[str], facts: dict[str, str]
 ) -> None:
     quote, col = load(vectors, name)
-    assert hardware.detect_tee(quote) == tee
+    assert detect_tee(quote) == tee
     for when in (second(at(start), 1), second(at(end), -1)):
         if status.startswith("!"):
             with pytest.raises(CollateralError) as info:
@@ -91,7 +93,7 @@ def test_intel_vector_inside_its_window(
 @pytest.mark.parametrize(("name", "start", "end"), [(c[0], c[1], c[2]) for c in INTEL], ids=[c[0] for c in INTEL])
 def test_intel_vector_refused_outside_its_window(vectors: Path, name: str, start: str, end: str) -> None:
     quote, col = load(vectors, name)
-    tee = hardware.detect_tee(quote)
+    tee = detect_tee(quote)
     for when in (second(at(start), -1), second(at(end), 1), None):
         with pytest.raises(CollateralError, match="collateral is expired or not yet valid") as info:
             verify_evidence(tee, quote, col, TrustOptions(now=when))
@@ -123,7 +125,7 @@ def test_every_quote_parses_by_its_length_fields(
     import dcap_qvl
 
     data = (vectors / name).read_bytes()
-    q = sgx_tdx.parse_quote(data)
+    q = dcap_abi.parse_quote(data)
     assert (q.version, q.tee, q.body.debug) == (version, tee, debug)
     if trailing is not None:
         assert len(data) - len(q.raw) == trailing
@@ -131,16 +133,16 @@ def test_every_quote_parses_by_its_length_fields(
         assert len(data) > len(q.raw) and not data[len(q.raw) :].strip(b"\0")  # zero padding only
     if fmspc is not None:
         assert dcap_qvl.parse_quote(q.raw).fmspc() == fmspc
-    chain = sgx_tdx.verify_quote_signatures(q)  # everything inside the quote checks out
+    chain = dcap_verify.verify_quote_signatures(q)  # everything inside the quote checks out
     assert len(chain) == 3
-    assert sgx_tdx.parse_quote(q.raw + b"\xff" * 17).raw == q.raw  # trailing junk never reaches the verifier
+    assert dcap_abi.parse_quote(q.raw + b"\xff" * 17).raw == q.raw  # trailing junk never reaches the verifier
 
 
 @pytest.mark.parametrize("name", ["sgx/trustee_occlum_debug_quote.bin", "tdx/trustee_tdx_v4_debug_quote.bin"])
 def test_debug_quotes_are_refused_by_a_default_policy(vectors: Path, name: str) -> None:
-    q = sgx_tdx.parse_quote((vectors / name).read_bytes())
-    sgx_tdx.verify_quote_signatures(q)
-    claims = sgx_tdx.claims_of(q, "UpToDate", ())
+    q = dcap_abi.parse_quote((vectors / name).read_bytes())
+    dcap_verify.verify_quote_signatures(q)
+    claims = dcap_verify.claims_of(q, "UpToDate", ())
     keys = ["mrenclave"] if q.tee == "sgx" else ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"]
     policy = load_policy(f"[{q.tee}]\n" + "".join(f'{k} = ["{claims.measurements[k]}"]\n' for k in keys))
     with pytest.raises(PolicyError, match="debug"):
@@ -153,7 +155,7 @@ def test_debug_quotes_are_refused_by_a_default_policy(vectors: Path, name: str) 
 @pytest.mark.parametrize("where", ["header", "body-measurement", "body-report-data", "qe-report", "signature"])
 def test_flipped_bytes_in_signed_regions_are_refused(vectors: Path, name: str, where: str) -> None:
     quote, col = load(vectors, name)
-    q = sgx_tdx.parse_quote(quote)
+    q = dcap_abi.parse_quote(quote)
     body_at = 48
     offsets = {
         "header": 8,  # qe_svn / reserved
@@ -168,14 +170,14 @@ def test_flipped_bytes_in_signed_regions_are_refused(vectors: Path, name: str, w
     with pytest.raises(AttestationError):
         verify_evidence(q.tee, bytes(data), col, TrustOptions(now=when))
     with pytest.raises(AttestationError):
-        sgx_tdx.verify_quote_signatures(sgx_tdx.parse_quote(bytes(data)))
+        dcap_verify.verify_quote_signatures(dcap_abi.parse_quote(bytes(data)))
 
 
 def test_truncated_quotes_are_refused(vectors: Path) -> None:
     quote, _ = load(vectors, "sgx/phala_sgx_quote.bin")
     for n in (0, 10, 47, 48, 431, 436, len(quote) - 1):
         with pytest.raises(EvidenceParseError):
-            sgx_tdx.parse_quote(quote[:n])
+            dcap_abi.parse_quote(quote[:n])
 
 
 def test_intel_test_root_sample_is_refused(vectors: Path) -> None:
@@ -207,7 +209,7 @@ def test_intel_test_root_sample_is_refused(vectors: Path) -> None:
         verify_evidence("sgx", quote, collateral, TrustOptions(now=at("2025-01-01T00:00:00Z")))
     assert info.value.check == "root"
     with pytest.raises(AttestationError):
-        sgx_tdx.verify_quote_signatures(sgx_tdx.parse_quote(quote))
+        dcap_verify.verify_quote_signatures(dcap_abi.parse_quote(quote))
 
 
 # ------------------------------------------------------------------ SEV-SNP
@@ -239,8 +241,8 @@ def test_snp_reports_verify(
     vectors: Path, report: str, certs: list[str], debug: bool, tcb: tuple[int, int, int, int], measurement: str
 ) -> None:
     data = (vectors / "sev-snp" / report).read_bytes()
-    assert hardware.detect_tee(data) == "sev-snp"
-    claims = hardware.verify_snp(data, None, TrustOptions(), snp_certs(vectors, certs))
+    assert detect_tee(data) == "sev-snp"
+    claims = verify_snp_evidence(data, None, TrustOptions(), snp_certs(vectors, certs))
     assert claims.measurements["measurement"] == measurement
     assert claims.debug is debug
     assert tuple(claims.svns[f"tcb.{k}"] for k in ("bootloader", "tee", "snp", "microcode")) == tcb
@@ -263,7 +265,7 @@ def test_snp_reports_verify(
 def test_snp_refused_after_the_vcek_expires(vectors: Path) -> None:
     data = (vectors / "sev-snp" / "virtee_milan_report.bin").read_bytes()
     with pytest.raises(CollateralError, match="not valid"):
-        hardware.verify_snp(data, None, TrustOptions(now=at("2031-01-01T00:00:00Z")), snp_certs(vectors, SNP[1][1]))
+        verify_snp_evidence(data, None, TrustOptions(now=at("2031-01-01T00:00:00Z")), snp_certs(vectors, SNP[1][1]))
 
 
 @pytest.mark.parametrize("offset", [0x04, 0x08, 0x38, 0x50, 0x90, 0xBF, 0x180, 0x1A0, 0x29F, 0x2A0, 0x2E8])
@@ -271,23 +273,23 @@ def test_snp_flipped_byte_is_refused(vectors: Path, offset: int) -> None:
     data = bytearray((vectors / "sev-snp" / "virtee_milan_report.bin").read_bytes())
     data[offset] ^= 0x01
     with pytest.raises(AttestationError):
-        hardware.verify_snp(bytes(data), None, TrustOptions(), snp_certs(vectors, SNP[1][1]))
+        verify_snp_evidence(bytes(data), None, TrustOptions(), snp_certs(vectors, SNP[1][1]))
 
 
 def test_snp_wrong_vcek_and_missing_chain_are_refused(vectors: Path) -> None:
     data = (vectors / "sev-snp" / "virtee_milan_report.bin").read_bytes()
     with pytest.raises(SignatureError):
-        hardware.verify_snp(
+        verify_snp_evidence(
             data, None, TrustOptions(), snp_certs(vectors, ["gosev_milan_vcek.der", "ask_ark_milan.pem"])
         )
     with pytest.raises(CollateralError, match="ASK"):
-        hardware.verify_snp(data, None, TrustOptions(), snp_certs(vectors, ["virtee_milan_vcek.der"]))
+        verify_snp_evidence(data, None, TrustOptions(), snp_certs(vectors, ["virtee_milan_vcek.der"]))
     with pytest.raises(SignatureError, match=r"ASK|chain"):  # Milan VCEK under the Genoa chain
-        hardware.verify_snp(
+        verify_snp_evidence(
             data, None, TrustOptions(), snp_certs(vectors, ["virtee_milan_vcek.der", "ask_ark_genoa.pem"])
         )
     with pytest.raises(EvidenceParseError):
-        sev_snp.parse_report(data[: 0x4A0 - 1])
+        snp_abi.parse_report(data[: 0x4A0 - 1])
 
 
 @pytest.mark.parametrize(
@@ -299,17 +301,17 @@ def test_snp_wrong_vcek_and_missing_chain_are_refused(vectors: Path) -> None:
     ],
 )
 def test_snp_chains_end_at_pinned_arks(vectors: Path, vcek: str, chain: str) -> None:
-    certs = sev_snp.sort_certs(snp_certs(vectors, [vcek, chain]))
-    sev_snp.verify_cert_chain(certs, now=at("2026-01-01T00:00:00Z"))
+    certs = snp_verify.sort_certs(snp_certs(vectors, [vcek, chain]))
+    snp_verify.verify_cert_chain(certs, options=TrustOptions(now=at("2026-01-01T00:00:00Z")))
 
 
 @pytest.mark.parametrize("chain", ["ask_ark_genoa.pem", "ask_ark_milan_vlek.pem", "ask_ark_turin_vcek.pem"])
 def test_shipped_ark_pins_match_amd_roots(vectors: Path, chain: str) -> None:
-    certs = sev_snp.sort_certs(
+    certs = snp_verify.sort_certs(
         [(vectors / "sev-snp" / "virtee_milan_vcek.der").read_bytes(), (vectors / "sev-snp" / chain).read_bytes()]
     )
     assert certs.root is not None
-    assert sev_snp._spki_sha256(certs.root) in sev_snp.PINNED_ARK_SPKI_SHA256.values()
+    assert spki_sha256(certs.root) in trust.PINNED_ARK_SPKI_SHA256.values()
 
 
 def test_snp_untrusted_ark_is_refused(vectors: Path) -> None:
@@ -319,8 +321,8 @@ def test_snp_untrusted_ark_is_refused(vectors: Path) -> None:
     fake = FakeAmdPki()
     report = fake.report(report_data=bytes(64), measurement=bytes(48))
     with pytest.raises(SignatureError, match="not a pinned AMD root"):
-        hardware.verify_snp(report, None, TrustOptions(), fake.cert_blobs())
-    claims = hardware.verify_snp(report, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+        verify_snp_evidence(report, None, TrustOptions(), fake.cert_blobs())
+    claims = verify_snp_evidence(report, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
     assert claims.tee == "sev-snp"
 
 
@@ -332,7 +334,7 @@ def test_ratls_dice_evidence_binds_the_certificate_key(vectors: Path, name: str)
     pem = (vectors / "ra-tls" / name).read_bytes()
     quote = ratls.check_ratls_binding(pem)
     assert quote.tee == "sgx" and quote.body.debug  # all three are DEBUG enclaves
-    sgx_tdx.verify_quote_signatures(quote)
+    dcap_verify.verify_quote_signatures(quote)
 
 
 def test_ratls_gramine_legacy_extension(vectors: Path) -> None:
@@ -466,11 +468,11 @@ def test_snp_v3_turin_and_vlek_reports(product: str, vlek: bool) -> None:
 
     fake = FakeAmdPki(product=product, vlek=vlek, tcb=(4, 1, 22, 213), fmc=3)
     data = fake.report(report_data=b"nonce", measurement=b"\x42" * 48)
-    report = sev_snp.parse_report(data)
+    report = snp_abi.parse_report(data)
     assert report.version == (3 if product == "Turin" else 2)
     if product == "Turin":
         assert report.product == "Turin"
-    claims = hardware.verify_snp(data, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+    claims = verify_snp_evidence(data, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
     assert claims.svns["tcb.snp"] == 22 and claims.svns["tcb.microcode"] == 213
     if product == "Turin":
         assert claims.svns["tcb.fmc"] == 3 and claims.svns["tcb.bootloader"] == 4
@@ -478,7 +480,7 @@ def test_snp_v3_turin_and_vlek_reports(product: str, vlek: bool) -> None:
     flipped = bytearray(data)
     flipped[0x48] ^= 0x04
     with pytest.raises(SignatureError):
-        hardware.verify_snp(bytes(flipped), None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+        verify_snp_evidence(bytes(flipped), None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
 
 
 def test_snp_reported_tcb_must_match_the_vcek() -> None:
@@ -488,7 +490,7 @@ def test_snp_reported_tcb_must_match_the_vcek() -> None:
     fake.tcb = (9, 9, 9, 9)  # the PSP now reports a TCB the VCEK was not issued for
     data = fake.report(report_data=b"", measurement=bytes(48))
     with pytest.raises(SignatureError, match="REPORTED_TCB"):
-        hardware.verify_snp(data, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
+        verify_snp_evidence(data, None, TrustOptions(unsafe_trust_roots=(fake.ark_pem,)), fake.cert_blobs())
 
 
 def test_snp_certificates_from_the_auxblob_table() -> None:
@@ -496,11 +498,11 @@ def test_snp_certificates_from_the_auxblob_table() -> None:
 
     fake = FakeAmdPki()
     table = fake.cert_table()
-    assert len(sev_snp.parse_cert_table(table)) == 3
+    assert len(snp_abi.parse_cert_table(table)) == 3
     import base64
 
     data = fake.report(report_data=b"", measurement=bytes(48))
-    claims = hardware.verify_snp(
+    claims = verify_snp_evidence(
         data, {"snp_certs": base64.b64encode(table).decode()}, TrustOptions(unsafe_trust_roots=(fake.ark_pem,))
     )
     assert claims.tee == "sev-snp"

@@ -204,16 +204,46 @@ def _read(path: str, what: str) -> bytes:
         raise _CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
+# Which `attest verify` options each evidence kind uses: any other is refused, never ignored.
+# --pccs-url is Intel's collateral service and --kds-url AMD's (for the VCEK/VLEK CRL); both set
+# TrustOptions.collateral_url, so each is refused for the TEE whose service it is not.
+ATTEST_VERIFY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "--collateral": ("sgx", "tdx", "sev-snp"),
+    "--pccs-url": ("sgx", "tdx"),
+    "--certs": ("sev-snp",),
+    "--crl": ("sev-snp",),
+    "--kds-url": ("sev-snp",),
+    "--unsafe-trust-root": ("sgx", "tdx", "sev-snp"),
+    "--at": ("sgx", "tdx", "sev-snp"),
+}
+_EXCLUSIVE = (("--collateral", "--pccs-url"), ("--crl", "--kds-url"))
+
+
+def _refuse_options(args: argparse.Namespace, tee: str) -> None:
+    """One line naming an option that this evidence kind does not use (or two that conflict)."""
+
+    def given(flag: str) -> bool:
+        return bool(getattr(args, flag[2:].replace("-", "_")))
+
+    for flag, tees in ATTEST_VERIFY_OPTIONS.items():
+        if given(flag) and tee not in tees:
+            raise _CliError(f"{flag} does not apply to {tee} evidence (it is for {', '.join(tees)})")
+    for a, b in _EXCLUSIVE:
+        if given(a) and given(b):
+            raise _CliError(f"give {a} or {b}, not both: the verification would use only one of them")
+
+
 def cmd_attest_verify(args: argparse.Namespace) -> int:
+    """Verify recorded evidence offline; every option goes to the TEE that uses it (see ATTEST_VERIFY_OPTIONS)."""
     import datetime as dt
 
-    from .attestation import hardware
     from .attestation.policy import load_policy, validate
-    from .attestation.verify import TrustOptions, verify_evidence
-    from .errors import BindingError
+    from .attestation.verify import TrustOptions, detect_tee, verify_evidence
+    from .errors import BindingError, Check
 
     evidence = _read(args.evidence, "evidence file")
-    tee = hardware.detect_tee(evidence)
+    tee = detect_tee(evidence)
+    _refuse_options(args, tee)
     collateral = None
     if args.collateral:
         try:
@@ -228,7 +258,11 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
         raise _CliError(f"--at {args.at!r} is not an ISO 8601 time (e.g. 2025-06-20T00:00:00Z)") from exc
     if now is not None and now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
-    options = TrustOptions(now=now, collateral_url=args.pccs_url)
+    options = TrustOptions(
+        now=now,
+        unsafe_trust_roots=tuple(_read(r, "--unsafe-trust-root") for r in args.unsafe_trust_root or []),
+        collateral_url=args.pccs_url or args.kds_url,
+    )
     claims = verify_evidence(
         tee,
         evidence,
@@ -243,7 +277,7 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise _CliError("--report-data must be hex") from exc
         if claims.report_data != want:
-            raise BindingError("report_data differs", check="report-data", got=claims.report_data, expected=want)
+            raise BindingError("report_data differs", check=Check.REPORT_DATA, got=claims.report_data, expected=want)
     if args.policy:
         validate(claims, load_policy(Path(args.policy)))
     _emit_claims(claims, args.json)
@@ -557,11 +591,22 @@ def build_parser() -> argparse.ArgumentParser:
     asub = attest.add_subparsers(dest="attest_command", required=True)
     p = add("verify", "verify recorded evidence offline (type detected from the bytes)", asub)
     p.add_argument("evidence", help="SGX/TDX quote, SEV-SNP report or simulation evidence (binary)")
-    p.add_argument("--collateral", help="Intel collateral JSON (dcap-qvl QuoteCollateralV3 layout)")
-    p.add_argument("--certs", nargs="+", help="SEV-SNP certificates: VCEK/VLEK, ASK/ASVK, ARK (PEM or DER)")
-    p.add_argument("--crl", help="SEV-SNP CRL (DER)")
-    p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) when no --collateral")
-    p.add_argument("--at", help="verify at this time (ISO 8601), not now")
+    p.add_argument(
+        "--collateral",
+        help="SGX/TDX: Intel collateral JSON (dcap-qvl QuoteCollateralV3 layout); "
+        "SEV-SNP: the server's collateral JSON (snp_certs, crl)",
+    )
+    p.add_argument("--certs", nargs="+", help="SEV-SNP only: VCEK/VLEK, ASK/ASVK, ARK certificates (PEM or DER)")
+    p.add_argument("--crl", help="SEV-SNP only: the VCEK/VLEK CRL (PEM or DER)")
+    p.add_argument("--pccs-url", help="SGX/TDX only: fetch Intel collateral from this PCCS (or Intel PCS)")
+    p.add_argument("--kds-url", help="SEV-SNP only: fetch the VCEK/VLEK CRL from this AMD KDS (or mirror)")
+    p.add_argument(
+        "--unsafe-trust-root",
+        action="append",
+        metavar="PEM",
+        help="SGX/TDX/SEV-SNP: also trust this root certificate file (test PKIs only; repeatable)",
+    )
+    p.add_argument("--at", help="SGX/TDX/SEV-SNP: verify at this time (ISO 8601), not now")
     p.add_argument("--policy", help="also enforce this policy")
     p.add_argument("--report-data", help="expected report_data (hex, zero-padded to 64 bytes)")
     p.add_argument("--json", action="store_true", help="print the claims as one JSON object")

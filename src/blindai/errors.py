@@ -24,10 +24,14 @@ the boundary with ``raise ... from exc`` so the cause is kept for debugging::
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
+    "CHECKS",
     "AttestationError",
     "BindingError",
     "BlindAIError",
+    "Check",
     "CollateralError",
     "ConfigurationError",
     "EvidenceParseError",
@@ -43,6 +47,105 @@ __all__ = [
     "SimulationRefusedError",
     "TransportError",
 ]
+
+
+class Check(StrEnum):
+    """The name of a failed attestation check: ``AttestationError.check`` is one of these.
+
+    A ``StrEnum`` so that ``err.check == "parse"`` and messages ("parse: ...") keep the plain
+    strings that docs, tests and scripts match on; the members make a typo a NameError.
+    """
+
+    ATTESTATION = "attestation"
+    """No more precise check applies."""
+
+    BINDING = "binding"
+    """report_data does not bind the TLS key and the nonce."""
+
+    CERTIFICATE = "certificate"
+    """The server's TLS certificate is not a certificate."""
+
+    CERTIFICATE_TIME = "certificate-time"
+    """A vendor certificate is outside its validity at the verification time."""
+
+    CERTIFICATES = "certificates"
+    """Vendor certificates missing or unparseable (SEV-SNP VCEK/VLEK, ASK/ASVK, ARK)."""
+
+    CHAIN = "chain"
+    """A certificate is not signed by its issuer."""
+
+    CHIP_ID = "chip-id"
+    """SEV-SNP CHIP_ID differs from the VCEK's hwID."""
+
+    COLLATERAL = "collateral"
+    """Collateral missing, malformed, or for another platform."""
+
+    COLLATERAL_FETCH = "collateral-fetch"
+    """Collateral or a CRL could not be fetched."""
+
+    COLLATERAL_TIME = "collateral-time"
+    """Collateral expired or not yet valid at the verification time."""
+
+    CRL = "crl"
+    """The CRL is missing, unparseable or not signed by the root."""
+
+    CRL_TIME = "crl-time"
+    """The CRL is not current at the verification time."""
+
+    DETECT = "detect"
+    """The evidence kind could not be told from its bytes."""
+
+    FETCH = "fetch"
+    """The server refused to give evidence."""
+
+    NONCE = "nonce"
+    """The nonce in the attestation document is not the one sent."""
+
+    OPTIONS = "options"
+    """A verification option that does not apply to this TEE."""
+
+    PARSE = "parse"
+    """Evidence bytes malformed, truncated, or with non-zero reserved bytes."""
+
+    POLICY = "policy"
+    """Verified claims do not satisfy the policy (or no policy given)."""
+
+    QE_REPORT_DATA = "qe-report-data"
+    """The Intel QE report does not bind the attestation key."""
+
+    RATLS_BINDING = "ratls-binding"
+    """An RA-TLS certificate's evidence does not bind its key."""
+
+    REPORT_DATA = "report-data"
+    """report_data differs from the expected value."""
+
+    REVOCATION = "revocation"
+    """A certificate is revoked."""
+
+    ROOT = "root"
+    """A chain does not end at a pinned vendor root key."""
+
+    SIGNATURE = "signature"
+    """A signature over the evidence does not verify."""
+
+    SIGNING_KEY = "signing-key"
+    """The SEV-SNP report's signing key kind disagrees with its certificate."""
+
+    SIMULATION = "simulation"
+    """Simulation evidence without simulation=True, or the reverse."""
+
+    TCB = "tcb"
+    """The TCB matches no level (Intel) or differs from the VCEK's (AMD)."""
+
+    TEE = "tee"
+    """Unknown TEE kind, or the evidence is of another TEE than announced."""
+
+    TLS_PIN = "tls-pin"
+    """The attested port's TLS key is not the attested one."""
+
+
+CHECKS: tuple[str, ...] = tuple(c.value for c in Check)
+"""Every check name, in declaration order (what ``AttestationError.check`` may hold)."""
 
 
 class BlindAIError(Exception):
@@ -69,7 +172,7 @@ class AttestationError(BlindAIError):
         self,
         message: str,
         *,
-        check: str = "attestation",
+        check: str = Check.ATTESTATION,
         got: object | None = None,
         expected: object | None = None,
         cli_message: str | None = None,
@@ -107,7 +210,7 @@ class PolicyError(AttestationError):
     def __init__(self, failures: list[tuple[str, object, object]]) -> None:
         self.failures = failures
         parts = [f"{field} (got {_show(got)}, expected {_show(exp)})" for field, got, exp in failures]
-        super().__init__("; ".join(parts), check="policy")
+        super().__init__("; ".join(parts), check=Check.POLICY)
 
 
 class BindingError(AttestationError):

@@ -17,30 +17,30 @@ __all__ = ["TARGETS"]
 
 
 def _dcap_quote(data: bytes) -> None:
-    from .attestation import sgx_tdx
+    from .attestation import dcap_abi
 
     try:
-        q = sgx_tdx.parse_quote(data)
-        sgx_tdx.parse_signature_data(q)
+        q = dcap_abi.parse_quote(data)
+        dcap_abi.parse_signature_data(q)
     except BlindAIError:
         pass
 
 
 def _snp_report(data: bytes) -> None:
-    from .attestation import sev_snp
+    from .attestation import snp_abi
 
     try:
-        sev_snp.parse_report(data)
-        sev_snp.parse_cert_table(data)
+        snp_abi.parse_report(data)
+        snp_abi.parse_cert_table(data)
     except BlindAIError:
         pass
 
 
 def _detect(data: bytes) -> None:
-    from .attestation import hardware
+    from .attestation.verify import detect_tee
 
     with contextlib.suppress(BlindAIError):
-        hardware.detect_tee(data)
+        detect_tee(data)
 
 
 def _simulation(data: bytes) -> None:

@@ -6,8 +6,8 @@ Trusted by BlindAI only through an ``unsafe_`` option. RSA keys are 2048-bit (AM
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import struct
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from blindai.attestation import sev_snp
+from blindai.attestation import snp_abi
+from blindai.attestation.snp_abi import CertTableEntry, SnpReport, TcbVersion
 
 _OID = "1.3.6.1.4.1.3704.1."
 
@@ -79,11 +80,10 @@ class FakeAmdPki:
             exts=[] if vlek else exts,
         )
 
-    def _tcb_bytes(self) -> bytes:
+    def _tcb_version(self) -> int:
         bl, tee, snp, ucode = self.tcb
-        if self.product == "Turin":
-            return bytes([self.fmc, bl, tee, snp, 0, 0, 0, ucode])
-        return bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
+        fmc = self.fmc if self.product == "Turin" else None  # Turin's TCB_VERSION layout has an FMC byte
+        return TcbVersion(bootloader=bl, tee=tee, snp=snp, microcode=ucode, fmc=fmc).encode()
 
     def _cert(
         self,
@@ -132,15 +132,10 @@ class FakeAmdPki:
 
     def cert_table(self) -> bytes:
         """The GHCB certificate table the kernel returns in configfs-tsm's auxblob."""
-        entries = [(sev_snp.GUID_VCEK, self.vcek), (sev_snp.GUID_ASK, self.ask), (sev_snp.GUID_ARK, self.ark)]
-        blobs = [c.public_bytes(serialization.Encoding.DER) for _, c in entries]
-        header_len = 24 * (len(entries) + 1)
-        table, data, offset = bytearray(), bytearray(), header_len
-        for (guid, _), blob in zip(entries, blobs, strict=True):
-            table += guid.bytes_le + struct.pack("<II", offset, len(blob))
-            data += blob
-            offset += len(blob)
-        return bytes(table + bytes(24) + data)
+        entries = [(snp_abi.GUID_VCEK, self.vcek), (snp_abi.GUID_ASK, self.ask), (snp_abi.GUID_ARK, self.ark)]
+        return snp_abi.serialise_cert_table(
+            [CertTableEntry(guid, c.public_bytes(serialization.Encoding.DER)) for guid, c in entries]
+        )
 
     def report(
         self,
@@ -151,22 +146,45 @@ class FakeAmdPki:
         guest_svn: int = 0,
         host_data: bytes = bytes(32),
     ) -> bytes:
-        tcb = self._tcb_bytes()
-        r = bytearray(sev_snp.REPORT_SIZE)
-        struct.pack_into("<IIQ", r, 0, 3 if self.product == "Turin" else 2, guest_svn, policy)
-        struct.pack_into("<II", r, 0x30, 0, sev_snp.SIG_ALGO_ECDSA_P384_SHA384)
-        struct.pack_into("<I", r, 0x48, (sev_snp.KEY_VLEK if self.vlek else sev_snp.KEY_VCEK) << 2)
-        if self.product == "Turin":
-            r[0x188:0x18B] = bytes([0x1A, 0x02, 0x01])  # CPUID family, model, stepping
-        r[0x38:0x40] = tcb
-        r[0x50:0x90] = report_data.ljust(64, b"\0")
-        r[0x90:0xC0] = measurement
-        r[0xC0:0xE0] = host_data
-        r[0x180:0x188] = tcb
-        r[0x1A0:0x1E0] = self.chip_id
-        r[0x1E0:0x1E8] = tcb
-        r[0x1F0:0x1F8] = tcb
-        rr, ss = decode_dss_signature(self.vcek_key.sign(bytes(r[: sev_snp.SIGNED_SIZE]), ec.ECDSA(hashes.SHA384())))
-        r[0x2A0:0x2E8] = rr.to_bytes(72, "little")
-        r[0x2E8:0x330] = ss.to_bytes(72, "little")
-        return bytes(r)
+        """A report as the PSP signs it: v2 (Milan) or v3 with CPUID (Turin), built and serialised by
+        BlindAI's own `snp_abi`, then signed with the VCEK (or VLEK) over its first 0x2A0 bytes."""
+        tcb = self._tcb_version()
+        turin = self.product == "Turin"
+        unsigned = SnpReport(
+            version=3 if turin else 2,
+            guest_svn=guest_svn,
+            policy=policy,
+            family_id=bytes(16),
+            image_id=bytes(16),
+            vmpl=0,
+            signature_algo=snp_abi.SIG_ALGO_ECDSA_P384_SHA384,
+            current_tcb=tcb,
+            platform_info=0,
+            flags=(snp_abi.KEY_VLEK if self.vlek else snp_abi.KEY_VCEK) << snp_abi.SIGNING_KEY_SHIFT,
+            report_data=report_data.ljust(64, b"\0"),
+            measurement=measurement,
+            host_data=host_data,
+            id_key_digest=bytes(48),
+            author_key_digest=bytes(48),
+            report_id=bytes(32),
+            report_id_ma=bytes(32),
+            reported_tcb=tcb,
+            cpuid_fam_id=0x1A if turin else None,  # Turin: family 0x1A, model 0x02, stepping 0x01
+            cpuid_mod_id=0x02 if turin else None,
+            cpuid_step=0x01 if turin else None,
+            chip_id=self.chip_id,
+            committed_tcb=tcb,
+            current_build=0,
+            current_minor=0,
+            current_major=0,
+            committed_build=0,
+            committed_minor=0,
+            committed_major=0,
+            launch_tcb=tcb,
+            launch_mit_vector=None,
+            current_mit_vector=None,
+            signature_r=0,
+            signature_s=0,
+        )
+        r, s = decode_dss_signature(self.vcek_key.sign(unsigned.signed, ec.ECDSA(hashes.SHA384())))
+        return snp_abi.serialise_report(dataclasses.replace(unsigned, signature_r=r, signature_s=s))

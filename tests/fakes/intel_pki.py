@@ -4,15 +4,17 @@ Nothing here is trusted by BlindAI unless a test passes its root through an
 ``unsafe_`` option. It builds: a root CA, a PCK platform CA, a TCB signing
 certificate, a PCK leaf with the Intel SGX extension (FMSPC, TCB components,
 PCESVN, CPUSVN, PCE-ID, SGX type), CRLs, TCB Info and QE Identity JSON signed
-like Intel's, and DCAP quotes v3 with a QE report and certification data type 5.
+like Intel's, and DCAP quotes v3 (SGX) and v4 (TDX) with a QE report and certification data type 5.
+Quotes are built as `dcap_abi` records and serialised by BlindAI's own `dcap_abi`: the fake
+signs what the parser reads, and no byte offset is written twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
-import struct
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -20,6 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
+from blindai.attestation import dcap_abi
+from blindai.attestation.dcap_abi import DcapQuote, SgxReportBody, TdReportBody
 
 SGX_EXT = "1.2.840.113741.1.13.1"
 QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
@@ -265,10 +270,13 @@ class FakeIntelPki:
             "qe_identity_signature": _raw_sig(self.keys["tcb"], qe_identity.encode()).hex(),
         }
 
-    def _qe_certification(self, attest_key: bytes, qe_prod_id: int) -> bytes:
-        """QE report (binding the attestation key), its PCK signature, QE auth data, and the PCK chain (type 5)."""
+    def _signed_quote(self, unsigned: DcapQuote, qe_prod_id: int) -> bytes:
+        """Sign header and body with the attestation key, bind that key in a QE report the PCK signs
+        (QE auth data, PCK chain as certification data type 5), and serialise the quote."""
+        signed_part = dcap_abi.serialise_quote(unsigned)[: -dcap_abi.SIGNATURE_LENGTH_SIZE]
+        attest_key = _raw_pub(self.keys["attest"])
         auth = bytes(range(32))
-        qe_report = report_body(
+        qe_report = sgx_report(
             self.cpusvn,
             0x11,
             bytes(32),
@@ -278,13 +286,29 @@ class FakeIntelPki:
             hashlib.sha256(attest_key + auth).digest() + bytes(32),
         )
         chain = _pem(self.certs["pck"], self.certs["pck_ca"], self.certs["root"]).encode() + b"\0"
-        return (
-            qe_report
-            + _raw_sig(self.keys["pck"], qe_report)
-            + struct.pack("<H", len(auth))
-            + auth
-            + struct.pack("<HI", 5, len(chain))
-            + chain
+        qe = dcap_abi.QeCertificationData(
+            qe_report=qe_report,
+            qe_report_signature=_raw_sig(self.keys["pck"], dcap_abi.serialise_sgx_report(qe_report)),
+            qe_auth_data=auth,
+            cert_type=dcap_abi.CERT_TYPE_PCK_CHAIN,
+            cert_data=chain,
+        )
+        sig = dcap_abi.EcdsaSignatureData(_raw_sig(self.keys["attest"], signed_part), attest_key, qe)
+        sig_data = dcap_abi.serialise_signature_data(sig, unsigned.version)
+        return dcap_abi.serialise_quote(dataclasses.replace(unsigned, signature_data=sig_data))
+
+    def _header(self, version: int, tee_type: int, body: SgxReportBody | TdReportBody, qe_svn: int) -> DcapQuote:
+        return DcapQuote(
+            version=version,
+            att_key_type=dcap_abi.ATT_KEY_ECDSA_P256,
+            tee_type=tee_type,
+            qe_svn=qe_svn,
+            pce_svn=self.pcesvn,
+            qe_vendor_id=QE_VENDOR_ID,
+            user_data=bytes(20),
+            body_type=dcap_abi.BODY_SGX if isinstance(body, SgxReportBody) else dcap_abi.BODY_TD10,
+            body=body,
+            signature_data=b"",
         )
 
     def sgx_quote(
@@ -298,46 +322,51 @@ class FakeIntelPki:
         isv_svn: int = 1,
     ) -> bytes:
         """A DCAP quote v3 signed the way Intel's QE signs it."""
-        header = struct.pack("<HHIHH16s20s", 3, 2, 0, self.qe_isvsvn, self.pcesvn, QE_VENDOR_ID, bytes(20))
         flags = 0x07 if debug else 0x05
-        body = report_body(self.cpusvn, flags, mrenclave, mrsigner, isv_prod_id, isv_svn, report_data)
-        attest_key = _raw_pub(self.keys["attest"])
-        sig_data = _raw_sig(self.keys["attest"], header + body) + attest_key + self._qe_certification(attest_key, 1)
-        return header + body + struct.pack("<I", len(sig_data)) + sig_data
+        body = sgx_report(self.cpusvn, flags, mrenclave, mrsigner, isv_prod_id, isv_svn, report_data)
+        return self._signed_quote(self._header(3, dcap_abi.TEE_TYPE_SGX, body, self.qe_isvsvn), qe_prod_id=1)
 
     def tdx_quote(
         self, *, mrtd: bytes, report_data: bytes, debug: bool = False, rtmrs: tuple[bytes, ...] = ()
     ) -> bytes:
         """A DCAP quote v4 for a TD (TDREPORT 1.0 body, QE report certification data type 6)."""
-        header = struct.pack("<HHIHH16s20s", 4, 2, 0x81, 0, self.pcesvn, QE_VENDOR_ID, bytes(20))
-        body = bytearray(584)
-        body[0:16] = TEE_TCB_SVN
-        body[120:128] = (0x10000000 | (1 if debug else 0)).to_bytes(8, "little")  # td_attributes
-        body[128:136] = (0xE7).to_bytes(8, "little")  # xfam
-        body[136:184] = mrtd
-        for i, rtmr in enumerate(rtmrs):  # RTMR0..3 follow MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG
-            body[328 + 48 * i : 376 + 48 * i] = rtmr
-        body[520:584] = report_data.ljust(64, b"\0")
-        attest_key = _raw_pub(self.keys["attest"])
-        inner = self._qe_certification(attest_key, 2)
-        sig_data = (
-            _raw_sig(self.keys["attest"], header + bytes(body)) + attest_key + struct.pack("<HI", 6, len(inner)) + inner
+        z48 = bytes(48)
+        given = (*rtmrs, z48, z48, z48, z48)[:4]
+        body = TdReportBody(
+            tee_tcb_svn=TEE_TCB_SVN,
+            mr_seam=z48,
+            mr_signer_seam=z48,
+            seam_attributes=bytes(8),
+            td_attributes=(0x10000000 | (1 if debug else 0)).to_bytes(8, "little"),
+            xfam=(0xE7).to_bytes(8, "little"),
+            mr_td=mrtd,
+            mr_config_id=z48,
+            mr_owner=z48,
+            mr_owner_config=z48,
+            rtmrs=(given[0], given[1], given[2], given[3]),
+            report_data=report_data.ljust(64, b"\0"),
         )
-        return header + bytes(body) + struct.pack("<I", len(sig_data)) + sig_data
+        return self._signed_quote(self._header(4, dcap_abi.TEE_TYPE_TDX, body, 0), qe_prod_id=2)
 
 
 TEE_TCB_SVN = bytes([5, 0, 2] + [0] * 13)
 
 
-def report_body(
+def sgx_report(
     cpusvn: bytes, flags: int, mrenclave: bytes, mrsigner: bytes, prod_id: int, svn: int, report_data: bytes
-) -> bytes:
-    b = bytearray(384)
-    b[0:16] = cpusvn
-    b[48:56] = flags.to_bytes(8, "little")
-    b[56:64] = (0xE7).to_bytes(8, "little")
-    b[64:96] = mrenclave
-    b[128:160] = mrsigner
-    struct.pack_into("<HH", b, 256, prod_id, svn)
-    b[320:384] = report_data.ljust(64, b"\0")
-    return bytes(b)
+) -> SgxReportBody:
+    """An enclave report body (the quoted enclave's, or the QE's); fields not given are zero."""
+    return SgxReportBody(
+        cpu_svn=cpusvn,
+        misc_select=0,
+        isv_ext_prod_id=bytes(16),
+        attributes=flags.to_bytes(8, "little") + (0xE7).to_bytes(8, "little"),  # flags, XFRM
+        mr_enclave=mrenclave,
+        mr_signer=mrsigner,
+        config_id=bytes(64),
+        isv_prod_id=prod_id,
+        isv_svn=svn,
+        config_svn=0,
+        isv_family_id=bytes(16),
+        report_data=report_data.ljust(64, b"\0"),
+    )

@@ -14,7 +14,7 @@ import hmac
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import BindingError, EvidenceParseError
+from ..errors import BindingError, Check, EvidenceParseError
 
 __all__ = ["DOMAIN", "MAX_NONCE_BYTES", "check_binding", "report_data_for", "spki_der", "spki_sha256"]
 
@@ -51,7 +51,7 @@ def load_certificate(pem: str | bytes) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
     except ValueError as exc:
         raise EvidenceParseError(
-            "the server's certificate is not a PEM X.509 certificate", check="certificate"
+            "the server's certificate is not a PEM X.509 certificate", check=Check.CERTIFICATE
         ) from exc
 
 
@@ -61,7 +61,7 @@ def check_binding(report_data: bytes, cert: x509.Certificate, nonce: bytes) -> N
     if not hmac.compare_digest(bytes(report_data[:REPORT_DATA_BYTES]), expected):
         raise BindingError(
             "report_data does not bind the server's TLS public key and this connection's nonce",
-            check="binding",
+            check=Check.BINDING,
             got=bytes(report_data[:REPORT_DATA_BYTES]),
             expected=expected,
         )

@@ -148,7 +148,7 @@ class SnpCrlSource(Protocol):
 def _crl_pem(raw: bytes) -> tuple[str, dt.datetime]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from .hardware import load_crl
+    from .collateral import load_crl
 
     crl = load_crl(raw)
     nxt = crl.next_update_utc or dt.datetime.now(dt.UTC)
@@ -181,14 +181,15 @@ class KdsSnpCrl:
     def get(self, report: bytes, cert_table: bytes) -> str:
         import httpx
 
-        from . import sev_snp
+        from .snp_abi import KEY_VLEK, parse_cert_table, parse_report
+        from .snp_verify import cert_product, sort_certs
 
-        parsed = sev_snp.parse_report(report)
-        certs = sev_snp.sort_certs(sev_snp.parse_cert_table(cert_table)) if cert_table else None
-        product = (sev_snp.cert_product(certs.endorsement) if certs else None) or parsed.product
+        parsed = parse_report(report)
+        certs = sort_certs(parse_cert_table(cert_table)) if cert_table else None
+        product = (cert_product(certs.endorsement) if certs else None) or parsed.product
         if product is None:
             raise NoTeeError("cannot tell this machine's AMD product to fetch its CRL: use --snp-crl-file")
-        kind = "vlek" if parsed.signing_key == sev_snp.KEY_VLEK else "vcek"
+        kind = "vlek" if parsed.signing_key == KEY_VLEK else "vcek"
         key = f"{kind}/{product}"
         with self._lock:
             hit = self._cache.get(key)

@@ -20,8 +20,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from ..errors import BindingError, EvidenceParseError
-from .sgx_tdx import DcapQuote, parse_quote
+from ..errors import BindingError, Check, EvidenceParseError
+from .dcap_abi import DcapQuote, parse_quote
 
 __all__ = ["OID_DICE_TAGGED_EVIDENCE", "OID_GRAMINE_LEGACY", "RaTlsEvidence", "check_ratls_binding", "extract"]
 
@@ -34,7 +34,7 @@ HASH_ALG_SHA256 = 1
 def _read(data: bytes, pos: int) -> tuple[int, int, int]:
     """One DER element at ``pos``: (tag, start of value, end of value)."""
     if pos + 2 > len(data):
-        raise EvidenceParseError("certificate DER truncated", check="parse")
+        raise EvidenceParseError("certificate DER truncated", check=Check.PARSE)
     tag, first = data[pos], data[pos + 1]
     pos += 2
     if first < 0x80:
@@ -42,11 +42,11 @@ def _read(data: bytes, pos: int) -> tuple[int, int, int]:
     else:
         n = first & 0x7F
         if n == 0 or n > 4 or pos + n > len(data):
-            raise EvidenceParseError("certificate DER has a bad length", check="parse")
+            raise EvidenceParseError("certificate DER has a bad length", check=Check.PARSE)
         length = int.from_bytes(data[pos : pos + n], "big")
         pos += n
     if pos + length > len(data):
-        raise EvidenceParseError("certificate DER element runs past the end", check="parse")
+        raise EvidenceParseError("certificate DER element runs past the end", check=Check.PARSE)
     return tag, pos, pos + length
 
 
@@ -92,18 +92,18 @@ def extract(cert_der: bytes) -> RaTlsEvidence:
     except (IndexError, ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, EvidenceParseError):
             raise
-        raise EvidenceParseError(f"certificate DER is malformed ({type(exc).__name__})", check="parse") from exc
+        raise EvidenceParseError(f"certificate DER is malformed ({type(exc).__name__})", check=Check.PARSE) from exc
 
 
 def _extract(cert_der: bytes) -> RaTlsEvidence:
     tag, cs, ce = _read(cert_der, 0)
     if tag != 0x30:
-        raise EvidenceParseError("not a DER certificate", check="parse")
+        raise EvidenceParseError("not a DER certificate", check=Check.PARSE)
     _, _, tbs_vs, tbs_ve = _children(cert_der, cs, ce)[0]
     fields = _children(cert_der, tbs_vs, tbs_ve)
     offset = 1 if fields and fields[0][0] == 0xA0 else 0  # explicit [0] version
     if len(fields) < offset + 6:
-        raise EvidenceParseError("certificate has too few TBS fields", check="parse")
+        raise EvidenceParseError("certificate has too few TBS fields", check=Check.PARSE)
     _, spki_start, _, spki_end = fields[offset + 5]
     extensions: dict[str, bytes] = {}
     for tag, _, vs, _ in fields[offset + 6 :]:
@@ -139,7 +139,7 @@ def check_ratls_binding(cert: bytes, kind: str | None = None) -> DcapQuote:
     try:
         der = _pem_to_der(cert) if cert.lstrip().startswith(b"-----BEGIN") else cert
     except ValueError as exc:
-        raise EvidenceParseError("certificate PEM is not base64", check="parse") from exc
+        raise EvidenceParseError("certificate PEM is not base64", check=Check.PARSE) from exc
     ev = extract(der)
     spki_hash = hashlib.sha256(ev.spki_der).digest()
     kind = kind or ev.kind
@@ -147,28 +147,28 @@ def check_ratls_binding(cert: bytes, kind: str | None = None) -> DcapQuote:
         try:
             tagged = cbor2.loads(ev.extensions[OID_DICE_TAGGED_EVIDENCE])
         except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-            raise EvidenceParseError("DICE tagged evidence is not CBOR", check="parse") from exc
+            raise EvidenceParseError("DICE tagged evidence is not CBOR", check=Check.PARSE) from exc
         if not isinstance(tagged, cbor2.CBORTag) or tagged.tag != CBOR_TAG_DICE:
-            raise EvidenceParseError("DICE evidence is not CBOR tag 60000", check="parse")
+            raise EvidenceParseError("DICE evidence is not CBOR tag 60000", check=Check.PARSE)
         value = tagged.value
         if not isinstance(value, list | tuple) or len(value) != 2 or not all(isinstance(x, bytes) for x in value):
-            raise EvidenceParseError("DICE evidence must be [quote, claims] byte strings", check="parse")
+            raise EvidenceParseError("DICE evidence must be [quote, claims] byte strings", check=Check.PARSE)
         raw_quote, claims_bytes = value
         try:
             claims = cbor2.loads(claims_bytes)
         except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-            raise EvidenceParseError("DICE claims are not CBOR", check="parse") from exc
+            raise EvidenceParseError("DICE claims are not CBOR", check=Check.PARSE) from exc
         pk = claims.get("pubkey-hash") if isinstance(claims, dict) else None
         if isinstance(pk, bytes):  # producers wrap the [alg, hash] array in a CBOR byte string
             try:
                 pk = cbor2.loads(pk)
             except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-                raise EvidenceParseError("pubkey-hash is not CBOR", check="parse") from exc
+                raise EvidenceParseError("pubkey-hash is not CBOR", check=Check.PARSE) from exc
         if not (isinstance(pk, list) and len(pk) == 2 and pk[0] == HASH_ALG_SHA256 and isinstance(pk[1], bytes)):
-            raise EvidenceParseError("claims lack a sha-256 pubkey-hash", check="parse")
+            raise EvidenceParseError("claims lack a sha-256 pubkey-hash", check=Check.PARSE)
         if not hmac.compare_digest(pk[1], spki_hash):
             raise BindingError(
-                "pubkey-hash is not the certificate's key", check="ratls-binding", got=pk[1], expected=spki_hash
+                "pubkey-hash is not the certificate's key", check=Check.RATLS_BINDING, got=pk[1], expected=spki_hash
             )
         quote = parse_quote(raw_quote)
         want = hashlib.sha256(claims_bytes).digest()
@@ -176,11 +176,11 @@ def check_ratls_binding(cert: bytes, kind: str | None = None) -> DcapQuote:
         quote = parse_quote(ev.extensions[OID_GRAMINE_LEGACY])
         want = spki_hash
     else:
-        raise EvidenceParseError("certificate carries no RA-TLS evidence", check="parse")
+        raise EvidenceParseError("certificate carries no RA-TLS evidence", check=Check.PARSE)
     if not hmac.compare_digest(quote.body.report_data[:32], want):
         raise BindingError(
             "quote report_data does not bind the RA-TLS claims",
-            check="ratls-binding",
+            check=Check.RATLS_BINDING,
             got=quote.body.report_data[:32],
             expected=want,
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import EvidenceParseError, SignatureError
+from ..errors import Check, EvidenceParseError, SignatureError
 from .evidence import SimulatedEvidence, VerifiedAttestation
 
 __all__ = ["MAGIC", "SIZE", "SimulationSigner", "code_measurement", "parse", "verify"]
@@ -60,9 +60,9 @@ def code_measurement() -> bytes:
 
 def parse(data: bytes) -> SimulatedEvidence:
     if len(data) < SIZE:
-        raise EvidenceParseError(f"simulation evidence is {len(data)} bytes; needs {SIZE}", check="parse")
+        raise EvidenceParseError(f"simulation evidence is {len(data)} bytes; needs {SIZE}", check=Check.PARSE)
     if data[:8] != MAGIC:
-        raise EvidenceParseError("not simulation evidence (bad magic)", check="parse", got=data[:8], expected=MAGIC)
+        raise EvidenceParseError("not simulation evidence (bad magic)", check=Check.PARSE, got=data[:8], expected=MAGIC)
     return SimulatedEvidence(
         report_data=bytes(data[_RD:_MEAS]),
         measurement=bytes(data[_MEAS:_PK]),
@@ -76,7 +76,7 @@ def verify(ev: SimulatedEvidence) -> VerifiedAttestation:
     try:
         Ed25519PublicKey.from_public_bytes(ev.public_key).verify(ev.signature, ev.signed)
     except InvalidSignature as exc:
-        raise SignatureError("simulation evidence signature does not verify", check="signature") from exc
+        raise SignatureError("simulation evidence signature does not verify", check=Check.SIGNATURE) from exc
     return VerifiedAttestation(
         tee="simulation",
         measurements={"measurement": ev.measurement.hex()},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import struct
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -21,18 +22,47 @@ from cryptography import x509
 from ..errors import (
     AttestationError,
     BlindAIError,
+    Check,
     CollateralError,
     EvidenceParseError,
     SimulationModeWarning,
     SimulationRefusedError,
 )
-from . import hardware, simulation
+from . import dcap_abi, simulation, snp_abi
 from .binding import check_binding, load_certificate, spki_sha256
+from .collateral import load_crl
+from .dcap_verify import verify_dcap_evidence
 from .evidence import VerifiedAttestation
 from .policy import Policy, validate
+from .snp_verify import verify_snp_evidence
 from .trust import TrustOptions
 
-__all__ = ["TrustOptions", "verify_evidence", "verify_server_attestation"]
+__all__ = ["TrustOptions", "detect_tee", "verify_evidence", "verify_server_attestation"]
+
+_DCAP_PREFIX = struct.Struct("<HHI")  # version, attestation key type, TEE type
+_U32 = struct.Struct("<I")
+_SNP_SIG_ALGO_AT = 0x34
+
+
+def detect_tee(data: bytes) -> str:
+    """Tell the evidence kind from its bytes: simulation, sgx, tdx or sev-snp (nothing is verified here)."""
+    if data[: len(simulation.MAGIC)] == simulation.MAGIC:
+        return "simulation"
+    if len(data) >= _DCAP_PREFIX.size:
+        version, akt, tee_type = _DCAP_PREFIX.unpack_from(data, 0)
+        if (
+            version in dcap_abi.QUOTE_VERSIONS
+            and akt == dcap_abi.ATT_KEY_ECDSA_P256
+            and tee_type in (dcap_abi.TEE_TYPE_SGX, dcap_abi.TEE_TYPE_TDX)
+        ):
+            return "tdx" if tee_type == dcap_abi.TEE_TYPE_TDX else "sgx"
+    if len(data) >= snp_abi.REPORT_SIZE:
+        (version,) = _U32.unpack_from(data, 0)
+        (algo,) = _U32.unpack_from(data, _SNP_SIG_ALGO_AT)
+        if version in snp_abi.SUPPORTED_VERSIONS and algo == snp_abi.SIG_ALGO_ECDSA_P384_SHA384:
+            return "sev-snp"
+    raise EvidenceParseError("not SGX or TDX quote, SEV-SNP report or simulation evidence", check=Check.DETECT)
+
 
 @contextlib.contextmanager
 def _typed(what: str) -> Iterator[None]:
@@ -43,7 +73,7 @@ def _typed(what: str) -> Iterator[None]:
     except BlindAIError:
         raise
     except Exception as exc:  # any foreign failure on untrusted input is a refusal
-        raise EvidenceParseError(f"malformed {what} ({type(exc).__name__}: {exc})", check="parse") from exc
+        raise EvidenceParseError(f"malformed {what} ({type(exc).__name__}: {exc})", check=Check.PARSE) from exc
 
 
 def verify_evidence(
@@ -62,21 +92,20 @@ def verify_evidence(
     opts = options or TrustOptions()
     if tee != "sev-snp" and (snp_certs or snp_crl is not None):
         raise AttestationError(
-            f"certificates and CRLs given as files only apply to sev-snp evidence, not {tee}", check="options"
+            f"certificates and CRLs given as files only apply to sev-snp evidence, not {tee}", check=Check.OPTIONS
         )
     with _typed(f"{tee} evidence or collateral"):
         match tee:
             case "simulation":
                 return simulation.verify(simulation.parse(evidence))
             case "sgx" | "tdx":
-                verified: VerifiedAttestation = hardware.verify_dcap(tee, evidence, collateral, opts)
-                return verified
+                return verify_dcap_evidence(tee, evidence, collateral, opts)
             case "sev-snp":
-                crl = hardware.load_crl(snp_crl) if snp_crl is not None else None
-                return hardware.verify_snp(evidence, collateral, opts, snp_certs, crl)
+                crl = load_crl(snp_crl) if snp_crl is not None else None
+                return verify_snp_evidence(evidence, collateral, opts, snp_certs, crl)
             case _:
                 raise AttestationError(
-                    f"unknown TEE kind {tee!r}", check="tee", got=tee, expected="simulation, sgx, tdx or sev-snp"
+                    f"unknown TEE kind {tee!r}", check=Check.TEE, got=tee, expected="simulation, sgx, tdx or sev-snp"
                 )
 
 
@@ -86,7 +115,7 @@ def _simulation_gate(tee: str, simulation_ok: bool, policy: Policy | None) -> No
         raise SimulationRefusedError(
             "the server runs in SIMULATION mode: no TEE protects your data. "
             "Pass simulation=True only for development and tests",
-            check="simulation",
+            check=Check.SIMULATION,
             cli_message="the server runs in SIMULATION mode: no TEE protects your data. "
             "Pass --simulation only for development and tests",
         )
@@ -94,7 +123,7 @@ def _simulation_gate(tee: str, simulation_ok: bool, policy: Policy | None) -> No
         raise SimulationRefusedError(
             f"simulation=True only accepts simulation evidence, but the server offers {tee!r}: "
             "connect without simulation=True and give a policy",
-            check="simulation",
+            check=Check.SIMULATION,
             cli_message=f"--simulation only accepts simulation evidence, but the server offers {tee!r}: "
             "drop --simulation and give --policy",
         )
@@ -124,7 +153,7 @@ def verify_server_attestation(
         raise AttestationError(
             f"a policy is required to trust {tee!r} evidence (which measurement do you expect?); build a first one "
             "from the server with blindai.attest(host) and blindai.Policy.from_attestation(...)",
-            check="policy",
+            check=Check.POLICY,
             cli_message=f"a policy is required to trust {tee!r} evidence (which measurement do you expect?); "
             "write one with `blindai attest show HOST --write-policy policy.toml`",
         )
@@ -143,7 +172,7 @@ def verify_server_attestation(
         raise CollateralError(
             why + serve + "fetch it yourself (collateral_url=KDS), or accept the risk with require_crl = false "
             "in a policy",
-            check="crl",
+            check=Check.CRL,
             cli_message=why + serve + "fetch it yourself (--collateral-url https://kdsintf.amd.com), or accept "
             "the risk with require_crl = false in a --policy",
         )

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BindingError, EvidenceParseError
+from ..errors import BindingError, Check, EvidenceParseError
 
 __all__ = ["AttestationDoc", "MAX_DOC_BYTES", "decode_attestation_doc", "encode_attestation_doc"]
 
@@ -55,34 +55,36 @@ def encode_attestation_doc(
 def decode_attestation_doc(doc: object, expected_nonce: bytes) -> AttestationDoc:
     """Shape checks, the one-certificate rule and the nonce echo; typed errors only."""
     if not isinstance(doc, dict):
-        raise EvidenceParseError("the /attestation answer is not a JSON object", check="parse")
+        raise EvidenceParseError("the /attestation answer is not a JSON object", check=Check.PARSE)
     tee, evidence_b64, cert_pem, nonce = doc.get("tee"), doc.get("evidence"), doc.get("certificate"), doc.get("nonce")
     for key, value in (("tee", tee), ("evidence", evidence_b64), ("certificate", cert_pem), ("nonce", nonce)):
         if not isinstance(value, str):
             raise EvidenceParseError(
-                f"the /attestation answer's {key!r} is missing or not a string", check="parse", got=type(value).__name__
+                f"the /attestation answer's {key!r} is missing or not a string",
+                check=Check.PARSE,
+                got=type(value).__name__,
             )
     assert isinstance(tee, str) and isinstance(evidence_b64, str) and isinstance(cert_pem, str)
     collateral = doc.get("collateral")
     if collateral is not None and not isinstance(collateral, dict):
-        raise EvidenceParseError("the /attestation answer's 'collateral' is not an object or null", check="parse")
+        raise EvidenceParseError("the /attestation answer's 'collateral' is not an object or null", check=Check.PARSE)
     if nonce != expected_nonce.hex():
         raise BindingError(
             "the server answered for another nonce (stale or replayed evidence)",
-            check="nonce",
+            check=Check.NONCE,
             got=nonce,
             expected=expected_nonce.hex(),
         )
     try:
         evidence = base64.b64decode(evidence_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise EvidenceParseError("evidence is not base64", check="parse") from exc
+        raise EvidenceParseError("evidence is not base64", check=Check.PARSE) from exc
     certs = _PEM_CERT.findall(cert_pem)
     blocks = _PEM_ANY.findall(cert_pem)
     if len(certs) != 1 or len(blocks) != 1:
         raise EvidenceParseError(
             "the /attestation answer must carry exactly one certificate",
-            check="certificate",
+            check=Check.CERTIFICATE,
             got=f"{len(blocks)} PEM blocks",
             expected="exactly one certificate",
         )
