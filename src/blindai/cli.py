@@ -90,6 +90,7 @@ _CliError = ConfigurationError  # an ordinary mistake on the command line: one l
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.connections import ConnectionLimits
     from .server.models import StoreLimits
     from .server.runner import ServerConfig, run_server
 
@@ -144,6 +145,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_output_bytes=args.max_output_bytes,
     )
     config.body_limits = _body_limits(args, config.limits)
+    config.connection_limits = ConnectionLimits(
+        head_timeout_s=args.head_timeout,
+        handshake_timeout_s=args.handshake_timeout,
+        max_head_bytes=args.max_head_bytes,
+        max_connections=args.max_connections,
+    )
     return run_server(config)
 
 
@@ -159,6 +166,7 @@ def _body_limits(args: argparse.Namespace, store_limits: Any) -> Any:
         max_concurrent_uploads=args.max_concurrent_uploads,
         max_inflight_bytes=args.max_inflight_bytes or default_inflight_bytes(store_limits),
         max_json_bytes=args.max_json_bytes,
+        max_json_response_bytes=args.max_json_response_bytes,
     )
 
 
@@ -520,6 +528,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-output-bytes", type=_size, default=1 << 30, help="outputs of one inference, strings included")
     p.add_argument("--max-json-bytes", type=_size, default=1 << 20, help="JSON part of one inference request")
+    p.add_argument(
+        "--head-timeout", type=float, default=10.0, help="seconds a client has to send a whole request head (else 408)"
+    )
+    p.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds a client has to finish TLS")
+    p.add_argument(
+        "--max-head-bytes", type=_size, default=64 << 10, help="URL and headers of one request (larger: 431)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="open connections per port; more are closed at once (default 0: a quarter of the open-file limit)",
+    )
+    p.add_argument(
+        "--max-json-response-bytes",
+        type=_size,
+        default=32 << 20,
+        help="outputs sent as JSON, per response (larger ones are refused: ask for binary outputs)",
+    )
     p.add_argument(
         "--max-inflight-bytes",
         type=_size,

@@ -225,6 +225,25 @@ def decode_request(
     return InferRequest(inputs, outputs, binary_output, rid if isinstance(rid, str) else None, params)
 
 
+# Longest JSON text of one element, with its comma: "-1.2345678901234567e-308," and the like.
+_JSON_ELEMENT_BYTES = {"b": 6, "i": 21, "u": 21, "f": 25, "c": 60}
+
+
+def json_bytes_bound(array: npt.NDArray[Any]) -> int:
+    """At most the bytes ``encode_json_data(array)`` writes, known before it allocates them."""
+    if array.dtype.kind in "OSU":  # strings: every byte may need \u00XX, plus quotes and comma
+        return sum(6 * len(v if isinstance(v, bytes | str) else str(v)) + 3 for v in array.reshape(-1)) + 2
+    per = _JSON_ELEMENT_BYTES.get(array.dtype.kind, 25)
+    if array.dtype.kind in "iu":
+        per = min(per, 3 * array.dtype.itemsize + 2)  # int8: "-128," ... int64: 20 digits and a sign
+    return array.size * per + 2
+
+
+def json_response_bound(outputs: Mapping[str, npt.NDArray[Any]], binary: Mapping[str, bool]) -> int:
+    """Upper bound of the JSON text of the outputs sent as JSON (not ``binary``)."""
+    return sum(json_bytes_bound(np.asarray(a)) for n, a in outputs.items() if not binary.get(n, False))
+
+
 def encode_response(
     model_name: str,
     outputs: Mapping[str, npt.NDArray[Any]],
@@ -233,6 +252,11 @@ def encode_response(
     request_id: str | None = None,
     model_version: str = "1",
 ) -> tuple[Chunks, int | None]:
+    """The response's body chunks and its JSON header length (None when it is all JSON).
+
+    Binary outputs go out as views of the arrays (no copy); a server bounds the JSON ones with
+    ``json_response_bound`` first, as Python's JSON of a float array is ~40x its size in memory.
+    """
     entries: list[dict[str, Any]] = []
     blobs: Chunks = []
     for name, array in outputs.items():

@@ -27,9 +27,9 @@ from ..attestation.binding import MAX_NONCE_BYTES, report_data_for
 from ..attestation.providers import Evidence, EvidenceProvider
 from ..errors import BlindAIError, InvalidInputError, ServerError
 from ..protocol.attestation_doc import encode_attestation_doc
-from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response
+from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
 from ..protocol.tensors import TensorError, TensorLimitError
-from .bodies import Body, BodyLimits, Hold, MemoryBudget, UploadSlots, content_length, read_body
+from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, UploadSlots, content_length, read_body
 from .inference import InferenceEngine
 from .models import ModelStore, parse_hints
 from .tls import TlsIdentity
@@ -207,10 +207,13 @@ def attested_app(state: ServerState) -> Starlette:
         async def run(request: Request) -> Response:
             # Waiting for room outlasts anything a silent client holds (it times out first).
             hold = Hold(state.budget, wait_s=state.body_limits.idle_timeout_s)
+            response: Response | None = None
             try:
-                return await handler(request, hold)
+                response = await handler(request, hold)
+                return response
             finally:
-                hold.release()
+                if not isinstance(response, HeldResponse):  # that one gives it back once it is sent
+                    hold.release()
 
         return run
 
@@ -322,11 +325,22 @@ def attested_app(state: ServerState) -> Starlette:
                 binary[o.name] = o.binary
         rid, model_id = req.id, entry.model_id
         del req, body
+        hold.release()  # the request's bytes are gone; the outputs and their encoding are held instead
+        json_bound = json_response_bound(outputs, binary)
+        limit = state.body_limits.max_json_response_bytes
+        if json_bound > limit:
+            raise InvalidInputError(
+                f"the outputs sent as JSON could take {json_bound} bytes, above the server's limit of {limit} for "
+                "JSON outputs (--max-json-response-bytes): ask for binary outputs "
+                '(parameters: {"binary_data_output": true}), as the BlindAI SDK and tritonclient do',
+                status=400,
+            )
+        # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
+        await hold.take_async(sum(a.nbytes for a in outputs.values()) + 3 * json_bound, "this response")
         chunks, head_len = await asyncio.to_thread(lambda: encode_response(model_id, outputs, binary, request_id=rid))
-        payload = b"".join(chunks)
         if head_len is None:
-            return Response(payload, media_type="application/json")
-        return Response(payload, media_type="application/octet-stream", headers={HEADER_LENGTH: str(head_len)})
+            return HeldResponse(chunks, hold, "application/json", {})
+        return HeldResponse(chunks, hold, "application/octet-stream", {HEADER_LENGTH: str(head_len)})
 
     routes = [
         Route("/v1/models", held(upload), methods=["POST"]),

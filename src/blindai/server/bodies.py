@@ -22,6 +22,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
 from ..errors import InvalidInputError, ServerError
 
 __all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "UploadSlots", "read_body"]
@@ -41,6 +44,7 @@ class BodyLimits:
     max_concurrent_uploads: int = 4  # model uploads receiving at once; more wait, then 503
     max_inflight_bytes: int = 4 << 30  # bodies held plus decoder estimates, server-wide
     max_json_bytes: int = 1 << 20  # JSON (or JSON header) of one inference request
+    max_json_response_bytes: int = 32 << 20  # outputs sent as JSON (binary outputs are not bound by it)
 
 
 class MemoryBudget:
@@ -256,3 +260,28 @@ def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLim
     else:
         text = f"nothing arrived for {limits.idle_timeout_s:g} s (--body-idle-timeout)"
     return ServerError(f"{what} timed out: {text}", status=408)
+
+
+class HeldResponse(Response):
+    """A response sent chunk by chunk whose memory stays counted in the budget until it is sent.
+
+    Starlette sends a response after its handler has returned, so a plain response's bytes
+    would leave the in-flight budget (``held`` gives it back at return) while a slow client
+    still holds them; and joining the chunks would copy them all once more.
+    """
+
+    def __init__(self, chunks: list[Any], hold: Hold, media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(None, media_type=media_type, headers=headers)
+        # Flat byte views: a server writes them as they are, and len() is their byte count.
+        self.chunks = [c if isinstance(c, bytes) else memoryview(c).cast("B") for c in chunks]
+        self.hold = hold
+        self.headers["content-length"] = str(sum(len(c) for c in self.chunks))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            chunks, self.chunks = self.chunks or [b""], []
+            for i, chunk in enumerate(chunks):
+                await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+        finally:
+            self.hold.release()

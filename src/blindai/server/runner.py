@@ -43,6 +43,13 @@ from ..attestation.providers import (
 from ..errors import ConfigurationError
 from .app import ServerState, attested_app, unattested_app
 from .bodies import BodyLimits
+from .connections import (
+    ConnectionLimits,
+    default_max_connections,
+    guarded_protocol,
+    handshake_timeout,
+    raise_open_file_limit,
+)
 from .front import default_workers, listen_shared, start_workers, stop_workers
 from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .models import ModelStore, StoreLimits, hash_token
@@ -96,14 +103,24 @@ class ServerConfig:
     max_inference_memory: int | None = None
     v06_routes: bool = True
     body_limits: BodyLimits | None = None  # None: BodyLimits() with the in-flight budget sized to the machine
+    connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling: we stop both ports together."""
+    """uvicorn's server without its own signal handling (we stop both ports together), and with
+    a TLS handshake deadline (connections.py)."""
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout_s: float = 10.0) -> None:
+        super().__init__(config)
+        self.handshake_timeout = handshake_timeout_s
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        with handshake_timeout(asyncio.get_running_loop(), self.handshake_timeout):
+            await super().startup(sockets)
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
@@ -253,7 +270,11 @@ async def serve(
     )
     attested_sock = front.backend if front is not None else _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
+    limits = config.connection_limits
+    if not limits.max_connections:
+        limits = dataclasses.replace(limits, max_connections=default_max_connections(raise_open_file_limit()))
     common = {
+        "http": guarded_protocol(limits),
         "lifespan": "off",
         "log_config": None,
         "access_log": False,
@@ -278,6 +299,7 @@ async def serve(
             uvicorn.Config(attested_asgi, ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
         )
     unattested = _Server(uvicorn.Config(unattested_asgi, **common))  # type: ignore[arg-type]
+    attested.handshake_timeout = unattested.handshake_timeout = limits.handshake_timeout_s
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
