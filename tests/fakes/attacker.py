@@ -41,32 +41,13 @@ def fetch_doc(port: int, path: str) -> Doc:
     return doc
 
 
-class EvidenceAttacker:
-    """Plain-HTTP proxy for the unattested port; ``rewrite(doc, path)`` changes each answer."""
+class RawEvidenceServer:
+    """A hostile evidence port: ``answer(handler)`` writes whatever each GET gets (bytes, headers, pace)."""
 
-    def __init__(self, upstream_port: int, rewrite: Callable[[Doc, str], Doc] | None = None) -> None:
-        self.upstream_port = upstream_port
-        self.rewrite = rewrite
-        self.requests = 0
-        outer = self
-
+    def __init__(self, answer: Callable[[BaseHTTPRequestHandler], None]) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                outer.requests += 1
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{upstream_port}{self.path}", timeout=10) as r:
-                        raw = r.read()
-                        ctype = r.headers.get("Content-Type", "application/json")
-                except OSError:
-                    self.send_error(502)
-                    return
-                if self.path.startswith("/attestation") and outer.rewrite is not None:
-                    raw = json.dumps(outer.rewrite(json.loads(raw), self.path)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                answer(self)
 
             def log_message(self, *_args: object) -> None:
                 pass
@@ -78,6 +59,33 @@ class EvidenceAttacker:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class EvidenceAttacker(RawEvidenceServer):
+    """Plain-HTTP proxy for the unattested port; ``rewrite(doc, path)`` changes each answer."""
+
+    def __init__(self, upstream_port: int, rewrite: Callable[[Doc, str], Doc] | None = None) -> None:
+        self.upstream_port = upstream_port
+        self.rewrite = rewrite
+        self.requests = 0
+        super().__init__(self._answer)
+
+    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        self.requests += 1
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.upstream_port}{h.path}", timeout=10) as r:
+                raw = r.read()
+                ctype = r.headers.get("Content-Type", "application/json")
+        except OSError:
+            h.send_error(502)
+            return
+        if h.path.startswith("/attestation") and self.rewrite is not None:
+            raw = json.dumps(self.rewrite(json.loads(raw), h.path)).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(raw)))
+        h.end_headers()
+        h.wfile.write(raw)
 
 
 # ---------------------------------------------------------------- rewrites of the evidence answer

@@ -16,7 +16,7 @@ import resource
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import httpx
 import numpy as np
@@ -174,7 +174,8 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     try:
         with LocalServer() as srv:
             assert srv.proc is not None
-            limits = open(f"/proc/{srv.proc.pid}/limits").read()
+            with open(f"/proc/{srv.proc.pid}/limits") as f:
+                limits = f.read()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
@@ -188,7 +189,9 @@ def filled(value: float = 1.5) -> bytes:
     """y = ConstantOfShape(shape): a request of a few bytes whose output is as large as it asks."""
     s = helper.make_tensor_value_info("shape", TensorProto.INT64, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])
-    node = helper.make_node("ConstantOfShape", ["shape"], ["y"], value=numpy_helper.from_array(np.array([value], np.float32)))
+    node = helper.make_node(
+        "ConstantOfShape", ["shape"], ["y"], value=numpy_helper.from_array(np.array([value], np.float32))
+    )
     m = helper.make_model(helper.make_graph([node], "fill", [s], [y]), opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m.SerializeToString()
@@ -198,7 +201,9 @@ def test_json_outputs_are_bounded_before_encoding_and_binary_ones_are_not(server
     with sim_connect(server.srv) as conn:
         model_id = conn.upload_model(filled(), name="fill").model_id
         before = proc_status(server.pid)["VmHWM"]
-        with httpx.Client(base_url=f"https://127.0.0.1:{server.srv.attested_port}", verify=conn.ssl_context(), timeout=60) as c:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{server.srv.attested_port}", verify=conn.ssl_context(), timeout=60
+        ) as c:
 
             def ask(n: int, binary: bool) -> httpx.Response:
                 body = {
@@ -212,7 +217,8 @@ def test_json_outputs_are_bounded_before_encoding_and_binary_ones_are_not(server
             for _ in range(3):  # each would be ~25 MB of JSON text and ~40 MB of Python floats
                 big = ask(1_000_000, False)
                 assert big.status_code == 400, big.text
-                assert "binary_data_output" in big.json()["error"] and "--max-json-response-bytes" in big.json()["error"]
+                error = big.json()["error"]
+                assert "binary_data_output" in error and "--max-json-response-bytes" in error
             assert proc_status(server.pid)["VmHWM"] - before < 24 * MiB
         # The same output in binary is served (4 MB, the --max-output-bytes of FLAGS).
         out = conn.run_model(model_id, {"shape": np.array([1_000_000], np.int64)})
@@ -223,7 +229,9 @@ def test_json_outputs_are_bounded_before_encoding_and_binary_ones_are_not(server
 # ------------------------------------------------------------------ load-time memory
 
 
-def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], n: int, sparse: list[onnx.SparseTensorProto] = ()) -> bytes:  # type: ignore[assignment]
+def _model(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], n: int, sparse: Sequence[onnx.SparseTensorProto] = ()
+) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])
     g = helper.make_graph(nodes, "g", [x], [y], inits)
@@ -240,7 +248,9 @@ def folded_bomb(n: int, op: str = "ConstantOfShape") -> bytes:
         numpy_helper.from_array(np.array([1.0], np.float32), "one"),
     ]
     if op == "ConstantOfShape":
-        make = helper.make_node("ConstantOfShape", ["shp"], ["big"], value=numpy_helper.from_array(np.array([1.0], np.float32)))
+        make = helper.make_node(
+            "ConstantOfShape", ["shp"], ["big"], value=numpy_helper.from_array(np.array([1.0], np.float32))
+        )
     else:
         make = helper.make_node(op, ["one", "shp"], ["big"])
     return _model([make, helper.make_node("Add", ["x", "big"], ["y"])], inits, n)
@@ -249,7 +259,9 @@ def folded_bomb(n: int, op: str = "ConstantOfShape") -> bytes:
 def sparse_bomb(n: int) -> bytes:
     values = numpy_helper.from_array(np.array([1.0], np.float32), "big")
     indices = numpy_helper.from_array(np.array([0], np.int64), "big_idx")
-    return _model([helper.make_node("Add", ["x", "big"], ["y"])], [], n, [helper.make_sparse_tensor(values, indices, [n])])
+    return _model(
+        [helper.make_node("Add", ["x", "big"], ["y"])], [], n, [helper.make_sparse_tensor(values, indices, [n])]
+    )
 
 
 def unknown_size_constant() -> bytes:

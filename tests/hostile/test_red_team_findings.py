@@ -11,11 +11,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from blindai.attestation import PolicyLoadError, TeePolicy
 from blindai.client import BlindAiClient
 from blindai.local import LocalServer
 from tests import onnx_models
-from tests.fakes.attacker import EvidenceAttacker, fetch_doc
+from tests.fakes.attacker import EvidenceAttacker, RawEvidenceServer, fetch_doc
 
 
 @pytest.fixture(scope="module")
@@ -41,26 +40,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", blindai.SimulationModeWarning)
         yield
-
-
-class RawEvidenceServer:
-    """Answers /attestation with whatever bytes and headers a test gives (a hostile evidence port)."""
-
-    def __init__(self, answer: Callable[[BaseHTTPRequestHandler], None]) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                answer(self)
-
-            def log_message(self, *_a: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _send(body: bytes, **headers: str) -> Callable[[BaseHTTPRequestHandler], None]:
