@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from blindai.errors import ServerError
 from blindai.local import LocalServer
 from tests.conftest import sim_connect
-from tests.hostile.test_resource_attacks import FLAGS, proc_status, read_response
+from tests.hostile.test_resource_attacks import FLAGS, RSS_HEADROOM, proc_status, read_response
 
 MiB = 1 << 20
 HEAD_TIMEOUT_S = 1.0
@@ -305,3 +305,71 @@ def test_a_model_that_folds_little_still_loads_and_runs(server: Server) -> None:
         out = conn.run_model(up.model_id, {"x": np.full(1024, 2.0, np.float32)})
         assert np.array_equal(out.output, np.full(1024, 3.0, np.float32))
         conn.delete_model(up.model_id)
+
+
+# ------------------------------------------------------------------ responses nobody reads, 0.6 messages, the manifest
+
+
+def test_unread_responses_stay_in_the_budget_and_are_cut_off(server: Server) -> None:
+    """Requests of ~150 bytes for 4 MB binary outputs, never read (two pipelined per connection):
+    76 of them would hold 304 MB in transport buffers once the budget had been given back, as
+    30 MB responses did in the red team's run (+1 GiB). Now each response holds its share of
+    --max-inflight-bytes until the client has taken it, and a client that takes nothing is cut off."""
+    with sim_connect(server.srv) as conn:
+        model_id = conn.upload_model(filled(), name="fill-unread").model_id
+        body = json.dumps(
+            {
+                "inputs": [{"name": "shape", "shape": [1], "datatype": "INT64", "data": [1_000_000]}],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        request = (
+            f"POST /v2/models/{model_id}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        before = proc_status(server.pid)["VmHWM"]
+        base = open_fds(server.pid)
+        socks = []
+        try:
+            for _ in range(MAX_CONNECTIONS - 2):
+                s = server.tls()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.sendall(request + request)
+                socks.append(s)
+            time.sleep(3)
+            # the bound of the other resource attacks: twice the 64 MiB budget of FLAGS
+            assert proc_status(server.pid)["VmHWM"] - before < RSS_HEADROOM
+            # Cut off after --body-idle-timeout (1 s) without progress, or answered 503 at once when
+            # the budget was full (those connections then idle like any other keep-alive one).
+            deadline = time.monotonic() + 10
+            while open_fds(server.pid) > base + len(socks) // 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert open_fds(server.pid) <= base + len(socks) // 2, "responses nobody reads keep their connections"
+        finally:
+            for s in socks:
+                s.close()
+        assert conn.run_model(model_id, {"shape": np.array([10], np.int64)}).output.shape == (10,)
+        conn.delete_model(model_id)
+    assert server.health() == 200
+
+
+def test_a_v06_message_of_many_small_items_is_refused_before_decoding(server: Server) -> None:
+    import cbor2
+
+    body = cbor2.dumps({"model_id": "x", "inputs": [0] * 2_000_000})
+    with (
+        sim_connect(server.srv) as conn,
+        httpx.Client(
+            base_url=f"https://127.0.0.1:{server.srv.attested_port}", verify=conn.ssl_context(), timeout=60
+        ) as c,
+    ):
+        r = c.post("/run", content=body, headers={"Content-Type": "application/cbor"})
+    assert r.status_code == 413 and b"CBOR items" in r.content
+
+
+def test_a_manifest_the_store_could_not_read_back_is_never_written(tmp_path: object) -> None:
+    from blindai.server import sealing
+
+    key = sealing.SealingKey(os.urandom(16), source="test")
+    with pytest.raises(sealing.StoreError, match="--max-models"):
+        sealing.seal(key, "manifest", {"models": {f"{i:032x}": {"sha256": "0" * 64} for i in range(12_000)}}, b"")

@@ -336,11 +336,14 @@ def attested_app(state: ServerState) -> Starlette:
                 status=400,
             )
         # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
-        await hold.take_async(sum(a.nbytes for a in outputs.values()) + 3 * json_bound, "this response")
+        # Taken without waiting: outputs that waited for room would be memory nobody counts.
+        hold.take(sum(a.nbytes for a in outputs.values()) + 3 * json_bound, "this response")
         chunks, head_len = await asyncio.to_thread(lambda: encode_response(model_id, outputs, binary, request_id=rid))
         if head_len is None:
-            return HeldResponse(chunks, hold, "application/json", {})
-        return HeldResponse(chunks, hold, "application/octet-stream", {HEADER_LENGTH: str(head_len)})
+            return HeldResponse(chunks, hold, "application/json", {}, state.body_limits.idle_timeout_s)
+        return HeldResponse(
+            chunks, hold, "application/octet-stream", {HEADER_LENGTH: str(head_len)}, state.body_limits.idle_timeout_s
+        )
 
     routes = [
         Route("/v1/models", held(upload), methods=["POST"]),
@@ -363,5 +366,7 @@ def attested_app(state: ServerState) -> Starlette:
         async def read(req: Request, hold: Hold, limit: int | None = None) -> bytes:
             return (await state.read(req, hold, limit or state.max_request_bytes, "request body")).data
 
-        routes += compat_v06.attested_routes(store, engine.infer, read, held, state.uploads)
+        routes += compat_v06.attested_routes(
+            store, engine.infer, read, held, state.uploads, state.body_limits.idle_timeout_s
+        )
     return Starlette(routes=routes, exception_handlers=_HANDLERS)

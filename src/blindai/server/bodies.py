@@ -263,25 +263,43 @@ def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLim
 
 
 class HeldResponse(Response):
-    """A response sent chunk by chunk whose memory stays counted in the budget until it is sent.
+    """A response whose memory stays counted in the budget until the client has taken it.
 
     Starlette sends a response after its handler has returned, so a plain response's bytes
-    would leave the in-flight budget (``held`` gives it back at return) while a slow client
-    still holds them; and joining the chunks would copy them all once more.
+    would leave the in-flight budget (``held`` gives it back at return) while a client that
+    does not read still holds them in the transport's buffer; joining the chunks would copy
+    them all once more. So the body goes out in slices: uvicorn waits before each send until
+    the transport has drained below its high-water mark, the closing empty send waits for the
+    last slice, and only then is the budget given back. A client that takes no slice within
+    ``send_timeout_s`` (the body idle timeout: the same rate asked of request bodies) is cut
+    off, and the connection closed.
     """
 
-    def __init__(self, chunks: list[Any], hold: Hold, media_type: str, headers: dict[str, str]) -> None:
+    SLICE = 256 << 10
+
+    def __init__(
+        self, chunks: list[Any], hold: Hold, media_type: str, headers: dict[str, str], send_timeout_s: float = 20.0
+    ) -> None:
         super().__init__(None, media_type=media_type, headers=headers)
         # Flat byte views: a server writes them as they are, and len() is their byte count.
         self.chunks = [c if isinstance(c, bytes) else memoryview(c).cast("B") for c in chunks]
         self.hold = hold
+        self.send_timeout_s = send_timeout_s
         self.headers["content-length"] = str(sum(len(c) for c in self.chunks))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def deliver(message: dict[str, Any]) -> None:
+            await asyncio.wait_for(send(message), self.send_timeout_s)
+
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            chunks, self.chunks = self.chunks or [b""], []
-            for i, chunk in enumerate(chunks):
-                await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+            await deliver({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            chunks, self.chunks = self.chunks, []
+            for chunk in chunks:
+                view = memoryview(chunk)
+                for i in range(0, len(view), self.SLICE):
+                    await deliver({"type": "http.response.body", "body": view[i : i + self.SLICE], "more_body": True})
+            await deliver({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            pass  # an incomplete response: uvicorn closes the connection (and logs it once)
         finally:
             self.hold.release()

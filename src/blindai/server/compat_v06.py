@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidInputError, ModelNotFoundError, PermissionDeniedError
 from ..protocol.tensors import check_shape, decode_binary
-from .bodies import Hold, UploadSlots
+from .bodies import HeldResponse, Hold, UploadSlots
 from .models import ModelStore
 
 __all__ = ["LEGACY_HINT", "attested_routes", "unattested_routes"]
@@ -107,11 +107,15 @@ def attested_routes(
     read_body: Callable[..., Any],
     held: Callable[[Callable[[Request, Hold], Any]], Callable[[Request], Any]],
     uploads: UploadSlots,
+    send_timeout_s: float = 20.0,
 ) -> list[Route]:
     async def root(_req: Request) -> Response:
         return _cbor({"server": "blindai"})
 
     async def decode(raw: bytes, hold: Hold, cost: int) -> dict[str, Any]:
+        # cbor2 decodes in one call that holds the interpreter lock: 32 MiB of small integers kept
+        # /health waiting 1.1 s. Counted first, in Python (which yields the lock), at most 16K items.
+        await asyncio.to_thread(check_item_count, raw)
         hold.take(len(raw) * cost, "decoding this CBOR message")
         return await asyncio.to_thread(_load, raw)
 
@@ -148,18 +152,29 @@ def attested_routes(
                 raise ModelNotFoundError("no model with that hash", status=404)
             entry = matches[-1]
         feed = parse_run_inputs(msg, [s.name for s in entry.inputs])
+        del msg
         outputs = await infer(entry.model, feed, None)
-        out = []
-        for name, arr in outputs.items():
-            a = np.ascontiguousarray(arr)
-            code = _datum_type(a.dtype)
-            out.append(
-                {
-                    "info": {"fact": list(a.shape), "datum_type": code, "node_name": name},
-                    "bytes_data": a.astype(a.dtype.newbyteorder("<")).tobytes(),
-                }
-            )
-        return _cbor({"outputs": out})
+        del feed
+        hold.release()  # the request is gone; the outputs and their encoding are held instead
+        # The arrays, their little-endian bytes and the CBOR body that copies those: three times.
+        hold.take(3 * sum(a.nbytes for a in outputs.values()), "this response")  # no waiting: see app.infer
+
+        def encode() -> bytes:
+            out = []
+            for name, arr in outputs.items():
+                a = np.ascontiguousarray(arr)
+                code = _datum_type(a.dtype)
+                out.append(
+                    {
+                        "info": {"fact": list(a.shape), "datum_type": code, "node_name": name},
+                        "bytes_data": a.astype(a.dtype.newbyteorder("<")).tobytes(),
+                    }
+                )
+            return cbor2.dumps({"outputs": out})
+
+        body = await asyncio.to_thread(encode)
+        outputs.clear()
+        return HeldResponse([body], hold, "application/cbor", {}, send_timeout_s)
 
     async def delete(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
@@ -203,6 +218,32 @@ MAX_UPLOAD_FIELDS = 16 << 10  # CBOR bytes besides the model: name, length, clie
 _MAX_SCAN_DEPTH = 4
 
 
+MAX_MESSAGE_ITEMS = 1 << 14  # a 0.6 run or delete holds tens (tensors travel as one byte string each)
+
+
+def check_item_count(raw: bytes, limit: int = MAX_MESSAGE_ITEMS) -> None:
+    """A 0.6 message of more than ``limit`` CBOR items is a 413, found without decoding it."""
+    pos, pending, seen = 0, 1, 0
+    while pending:
+        major, arg, pos = _head(raw, pos)
+        pending -= 1
+        seen += 1
+        if seen > limit:
+            raise InvalidInputError(
+                f"a 0.6 message may hold at most {limit} CBOR items (tensors travel as bytes_data)", status=413
+            )
+        if major in (2, 3):
+            if arg > len(raw) - pos:
+                raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+            pos += arg
+        elif major in (4, 5):
+            pending += arg * (2 if major == 5 else 1)
+        elif major == 6:
+            pending += 1  # a tag: its item follows
+    if pos != len(raw):
+        raise InvalidInputError("body is not valid CBOR: bytes after the message", status=400)
+
+
 def _head(raw: bytes, pos: int) -> tuple[int, int, int]:
     """(major type, argument, position after the head) of the CBOR item at pos; definite lengths only."""
     if pos >= len(raw):
@@ -212,7 +253,7 @@ def _head(raw: bytes, pos: int) -> tuple[int, int, int]:
     if info < 24:
         return major, info, pos
     if info > 27:
-        raise InvalidInputError("a 0.6 upload takes definite-length CBOR only", status=400)
+        raise InvalidInputError("a 0.6 message takes definite-length CBOR only", status=400)
     n = 1 << (info - 24)
     if pos + n > len(raw):
         raise InvalidInputError("body is not valid CBOR: truncated", status=400)

@@ -56,7 +56,9 @@ def listen_shared(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def start_workers(socks: list[socket.socket], identity: TlsIdentity, backend: str) -> list[int]:
+def start_workers(
+    socks: list[socket.socket], identity: TlsIdentity, backend: str, handshake_timeout_s: float = 10.0
+) -> list[int]:
     """Fork one worker per socket; the caller closes its copies of ``socks`` afterwards."""
     parent = os.getpid()
     pids = []
@@ -69,7 +71,7 @@ def start_workers(socks: list[socket.socket], identity: TlsIdentity, backend: st
                     if j != i:
                         other.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C stops the main process, which stops us
-                asyncio.run(_worker(sock, identity.ssl_context(), backend, parent))
+                asyncio.run(_worker(sock, identity.ssl_context(), backend, parent, handshake_timeout_s))
             except BaseException:
                 log.exception("front worker %d stopped", os.getpid())
                 code = 1
@@ -90,7 +92,9 @@ def stop_workers(pids: list[int]) -> None:
             os.waitpid(pid, 0)
 
 
-async def _worker(sock: socket.socket, ctx: ssl.SSLContext, backend: str, parent: int) -> None:
+async def _worker(
+    sock: socket.socket, ctx: ssl.SSLContext, backend: str, parent: int, handshake_timeout_s: float
+) -> None:
     loop = asyncio.get_running_loop()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -128,7 +132,14 @@ async def _worker(sock: socket.socket, ctx: ssl.SSLContext, backend: str, parent
         writer.close()
 
     sock.setblocking(False)
-    server = await asyncio.start_server(handle, sock=sock, ssl=ctx, ssl_handshake_timeout=30, limit=CHUNK)
+    server = await asyncio.start_server(
+        handle,
+        sock=sock,
+        ssl=ctx,
+        ssl_handshake_timeout=handshake_timeout_s,
+        ssl_shutdown_timeout=handshake_timeout_s,
+        limit=CHUNK,
+    )
     log.info("front worker %d serving the attested port", os.getpid())
     async with server:
         while os.getppid() == parent:  # the main process is gone: so is the backend

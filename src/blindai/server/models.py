@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..protocol.tensors import DATATYPES, check_shape
 from .inference import LoadedModel, TensorSpec
-from .sealing import MAX_HEADER, SealedDirectory, SealedFileError
+from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
 
 __all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "check_string_growth", "vet_model"]
 
@@ -704,6 +704,9 @@ class ModelStore:
         }
         try:
             self.sealed.save(entry.model_id, meta, data)
+        except StoreError as exc:
+            log.error("sealing model %s refused: %s", entry.model_id, exc)
+            raise ServerError(f"the model could not be stored: {exc}; it was not added", status=507) from exc
         except OSError as exc:
             log.error("sealing model %s failed: %s", entry.model_id, exc.strerror or type(exc).__name__)
             raise ServerError(

@@ -228,7 +228,7 @@ def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
         backend.close()
         raise _cannot_listen(config.host, config.attested_port, exc) from exc
     port = shared[0].getsockname()[1]
-    pids = start_workers(shared, identity, path)
+    pids = start_workers(shared, identity, path, config.connection_limits.handshake_timeout_s)
     for sock in shared:  # a listening copy nobody accepts on would still get its share of connections
         sock.close()
     log.info("attested port %d served by %d front worker processes: %s", port, workers, pids)
@@ -410,6 +410,7 @@ def run_server(config: ServerConfig) -> int:
     # The key, then the front workers, before any model is loaded: a worker inherits the key and
     # nothing else worth having, and (under Gramine) a small address space to copy.
     identity = make_identity(config.tls_names)
+    raise_open_file_limit()  # before the front workers fork: they inherit it
     try:
         front = _start_front(config, identity)
     except ConfigurationError as exc:

@@ -107,6 +107,11 @@ def seal(key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes
         separators=(",", ":"),
         sort_keys=True,
     ).encode()
+    if len(header) > MAX_HEADER:  # unseal refuses it: never write what this store cannot read back
+        raise StoreError(
+            f"the sealed header of {ident!r} would be {len(header)} bytes, above the {MAX_HEADER} a store reads back"
+            + (" (the manifest lists too many models: fewer --max-models)" if ident == "manifest" else "")
+        )
     aad = MAGIC + struct.pack("<I", len(header)) + header
     return aad + AESGCM(data_key).encrypt(data_nonce, plaintext, aad)
 
