@@ -26,7 +26,7 @@ from ..attestation.evidence import VerifiedAttestation
 from ..attestation.policy import Policy, load_policy
 from ..attestation.trust import TrustOptions
 from ..attestation.verify import verify_server_attestation
-from ..errors import AttestationError, EvidenceParseError, TransportError
+from ..errors import AttestationError, Check, EvidenceParseError, TransportError
 from ..protocol.attestation_doc import MAX_DOC_BYTES, decode_attestation_doc
 from .connection import DEFAULT_TIMEOUT, Connection, host_for_url, raise_for_status
 
@@ -56,13 +56,13 @@ def fetch_attestation(host: str, port: int, nonce: bytes, timeout: float) -> obj
             if encoding not in ("", "identity"):
                 raise EvidenceParseError(
                     f"the /attestation answer is {encoding}-encoded; evidence is only accepted unencoded",
-                    check="parse",
+                    check=Check.PARSE,
                 )
             for chunk in resp.iter_raw():
                 body += chunk
                 if len(body) > MAX_DOC_BYTES:
                     raise EvidenceParseError(
-                        f"the /attestation answer is larger than {MAX_DOC_BYTES} bytes", check="parse"
+                        f"the /attestation answer is larger than {MAX_DOC_BYTES} bytes", check=Check.PARSE
                     )
                 if time.monotonic() > deadline:
                     raise TransportError(f"the unattested port {url} did not answer within {timeout} s")
@@ -70,11 +70,13 @@ def fetch_attestation(host: str, port: int, nonce: bytes, timeout: float) -> obj
         raise TransportError(f"cannot read the unattested port {url}: {exc}") from exc
     if resp.status_code != 200:
         message = bytes(body[:300]).decode(errors="replace")
-        raise AttestationError(f"the server refused to give evidence ({resp.status_code}): {message}", check="fetch")
+        raise AttestationError(
+            f"the server refused to give evidence ({resp.status_code}): {message}", check=Check.FETCH
+        )
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise EvidenceParseError("the /attestation answer is not JSON (or nests too deep)", check="parse") from exc
+        raise EvidenceParseError("the /attestation answer is not JSON (or nests too deep)", check=Check.PARSE) from exc
 
 
 def _attest(

@@ -24,6 +24,7 @@ from ..attestation.evidence import VerifiedAttestation
 from ..errors import (
     BindingError,
     BlindAIError,
+    Check,
     InvalidInputError,
     ModelHashMismatchError,
     ModelNotFoundError,
@@ -195,7 +196,7 @@ class Connection:
                 raise BindingError(
                     "the attested port presented a TLS key that is not the one bound in the evidence "
                     "(another server, or someone in between): nothing was sent",
-                    check="tls-pin",
+                    check=Check.TLS_PIN,
                 ) from exc
             raise TransportError(f"{method} {url} failed: {exc}") from exc
 
