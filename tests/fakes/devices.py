@@ -19,7 +19,14 @@ from pathlib import Path
 
 
 class _FifoServer:
-    """Answers each open of a FIFO with ``respond()`` until stopped."""
+    """Answers each open of a FIFO with ``respond()`` until stopped.
+
+    Every answer goes out on its own FIFO inode: before the writer closes, a fresh FIFO is
+    renamed over the path, so the reader being answered keeps the old inode (and gets EOF
+    when the writer closes) while the next reader's open waits on the new one. Polling
+    "is the last reader gone?" instead cannot tell the last reader from the next one and,
+    under load, answered the next reader with an empty read.
+    """
 
     def __init__(self, fifo: Path, respond: Callable[[], bytes]) -> None:
         self.fifo, self.respond = fifo, respond
@@ -35,20 +42,18 @@ class _FifoServer:
                     if self._stop:
                         return
                     f.write(self.respond())
+                    f.flush()
+                    self._renew()
                     self.served += 1
-                self._wait_reader_gone()
             except (BrokenPipeError, FileNotFoundError):
                 continue
 
-    def _wait_reader_gone(self) -> None:
-        """Until the last reader closes, a new open for writing would succeed at once and answer it twice."""
-        while not self._stop:
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader any more
-                return
-            os.close(fd)
-            time.sleep(0.001)
+    def _renew(self) -> None:
+        fresh = self.fifo.with_name(self.fifo.name + ".next")
+        with contextlib.suppress(FileNotFoundError):
+            fresh.unlink()
+        os.mkfifo(fresh)
+        os.replace(fresh, self.fifo)
 
     def stop(self) -> None:
         self._stop = True
