@@ -29,7 +29,7 @@ from tests import onnx_models
 
 import blindai
 from blindai.demo import cache_dir, export_minilm
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 
 
 def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:

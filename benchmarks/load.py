@@ -29,7 +29,7 @@ from common import machine
 from tests import onnx_models
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 KEEP_MARKER = "<!-- written by hand below: kept by benchmarks/load.py -->"

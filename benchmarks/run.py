@@ -25,7 +25,7 @@ import onnxruntime as ort
 from common import cpu_model, git_rev, machine
 
 from blindai import __version__
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

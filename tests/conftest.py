@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import ROOT
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 
 

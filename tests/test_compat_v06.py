@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import ROOT, sim_connect
 

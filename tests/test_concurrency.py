@@ -16,8 +16,8 @@ import onnx
 import pytest
 
 from blindai.errors import InvalidInputError
-from blindai.local import LocalServer
 from blindai.server.inference import InferenceEngine, LoadedModel
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 

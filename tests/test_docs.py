@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None:
-        pytest.skip("mkdocs is not installed (pip install -e \".[docs]\")")
+        pytest.skip('mkdocs is not installed (pip install -e ".[docs]")')
     out_dir = tmp_path_factory.mktemp("site")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "-q", "-d", str(out_dir)],

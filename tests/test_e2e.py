@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 

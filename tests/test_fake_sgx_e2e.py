@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.fakes.devices import FakeGramine
 from tests.fakes.intel_pki import FakeIntelPki

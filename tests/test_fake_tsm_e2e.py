@@ -19,7 +19,7 @@ import pytest
 import blindai
 from blindai.attestation import TrustOptions, dcap_abi, dcap_verify, report_data_for
 from blindai.attestation.binding import load_certificate, spki_sha256
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.fakes.amd_pki import FakeAmdPki
 from tests.fakes.devices import FakeTsm

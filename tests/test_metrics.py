@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.local import LocalServer
 from blindai.server.tls import make_identity
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 from tests.fakes.attacker import ChannelAttacker, EvidenceAttacker, Plan, replace_cert

@@ -17,8 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import blindai
-from blindai.local import LocalServer
 from blindai.server import sealing
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 

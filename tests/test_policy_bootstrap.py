@@ -195,7 +195,7 @@ def test_policies_built_in_code_obey_the_same_rules() -> None:
 
 def test_snp_without_a_current_crl_is_refused_unless_the_policy_opts_out(tmp_path: Path) -> None:
     """A server that serves no CRL: refused by default (connect and attest), accepted with require_crl = false."""
-    from blindai.local import LocalServer
+    from blindai.testing import LocalServer
     from tests.fakes.amd_pki import FakeAmdPki
     from tests.fakes.devices import FakeTsm
     from tests.fakes.worlds import snp_policy

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from blindai.zoo import export_wav2vec2, wav2vec2_argmax, wav2vec2_processor
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from blindai import whisper
 from blindai.client import BlindAiClient, ModelDatumType
 from blindai.demo import cache_dir
 from blindai.errors import ModelFormatError
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -20,7 +20,7 @@ import torch
 
 import blindai
 from blindai.export import export_onnx
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from blindai.zoo import RESNET50, resnet_classifier
 
 

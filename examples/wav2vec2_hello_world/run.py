@@ -23,7 +23,7 @@ import torch
 
 from blindai.client import BlindAiClient, ModelDatumType
 from blindai.demo import cache_dir
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from blindai.zoo import export_wav2vec2, wav2vec2_argmax, wav2vec2_processor
 
 HUB_ID = "facebook/wav2vec2-base-960h"

@@ -603,9 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")
     p.add_argument("--collateral-file", help="serve Intel collateral from this JSON file (refreshed by the operator)")
-    p.add_argument(
-        "--snp-crl-file", help="SEV-SNP: serve this VCEK/VLEK CRL (DER or PEM, refreshed by the operator)"
-    )
+    p.add_argument("--snp-crl-file", help="SEV-SNP: serve this VCEK/VLEK CRL (DER or PEM, refreshed by the operator)")
     p.add_argument(
         "--snp-crl-url",
         help="SEV-SNP: fetch the VCEK/VLEK CRL from this AMD KDS (https://kdsintf.amd.com) or mirror, and serve it",

@@ -90,7 +90,7 @@ def run_demo(query: str | None = None, notes: list[str] | None = None) -> int:
     import warnings
 
     import blindai
-    from blindai.local import LocalServer
+    from blindai.testing import LocalServer
 
     query = query or DEFAULT_QUERY
     notes = notes or NOTES

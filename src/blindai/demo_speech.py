@@ -47,7 +47,7 @@ def run_speech_demo(audio_path: Path | None = None, *, max_tokens: int = 48) -> 
     from . import whisper
     from .client import BlindAiClient, ModelDatumType
     from .demo import cache_dir
-    from .local import LocalServer
+    from .testing import LocalServer
 
     audio_path = audio_path or whisper.HELLO_WAV
     print("BlindAI demo: confidential speech-to-text (the seed's hello world) with Whisper tiny.en\n")

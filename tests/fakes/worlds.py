@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests.fakes.amd_pki import FakeAmdPki
 from tests.fakes.devices import FakeGramine, FakeTsm
 from tests.fakes.intel_pki import FakeIntelPki

@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from blindai.errors import ServerError
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests.conftest import sim_connect
 from tests.hostile.test_resource_attacks import FLAGS, RSS_HEADROOM, proc_status, read_response
 

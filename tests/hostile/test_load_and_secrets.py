@@ -52,7 +52,7 @@ def test_tls_private_key_lives_in_memory_only(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_owner_tokens_never_reach_the_disk(tmp_path: Path) -> None:
-    from blindai.local import LocalServer
+    from blindai.testing import LocalServer
 
     store = tmp_path / "store"
     with LocalServer("--model-store", str(store)) as srv, sim_connect(srv) as conn:

@@ -24,7 +24,7 @@ import pytest
 import blindai
 from blindai.attestation import PolicyLoadError, TeePolicy
 from blindai.client import BlindAiClient
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.fakes.attacker import EvidenceAttacker, RawEvidenceServer, fetch_doc
 

@@ -27,7 +27,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 

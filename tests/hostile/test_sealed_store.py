@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.local import LocalServer
 from blindai.server import sealing
 from blindai.server.models import ModelStore
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 from tests.test_model_store import store_server

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 import blindai
 from blindai.client import BlindAiClient
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 
 

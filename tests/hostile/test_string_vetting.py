@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import blindai
-from blindai.local import LocalServer
 from blindai.server.models import MAX_STRING_TENSORS, MAX_STRING_VALUE, vet_model
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 
@@ -70,9 +70,7 @@ def function_cast_ref_attr() -> bytes:
     to = helper.make_attribute_ref("to", onnx.AttributeProto.INT)
     cast = helper.make_node("Cast", ["a"], ["b"])
     cast.attribute.append(to)
-    fn = helper.make_function(
-        "local", "ToType", ["a"], ["b"], [cast], [helper.make_opsetid("", 17)], attributes=["to"]
-    )
+    fn = helper.make_function("local", "ToType", ["a"], ["b"], [cast], [helper.make_opsetid("", 17)], attributes=["to"])
     nodes = [
         helper.make_node("ToType", ["shape"], ["s"], domain="local", to=TensorProto.STRING),
         helper.make_node("Expand", ["s", "shape"], ["e"]),

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import blindai
-from blindai.local import LocalServer
+from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 from tests.hostile.test_resource_attacks import proc_status
@@ -104,9 +104,10 @@ def test_a_hash_is_not_a_key_to_another_tenants_private_model(srv: LocalServer) 
         # The same content made public by its owner is reachable by hash, as 0.6 clients expect.
         public = victim.upload_model(data, name="open", public=True)
         r = c.post("/run", content=run_msg(model_hash=digest))
-        assert r.status_code == 200 and np.frombuffer(
-            cbor2.loads(r.content)["outputs"][0]["bytes_data"], np.float32
-        ).tolist() == [7.0] * 4
+        assert (
+            r.status_code == 200
+            and np.frombuffer(cbor2.loads(r.content)["outputs"][0]["bytes_data"], np.float32).tolist() == [7.0] * 4
+        )
         victim.delete_model(public.model_id)
         victim.delete_model(private.model_id)
 

@@ -84,6 +84,7 @@ class ModelInfo:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ModelInfo:
         """Read the server's JSON description of a model (``/v1/models`` answers); absent optional fields default."""
+
         def specs(key: str) -> tuple[TensorInfo, ...]:
             return tuple(TensorInfo(s["name"], s["datatype"], tuple(s["shape"])) for s in obj.get(key, []))
 

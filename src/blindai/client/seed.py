@@ -170,9 +170,7 @@ class BlindAiClient:
         shape = tuple(hints["input_shape"]) if "input_shape" in hints else _infer_shape(spec.shape, data.size)
         if math.prod(shape) != data.size:
             raise InvalidInputError(f"{data.size} values do not fit the upload shape {list(shape)}", status=400)
-        result = self.connection.run_model(
-            model.model_id, {spec.name: data.reshape(shape)}, model_sha256=model.sha256
-        )
+        result = self.connection.run_model(model.model_id, {spec.name: data.reshape(shape)}, model_sha256=model.sha256)
         out = result.output
         if "output_datatype" in hints:
             out = out.astype(numpy_dtype(hints["output_datatype"]))

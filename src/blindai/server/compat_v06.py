@@ -145,9 +145,7 @@ def attested_routes(
             model_hash = _model_hash(msg)
             # A content hash is no capability (anyone may know a public checkpoint's): only models
             # uploaded through these routes, which 0.6 clients address by hash, or public ones.
-            matches = [
-                m for m in store.all() if m.sha256 == model_hash and (m.public or m.hints.get(LEGACY_HINT))
-            ]
+            matches = [m for m in store.all() if m.sha256 == model_hash and (m.public or m.hints.get(LEGACY_HINT))]
             if not matches:
                 raise ModelNotFoundError("no model with that hash", status=404)
             entry = matches[-1]
