@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from blindai.errors import InvalidInputError
+from blindai.server.errors import CoreError, InputRejected
 from blindai.server.inference import InferenceEngine, LoadedModel
 from blindai.testing import LocalServer
 from tests import onnx_models
@@ -143,7 +143,7 @@ def run_all(engine: InferenceEngine, model: LoadedModel, requests: list[tuple[di
     async def one(feed: dict[str, Any], names: Any) -> Any:
         try:
             return await engine.infer(model, feed, names)
-        except InvalidInputError as exc:
+        except CoreError as exc:
             return exc
 
     async def main() -> list[Any]:
@@ -192,7 +192,7 @@ def test_a_request_that_breaks_its_batch_fails_alone() -> None:
     outs = run_all(engine, model, reqs)
     for i, out in enumerate(outs):
         if i == 5:
-            assert isinstance(out, InvalidInputError)
+            assert isinstance(out, InputRejected)
         else:
             np.testing.assert_array_equal(out["y"], model.session.run(None, reqs[i][0])[0])
 

@@ -90,7 +90,7 @@ _CliError = ConfigurationError  # an ordinary mistake on the command line: one l
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server.connections import ConnectionLimits
+    from .server.http.connections import ConnectionLimits
     from .server.models import StoreLimits
     from .server.runner import ServerConfig, run_server
 
@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _body_limits(args: argparse.Namespace, store_limits: Any) -> Any:
     """The body flags of `serve`; the in-flight budget defaults to a share of the machine's memory."""
-    from .server.bodies import BodyLimits
+    from .server.http.bodies import BodyLimits
     from .server.runner import default_inflight_bytes
 
     return BodyLimits(

@@ -71,19 +71,20 @@ def _oip_json(data: bytes) -> None:
 
 
 def _v06_cbor(data: bytes) -> None:
-    from .server import compat_v06
+    from .server.errors import CoreError
+    from .server.http import compat_v06
 
     try:
         msg = compat_v06.load_message(data)
         compat_v06.parse_upload(msg, 1 << 20)
-    except BlindAIError:
+    except CoreError:
         pass
-    with contextlib.suppress(BlindAIError):
+    with contextlib.suppress(CoreError):
         compat_v06.read_upload(data, 1 << 20)
     try:
         msg = compat_v06.load_message(data)
         compat_v06.parse_run_inputs(msg, ["x", "y"])
-    except BlindAIError:
+    except CoreError:
         pass
 
 

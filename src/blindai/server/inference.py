@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from ..errors import InvalidInputError, ServerError
 from ..protocol.tensors import DATATYPES
+from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRequest, Unavailable, UnsupportedModel
 
 __all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "limit_inference_memory", "machine_cores", "ort_datatype"]
 
@@ -50,7 +50,7 @@ def ort_datatype(ort_type: str) -> str:
     try:
         return _ORT_TO_OIP[ort_type]
     except KeyError:
-        raise InvalidInputError(f"model uses type {ort_type}, which BlindAI cannot serve", status=422) from None
+        raise UnsupportedModel(f"model uses type {ort_type}, which BlindAI cannot serve") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ class LoadedModel:
         try:
             self.session = _load_session(model_bytes, self.cores)
         except Exception as exc:  # onnxruntime raises several unrelated types
-            raise InvalidInputError(f"onnxruntime cannot load this model: {_short(exc)}", status=422) from exc
+            raise UnsupportedModel(f"onnxruntime cannot load this model: {_short(exc)}") from exc
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._input_by_name = {s.name: s for s in self.inputs}
@@ -186,25 +186,23 @@ class LoadedModel:
             problems = ([f"unknown input(s) {unknown}"] if unknown else []) + (
                 [f"missing input(s) {missing}"] if missing else []
             )
-            raise InvalidInputError(f"{'; '.join(problems)}; the model takes {list(self._input_by_name)}", status=400)
+            raise InvalidRequest(f"{'; '.join(problems)}; the model takes {list(self._input_by_name)}")
         feed: dict[str, npt.NDArray[Any]] = {}
         for name, spec in self._input_by_name.items():
             arr = inputs[name]
             got = "BYTES" if arr.dtype.kind in "OSU" else _datatype_name(arr.dtype)
             if got != spec.datatype:
-                raise InvalidInputError(f"input {name!r} must be {spec.datatype}, got {got}", status=400)
+                raise InvalidRequest(f"input {name!r} must be {spec.datatype}, got {got}")
             if arr.ndim != len(spec.shape):
-                raise InvalidInputError(
+                raise InvalidRequest(
                     f"input {name!r} must have rank {len(spec.shape)} (shape {_shape_text(spec.shape)}), "
-                    f"got shape {list(arr.shape)}",
-                    status=400,
+                    f"got shape {list(arr.shape)}"
                 )
             for axis, (want, have) in enumerate(zip(spec.shape, arr.shape, strict=True)):
                 if want >= 0 and want != have:
-                    raise InvalidInputError(
+                    raise InvalidRequest(
                         f"input {name!r} dimension {axis} must be {want} (shape {_shape_text(spec.shape)}), "
-                        f"got shape {list(arr.shape)}",
-                        status=400,
+                        f"got shape {list(arr.shape)}"
                     )
             if spec.datatype == "BYTES":
                 arr = _as_strings(name, arr)
@@ -216,7 +214,7 @@ class LoadedModel:
             return self._output_names
         unknown = [n for n in requested if n not in self._output_names]
         if unknown:
-            raise InvalidInputError(f"unknown output(s) {unknown}; the model gives {self._output_names}", status=400)
+            raise InvalidRequest(f"unknown output(s) {unknown}; the model gives {self._output_names}")
         return requested
 
     def run(
@@ -241,7 +239,7 @@ def _as_strings(name: str, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
             try:
                 flat[i] = bytes(item).decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidInputError(f"input {name!r}: element {i} is not UTF-8 text", status=400) from None
+                raise InvalidRequest(f"input {name!r}: element {i} is not UTF-8 text") from None
         else:
             flat[i] = str(item)
     return out
@@ -441,7 +439,7 @@ class InferenceEngine:
             outputs = await self._run(model, feed, names)
         total = await asyncio.to_thread(lambda: sum(output_bytes(a) for a in outputs.values()))
         if total > self.max_output_bytes:
-            raise ServerError(f"outputs of {total} bytes exceed the limit of {self.max_output_bytes}", status=507)
+            raise CapacityExceeded(f"outputs of {total} bytes exceed the limit of {self.max_output_bytes}")
         log.debug("inference done in %.2f ms", (time.perf_counter() - start) * 1e3)
         return outputs
 
@@ -456,7 +454,7 @@ class InferenceEngine:
             job = model.pool.submit(model.run, feed, names, options, wide=wide)
         except RuntimeError:
             sched.release(wide)
-            raise ServerError("the model is being replaced or deleted; retry", status=503) from None
+            raise Unavailable("the model is being replaced or deleted; retry") from None
         # The slot is given back when the run really ends, even if this request is cancelled meanwhile.
         job.add_done_callback(lambda _f: loop.call_soon_threadsafe(sched.release, wide))
         # Setting `terminate` from the loop thread makes onnxruntime abort the run at its
@@ -466,12 +464,12 @@ class InferenceEngine:
             return await asyncio.wrap_future(job)
         except Exception as exc:
             if options.terminate:
-                raise ServerError(f"inference exceeded the {self.timeout_s:g} s time limit", status=504) from exc
+                raise DeadlineExceeded(f"inference exceeded the {self.timeout_s:g} s time limit") from exc
             if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
-                raise ServerError(
-                    f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)", status=507
+                raise CapacityExceeded(
+                    f"inference needs more memory than the server's limit ({_MEMORY_LIMIT} bytes)"
                 ) from exc
-            raise InvalidInputError(f"onnxruntime rejected the inputs: {_short(exc)}", status=422) from exc
+            raise InputRejected(f"onnxruntime rejected the inputs: {_short(exc)}") from exc
         finally:
             timer.cancel()
 

@@ -20,14 +20,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import (
-    InvalidInputError,
-    ModelHashMismatchError,
-    ModelNotFoundError,
-    PermissionDeniedError,
-    ServerError,
-)
 from ..protocol.tensors import DATATYPES, check_shape
+from .errors import (
+    CapacityExceeded,
+    Conflict,
+    CoreError,
+    Forbidden,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    PinMismatch,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedModel,
+)
 from .inference import LoadedModel, TensorSpec
 from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
 
@@ -68,14 +74,14 @@ def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise InvalidInputError("the upload is not an ONNX model (protobuf parse failed)", status=422) from exc
+        raise UnsupportedModel("the upload is not an ONNX model (protobuf parse failed)") from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
-        raise InvalidInputError("the upload is not an ONNX model (no graph)", status=422)
+        raise UnsupportedModel("the upload is not an ONNX model (no graph)")
     allowed = set(allowed_domains) | {f.domain for f in model.functions}
     for opset in model.opset_import:
         if opset.domain not in allowed:
             shown = sorted(d or "ai.onnx" for d in allowed_domains)
-            raise InvalidInputError(f"operator domain {opset.domain!r} is not allowed (allowed: {shown})", status=422)
+            raise UnsupportedModel(f"operator domain {opset.domain!r} is not allowed (allowed: {shown})")
     # FunctionProto has .node like a graph (and no initializers), so it is walked the same way.
     graphs: list[Any] = [model.graph, *model.functions]
     sparse: list[Any] = []
@@ -87,9 +93,7 @@ def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max
             sparse.append(sp)
         for node in g.node:
             if node.domain not in allowed:
-                raise InvalidInputError(
-                    f"operator {node.op_type!r} of domain {node.domain!r} is not allowed", status=422
-                )
+                raise UnsupportedModel(f"operator {node.op_type!r} of domain {node.domain!r} is not allowed")
             for attr in node.attribute:
                 if attr.HasField("t"):
                     tensors.append(attr.t)
@@ -103,18 +107,16 @@ def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max
                 graphs.extend(attr.graphs)
         for t in tensors:
             if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-                raise InvalidInputError(
+                raise UnsupportedModel(
                     f"tensor {t.name!r} uses external data; only self-contained models are accepted "
-                    "(save with onnx.save_model(..., save_as_external_data=False))",
-                    status=422,
+                    "(save with onnx.save_model(..., save_as_external_data=False))"
                 )
     check_string_growth(model)
     loaded = loaded_size(model, len(data), sparse)
     if max_bytes is not None and loaded > max_bytes:
-        raise InvalidInputError(
+        raise LimitExceeded(
             f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
-            f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)",
-            status=413,
+            f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
     return loaded
 
@@ -190,12 +192,11 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
                 tensor = tp.tensor_type if tp is not None and tp.HasField("tensor_type") else None
                 dims = list(tensor.shape.dim) if tensor is not None and tensor.HasField("shape") else None
                 if dims is None or any(not d.HasField("dim_value") for d in dims):
-                    raise InvalidInputError(
+                    raise UnsupportedModel(
                         f"node {node.name or node.op_type!r} ({node.op_type}) depends only on constants, so "
                         "onnxruntime computes it when the model loads, outside the server's memory limits, and "
                         f"the size of its output {out!r} cannot be inferred: fold constants before uploading "
-                        "(torch.onnx.export does by default; or onnxsim)",
-                        status=422,
+                        "(torch.onnx.export does by default; or onnxsim)"
                     )
                 elements = 1
                 for d in dims:
@@ -261,16 +262,14 @@ def check_string_constants(model: Any) -> None:
         nonlocal total
         for v in values:
             if len(v) > MAX_STRING_VALUE:
-                raise InvalidInputError(
+                raise UnsupportedModel(
                     f"{where} holds a string of {len(v)} bytes; string constants are limited to "
-                    f"{MAX_STRING_VALUE} bytes each (see docs/models.md, string tensors)",
-                    status=422,
+                    f"{MAX_STRING_VALUE} bytes each (see docs/models.md, string tensors)"
                 )
             total += len(v)
         if total > MAX_STRING_CONSTANTS:
-            raise InvalidInputError(
-                f"the model's string constants exceed {MAX_STRING_CONSTANTS} bytes in all (see docs/models.md)",
-                status=422,
+            raise UnsupportedModel(
+                f"the model's string constants exceed {MAX_STRING_CONSTANTS} bytes in all (see docs/models.md)"
             )
 
     graphs: list[Any] = [model.graph, *model.functions]
@@ -444,21 +443,19 @@ def check_string_growth(model: Any) -> None:
                     made.append(out)
                     continue
                 what = "a string tensor" if kind == _STRING else "a tensor whose type cannot be inferred"
-                raise InvalidInputError(
+                raise UnsupportedModel(
                     f"operator {node.op_type!r} makes {what} ({out!r}): string tensors live outside the "
                     f"inference memory cap, so only operators that cannot make them grow may yield them "
-                    f"({', '.join(sorted(STRING_SAFE_OPS))}); see docs/models.md",
-                    status=422,
+                    f"({', '.join(sorted(STRING_SAFE_OPS))}); see docs/models.md"
                 )
         # A graph input handed straight back as an output is copied too.
         made.extend(o.name for o in g.output if types.get(o.name) == _STRING and o.name in {i.name for i in g.input})
 
     walk(inferred.graph, {})
     if len(made) > MAX_STRING_TENSORS:
-        raise InvalidInputError(
+        raise UnsupportedModel(
             f"the model makes {len(made)} string tensors; at most {MAX_STRING_TENSORS} string tensors are "
-            "accepted (each holds its own copy of the strings, outside the inference memory cap; see docs/models.md)",
-            status=422,
+            "accepted (each holds its own copy of the strings, outside the inference memory cap; see docs/models.md)"
         )
 
 
@@ -520,17 +517,15 @@ def parse_hints(shape: str | None, input_datatype: str | None, output_datatype: 
         try:
             dims = [int(x) for x in shape.split(",") if x.strip()]
         except ValueError:
-            raise InvalidInputError(
-                f"input shape hint {shape!r} must be comma-separated integers", status=400
-            ) from None
+            raise InvalidRequest(f"input shape hint {shape!r} must be comma-separated integers") from None
         try:
             hints["input_shape"] = list(check_shape(dims, "hint"))
         except ValueError as exc:
-            raise InvalidInputError(str(exc), status=400) from None
+            raise InvalidRequest(str(exc)) from None
     for key, value in (("input_datatype", input_datatype), ("output_datatype", output_datatype)):
         if value:
             if value not in DATATYPES:
-                raise InvalidInputError(f"{key} hint {value!r} is not one of {list(DATATYPES)}", status=400)
+                raise InvalidRequest(f"{key} hint {value!r} is not one of {list(DATATYPES)}")
             hints[key] = value
     return hints
 
@@ -600,7 +595,7 @@ class ModelStore:
             )
         except OSError as exc:
             reason = f"cannot read {model_id}.model.sealed: {exc.strerror or type(exc).__name__}"
-        except (SealedFileError, ServerError, KeyError, TypeError, ValueError) as exc:
+        except (SealedFileError, CoreError, KeyError, TypeError, ValueError) as exc:
             reason = f"{model_id}.model.sealed not loaded: {exc}"
         else:
             with self._lock:
@@ -626,10 +621,9 @@ class ModelStore:
         with self._lock:
             reason = self._unavailable.get(model_id)
         if reason is not None:
-            raise ServerError(
+            raise Unavailable(
                 f"model {model_id} is in the store but could not be loaded ({reason}); "
-                "it is kept and served once its file reads",
-                status=503,
+                "it is kept and served once its file reads"
             )
 
     def _load(self, data: bytes) -> LoadedModel:
@@ -642,10 +636,10 @@ class ModelStore:
         if self.upload_token_hashes is None:
             return
         if token is None:
-            raise PermissionDeniedError("this server requires an upload token (Authorization: Bearer ...)", status=401)
+            raise Unauthenticated("this server requires an upload token")
         h = hash_token(token)
         if not any(hmac.compare_digest(h, allowed) for allowed in self.upload_token_hashes):
-            raise PermissionDeniedError("this upload token is not accepted", status=403)
+            raise Forbidden("this upload token is not accepted")
 
     def add(
         self,
@@ -658,7 +652,7 @@ class ModelStore:
     ) -> tuple[ModelEntry, str]:
         """Vet, load and register a model; returns the entry and its owner token (shown once)."""
         if name is not None and (len(name) > MAX_NAME or not name.isprintable()):
-            raise InvalidInputError(f"model name must be printable and at most {MAX_NAME} characters", status=400)
+            raise InvalidRequest(f"model name must be printable and at most {MAX_NAME} characters")
         with self._lock:
             self._check_room(len(data))
             if public and name is not None:  # unnamed uploads (the seed client's) keep the default name
@@ -706,12 +700,10 @@ class ModelStore:
             self.sealed.save(entry.model_id, meta, data)
         except StoreError as exc:
             log.error("sealing model %s refused: %s", entry.model_id, exc)
-            raise ServerError(f"the model could not be stored: {exc}; it was not added", status=507) from exc
+            raise CapacityExceeded(f"the model could not be stored: {exc}; it was not added") from exc
         except OSError as exc:
             log.error("sealing model %s failed: %s", entry.model_id, exc.strerror or type(exc).__name__)
-            raise ServerError(
-                "the model could not be stored (disk full or unwritable); it was not added", status=507
-            ) from exc
+            raise CapacityExceeded("the model could not be stored (disk full or unwritable); it was not added") from exc
 
     def replace(self, ref: str, token: str | None, data: bytes, sha256: str) -> ModelEntry:
         """New content under the same id, for the owner only; the old version stays until the new one is durable."""
@@ -752,24 +744,22 @@ class ModelStore:
         """
         for m in self._models.values():
             if m.public and m.name == name:
-                raise InvalidInputError(
+                raise Conflict(
                     f"a public model named {name!r} exists ({m.model_id}); public names are unique: "
-                    "choose another name, or replace that model with its owner token",
-                    status=409,
+                    "choose another name, or replace that model with its owner token"
                 )
 
     def _check_room(self, size: int, *, replacing: ModelEntry | None = None) -> None:
         """A new model needs a free slot; a replacement only the bytes it adds (the old ones go)."""
         if replacing is None and len(self._models) + len(self._unavailable) >= self.limits.max_models:
-            raise ServerError(f"the server already holds {self.limits.max_models} models (the limit)", status=507)
+            raise CapacityExceeded(f"the server already holds {self.limits.max_models} models (the limit)")
         used = sum(max(m.size, m.held_bytes) for m in self._models.values()) - (
             max(replacing.size, replacing.held_bytes) if replacing is not None else 0
         )
         if used + size > self.limits.max_store_bytes:
-            raise ServerError(
+            raise CapacityExceeded(
                 f"storing {size} more bytes (what the model holds once loaded) would exceed the store limit of "
-                f"{self.limits.max_store_bytes} (--max-store-bytes)",
-                status=507,
+                f"{self.limits.max_store_bytes} (--max-store-bytes)"
             )
 
     def get(self, ref: str, *, sha256: str | None = None, tokens: Iterable[str] = ()) -> ModelEntry:
@@ -787,20 +777,18 @@ class ModelStore:
                 named = own or [m for m in self._models.values() if m.name == ref and m.public]
                 if len(named) > 1:
                     whose = "of yours" if own else "public models"
-                    raise InvalidInputError(f"{len(named)} {whose} are named {ref!r}; use a model_id", status=409)
+                    raise Conflict(f"{len(named)} {whose} are named {ref!r}; use a model_id")
                 entry = named[0] if named else None
         if entry is None:
             self._retry(ref)  # a listed model that did not load: 503, or loaded now
             with self._lock:
                 entry = self._models.get(ref)
         if entry is None:
-            raise ModelNotFoundError(f"no model {ref!r}", status=404)
+            raise NotFound(f"no model {ref!r}")
         if sha256 is not None and not _is_sha256_hex(sha256):
-            raise InvalidInputError("a model pin must be a SHA-256 digest: 64 hex digits", status=400)
+            raise InvalidRequest("a model pin must be a SHA-256 digest: 64 hex digits")
         if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):
-            raise ModelHashMismatchError(
-                f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}", status=412
-            )
+            raise PinMismatch(f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}")
         return entry
 
     def all(self) -> list[ModelEntry]:
@@ -833,11 +821,9 @@ class ModelStore:
     @staticmethod
     def _check_token(owner_token_hash: str, token: str | None, action: str) -> None:
         if token is None:
-            raise PermissionDeniedError(
-                f"{action} a model needs its owner token (Authorization: Bearer ...)", status=401
-            )
+            raise Unauthenticated(f"{action} a model needs its owner token")
         if not hmac.compare_digest(hash_token(token), owner_token_hash):
-            raise PermissionDeniedError("wrong owner token for this model", status=403)
+            raise Forbidden("wrong owner token for this model")
 
     def _delete_unavailable(self, model_id: str, token: str | None) -> DeletedModel | None:
         """A listed model whose file does not load: its owner may still delete it.
@@ -855,7 +841,7 @@ class ModelStore:
             try:
                 self.sealed.delete(model_id)
             except OSError as exc:
-                raise ServerError("the model could not be deleted from the store; it is kept", status=507) from exc
+                raise CapacityExceeded("the model could not be deleted from the store; it is kept") from exc
             with self._lock:
                 self._unavailable.pop(model_id, None)
                 self._retry_at.pop(model_id, None)
@@ -873,7 +859,7 @@ class ModelStore:
                 try:
                     self.sealed.delete(entry.model_id)
                 except OSError as exc:
-                    raise ServerError("the model could not be deleted from the store; it is kept", status=507) from exc
+                    raise CapacityExceeded("the model could not be deleted from the store; it is kept") from exc
             with self._lock:
                 self._models.pop(entry.model_id, None)
         log.info("model %s deleted", entry.model_id)

@@ -12,7 +12,6 @@ never race for a free port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import json
@@ -23,12 +22,9 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from .._version import __version__
 from ..attestation.providers import (
@@ -41,16 +37,11 @@ from ..attestation.providers import (
     detect_provider,
 )
 from ..errors import ConfigurationError
-from .app import ServerState, attested_app, unattested_app
-from .bodies import BodyLimits
-from .connections import (
-    ConnectionLimits,
-    default_max_connections,
-    guarded_protocol,
-    handshake_timeout,
-    raise_open_file_limit,
-)
 from .front import default_workers, listen_shared, start_workers, stop_workers
+from .http.app import ServerState
+from .http.bodies import BodyLimits
+from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
+from .http.serving import http_servers, serve_in_own_loop
 from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .models import ModelStore, StoreLimits, hash_token
 from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
@@ -104,23 +95,6 @@ class ServerConfig:
     v06_routes: bool = True
     body_limits: BodyLimits | None = None  # None: BodyLimits() with the in-flight budget sized to the machine
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling (we stop both ports together), and with
-    a TLS handshake deadline (connections.py)."""
-
-    def __init__(self, config: uvicorn.Config, handshake_timeout_s: float = 10.0) -> None:
-        super().__init__(config)
-        self.handshake_timeout = handshake_timeout_s
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        with handshake_timeout(asyncio.get_running_loop(), self.handshake_timeout):
-            await super().startup(sockets)
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
@@ -250,8 +224,6 @@ async def serve(
     identity: TlsIdentity | None = None,
     front: _Front | None = None,
 ) -> None:
-    # Two uvicorn servers would each announce start and stop; our own lines say it once.
-    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.getLogger().level))
     identity = identity or make_identity(config.tls_names)
     state = ServerState(
         provider=provider,
@@ -273,33 +245,19 @@ async def serve(
     limits = config.connection_limits
     if not limits.max_connections:
         limits = dataclasses.replace(limits, max_connections=default_max_connections(raise_open_file_limit()))
-    common = {
-        "http": guarded_protocol(limits),
-        "lifespan": "off",
-        "log_config": None,
-        "access_log": False,
-        "timeout_keep_alive": 30,
-        "timeout_graceful_shutdown": 10,
-        "server_header": False,
-    }
-    attested_asgi: Any = attested_app(state)
-    unattested_asgi: Any = unattested_app(state)
-    metrics_port: int | None = None
+    metrics = None
     if config.metrics_port is not None:
-        from .metrics import Metrics, MetricsMiddleware
+        from .http.metrics import Metrics
 
         metrics = Metrics()
-        attested_asgi = MetricsMiddleware(attested_asgi, metrics, "attested", models=lambda: len(store.all()))
-        unattested_asgi = MetricsMiddleware(unattested_asgi, metrics, "unattested")
-        metrics_port = metrics.serve(config.metrics_host, config.metrics_port)
-    if front is not None:  # TLS ends in the workers; plain HTTP on the private Unix socket
-        attested = _Server(uvicorn.Config(attested_asgi, **common))  # type: ignore[arg-type]
-    else:
-        attested = _Server(
-            uvicorn.Config(attested_asgi, ssl_context_factory=lambda _c, _d: identity.ssl_context(), **common)  # type: ignore[arg-type]
-        )
-    unattested = _Server(uvicorn.Config(unattested_asgi, **common))  # type: ignore[arg-type]
-    attested.handshake_timeout = unattested.handshake_timeout = limits.handshake_timeout_s
+    attested, unattested = http_servers(
+        state,
+        limits,
+        tls=None if front is not None else identity,  # with a front, TLS ends in the workers
+        metrics=metrics,
+        models=lambda: len(store.all()),
+    )
+    metrics_port = None if metrics is None else metrics.serve(config.metrics_host, config.metrics_port or 0)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -309,7 +267,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     evidence_thread = threading.Thread(
-        target=_serve_in_own_loop, args=(unattested, unattested_sock), name="blindai-evidence", daemon=True
+        target=serve_in_own_loop, args=(unattested, unattested_sock), name="blindai-evidence", daemon=True
     )
     evidence_thread.start()
     try:
@@ -353,20 +311,6 @@ async def serve(
             loop.remove_signal_handler(sig)
         state.engine.close()
         log.info("stopped")
-
-
-def _serve_in_own_loop(server: uvicorn.Server, sock: socket.socket) -> None:
-    """The evidence port's loop: a thread of its own, so the attested loop's work never delays it."""
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(server.serve(sockets=[sock]))
-        else:
-            uvloop.run(server.serve(sockets=[sock]))
-    except Exception:
-        log.exception("the unattested server stopped")
-        raise
 
 
 def bound_malloc() -> None:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import BlindAIError
+from .errors import CoreError
 
 __all__ = [
     "MAGIC",
@@ -56,7 +56,7 @@ MAX_HEADER = 1 << 20
 _INFO = b"blindai/sealing/v1"
 
 
-class SealedFileError(BlindAIError):
+class SealedFileError(CoreError):
     """A sealed file is truncated, tampered with, or sealed by another TEE identity."""
 
 
@@ -231,7 +231,7 @@ def fsync_dir(folder: Path) -> None:
 # ------------------------------------------------------------------ sealing keys
 
 
-class NoSealingKeyError(BlindAIError):
+class NoSealingKeyError(CoreError):
     """The TEE offers no sealing key, so models cannot be stored on disk safely."""
 
 
@@ -262,7 +262,7 @@ def sealing_key_for(tee: str, tee_key: bytes | None, store_dir: Path, key_file: 
     return SealingKey(tee_key, source=f"{tee} TEE sealing key")
 
 
-class StoreError(BlindAIError):
+class StoreError(CoreError):
     """The sealed store is not in a state the server may start from; the message says how to recover."""
 
 

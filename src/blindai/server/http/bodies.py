@@ -25,7 +25,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..errors import InvalidInputError, ServerError
+from ..errors import CoreError, InvalidRequest, LimitExceeded, Unavailable
+from .errors import RequestTimeout
 
 __all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "UploadSlots", "read_body"]
 
@@ -57,10 +58,9 @@ class MemoryBudget:
 
     def try_take(self, n: int, what: str) -> bool:
         if n > self.limit:
-            raise InvalidInputError(
+            raise LimitExceeded(
                 f"{what} needs about {n} bytes of memory, more than the server's whole budget for requests "
-                f"({self.limit} bytes, --max-inflight-bytes); send less at once (binary tensors cost least)",
-                status=413,
+                f"({self.limit} bytes, --max-inflight-bytes); send less at once (binary tensors cost least)"
             )
         with self._lock:
             if self.used + n > self.limit:
@@ -68,9 +68,9 @@ class MemoryBudget:
             self.used += n
             return True
 
-    def full(self) -> ServerError:
-        return ServerError(
-            f"the server is holding its limit of {self.limit} bytes for requests in flight; retry shortly", status=503
+    def full(self) -> CoreError:
+        return Unavailable(
+            f"the server is holding its limit of {self.limit} bytes for requests in flight; retry shortly"
         )
 
     def take(self, n: int, what: str, wait_s: float = 0.0) -> None:
@@ -143,8 +143,8 @@ class UploadSlots:
         try:
             await asyncio.wait_for(self._sem.acquire(), self.wait_s)
         except TimeoutError:
-            raise ServerError(
-                f"{self.limit} uploads are already in progress (--max-concurrent-uploads); retry shortly", status=503
+            raise Unavailable(
+                f"{self.limit} uploads are already in progress (--max-concurrent-uploads); retry shortly"
             ) from None
         try:
             yield
@@ -164,9 +164,9 @@ def content_length(raw: str | None) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInputError("Content-Length is not an integer", status=400) from None
+        raise InvalidRequest("Content-Length is not an integer") from None
     if value < 0:
-        raise InvalidInputError("Content-Length is negative", status=400)
+        raise InvalidRequest("Content-Length is negative")
     return value
 
 
@@ -182,7 +182,7 @@ async def read_body(
 ) -> Body:
     """The whole body, counted as it arrives; 413 past ``max_bytes``, 408 when too slow, 503 over budget."""
     if declared is not None and declared > max_bytes:
-        raise InvalidInputError(f"{what} of {declared} bytes exceeds the limit of {max_bytes} bytes", status=413)
+        raise LimitExceeded(f"{what} of {declared} bytes exceeds the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     digest = hashlib.sha256() if sha256 else None
     # Hashing runs on a thread of its own, chunk by chunk in order, while the loop keeps decrypting
@@ -233,7 +233,7 @@ async def _receive(
         last = time.monotonic()
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidInputError(f"{what} exceeds the limit of {max_bytes} bytes", status=413)
+            raise LimitExceeded(f"{what} exceeds the limit of {max_bytes} bytes")
         await hold.take_async(len(chunk), what)  # while the budget is full, this body is not read
         if digest is not None and hasher is not None:
             hasher.submit(digest.update, chunk)
@@ -252,14 +252,14 @@ async def _receive(
     return data
 
 
-def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> ServerError:
+def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> CoreError:
     if reason == "deadline":
         text = f"it was not received within the {limits.total_timeout_s:g} s deadline (--body-timeout)"
     elif reason == "rate":
         text = f"it arrived too slowly ({size} bytes in {elapsed:.1f} s; --body-min-rate is {limits.min_rate} B/s)"
     else:
         text = f"nothing arrived for {limits.idle_timeout_s:g} s (--body-idle-timeout)"
-    return ServerError(f"{what} timed out: {text}", status=408)
+    return RequestTimeout(f"{what} timed out: {text}")
 
 
 class HeldResponse(Response):

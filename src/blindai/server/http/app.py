@@ -14,25 +14,25 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._version import __version__
-from ..attestation.binding import MAX_NONCE_BYTES, report_data_for
-from ..attestation.providers import Evidence, EvidenceProvider
-from ..errors import BlindAIError, InvalidInputError, ServerError
-from ..protocol.attestation_doc import encode_attestation_doc
-from ..protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
-from ..protocol.tensors import TensorError, TensorLimitError
+from ..._version import __version__
+from ...attestation.binding import MAX_NONCE_BYTES, report_data_for
+from ...attestation.providers import Evidence, EvidenceProvider
+from ...errors import BlindAIError
+from ...protocol.attestation_doc import encode_attestation_doc
+from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
+from ...protocol.tensors import TensorError, TensorLimitError
+from ..errors import InvalidRequest, LimitExceeded, RateLimited, Unavailable
+from ..inference import InferenceEngine
+from ..models import ModelStore, parse_hints
+from ..tls import TlsIdentity
 from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, UploadSlots, content_length, read_body
-from .inference import InferenceEngine
-from .models import ModelStore, parse_hints
-from .tls import TlsIdentity
+from .errors import HANDLERS
 
 __all__ = ["ServerState", "attested_app", "unattested_app"]
 
@@ -47,7 +47,7 @@ def _flag(raw: str | None, name: str) -> bool:
         return False
     if raw.strip().lower() in ("1", "true", "yes"):
         return True
-    raise InvalidInputError(f"{name} must be true or false, not {raw[:40]!r}", status=400)
+    raise InvalidRequest(f"{name} must be true or false, not {raw[:40]!r}")
 
 
 class NonceRateLimiter:
@@ -112,34 +112,10 @@ class ServerState:
             ev = self.provider.get_evidence(report_data_for(self.identity.spki_sha256, nonce))
         except (OSError, BlindAIError) as exc:
             log.error("the TEE could not produce evidence: %s", exc)
-            raise ServerError("the TEE could not produce evidence; see the server log", status=503) from exc
+            raise Unavailable("the TEE could not produce evidence; see the server log") from exc
         if not nonce:
             self._empty_nonce, self._empty_nonce_at = ev, time.monotonic()
         return ev
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    # An error may come before the body was read (unknown model, too large, too slow): closing
-    # the connection stops the client from sending it, instead of the server reading it to discard.
-    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})
-
-
-async def _on_server_error(_req: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServerError)
-    return _error(exc.status, exc.message)
-
-
-async def _on_http_error(_req: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return _error(exc.status_code, str(exc.detail))
-
-
-async def _on_unexpected(_req: Request, exc: Exception) -> Response:
-    log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-    return _error(500, "internal server error")
-
-
-_HANDLERS: dict[Any, Any] = {ServerError: _on_server_error, HTTPException: _on_http_error, Exception: _on_unexpected}
 
 
 # ------------------------------------------------------------------ unattested port
@@ -151,11 +127,11 @@ def unattested_app(state: ServerState) -> Starlette:
         try:
             nonce = bytes.fromhex(raw)
         except ValueError:
-            raise InvalidInputError("nonce must be hex", status=400) from None
+            raise InvalidRequest("nonce must be hex") from None
         if len(nonce) > MAX_NONCE_BYTES:
-            raise InvalidInputError(f"nonce is {len(nonce)} bytes; at most {MAX_NONCE_BYTES}", status=400)
+            raise InvalidRequest(f"nonce is {len(nonce)} bytes; at most {MAX_NONCE_BYTES}")
         if nonce and not state.limiter.allow():
-            raise ServerError("too many fresh attestation requests; retry shortly", status=429)
+            raise RateLimited("too many fresh attestation requests; retry shortly")
         ev = await asyncio.to_thread(state.evidence, nonce)
         return JSONResponse(
             encode_attestation_doc(
@@ -182,7 +158,7 @@ def unattested_app(state: ServerState) -> Starlette:
             state.provider.tee == "simulation",
             lambda: state.evidence(b""),
         )
-    return Starlette(routes=routes, exception_handlers=_HANDLERS)
+    return Starlette(routes=routes, exception_handlers=HANDLERS)
 
 
 # ------------------------------------------------------------------ attested port
@@ -221,7 +197,7 @@ def attested_app(state: ServerState) -> Starlette:
         async with state.uploads.slot():
             body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True)
         if not body.data:
-            raise InvalidInputError("the upload is empty: send the ONNX model bytes as the request body", status=400)
+            raise InvalidRequest("the upload is empty: send the ONNX model bytes as the request body")
         assert body.sha256 is not None
         return body.data, body.sha256
 
@@ -293,7 +269,7 @@ def attested_app(state: ServerState) -> Starlette:
             try:
                 header_len = int(header_len_raw)
             except ValueError:
-                raise InvalidInputError(f"{HEADER_LENGTH} is not an integer", status=400) from None
+                raise InvalidRequest(f"{HEADER_LENGTH} is not an integer") from None
         # The model first: a request for a model that is not there costs neither its body nor decoding.
         entry = store.get(
             request.path_params["ref"], sha256=request.headers.get("blindai-model-sha256"), tokens=tokens(request)
@@ -309,13 +285,13 @@ def attested_app(state: ServerState) -> Starlette:
                 decode_request, body, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve
             )
         except TensorLimitError as exc:
-            raise InvalidInputError(str(exc), status=413) from None
+            raise LimitExceeded(str(exc)) from None
         except TensorError as exc:
-            raise InvalidInputError(str(exc), status=400) from None
+            raise InvalidRequest(str(exc)) from None
         pin = req.parameters.get("blindai_model_sha256")
         if pin is not None:
             if not isinstance(pin, str):
-                raise InvalidInputError("blindai_model_sha256 must be a hex string", status=400)
+                raise InvalidRequest("blindai_model_sha256 must be a hex string")
             entry = store.get(entry.model_id, sha256=pin)
         requested = [o.name for o in req.outputs] if req.outputs is not None else None
         outputs = await engine.infer(entry.model, req.inputs, requested)
@@ -329,11 +305,10 @@ def attested_app(state: ServerState) -> Starlette:
         json_bound = json_response_bound(outputs, binary)
         limit = state.body_limits.max_json_response_bytes
         if json_bound > limit:
-            raise InvalidInputError(
+            raise InvalidRequest(
                 f"the outputs sent as JSON could take {json_bound} bytes, above the server's limit of {limit} for "
                 "JSON outputs (--max-json-response-bytes): ask for binary outputs "
-                '(parameters: {"binary_data_output": true}), as the BlindAI SDK and tritonclient do',
-                status=400,
+                '(parameters: {"binary_data_output": true}), as the BlindAI SDK and tritonclient do'
             )
         # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
         # Taken without waiting: outputs that waited for room would be memory nobody counts.
@@ -369,4 +344,4 @@ def attested_app(state: ServerState) -> Starlette:
         routes += compat_v06.attested_routes(
             store, engine.infer, read, held, state.uploads, state.body_limits.idle_timeout_s
         )
-    return Starlette(routes=routes, exception_handlers=_HANDLERS)
+    return Starlette(routes=routes, exception_handlers=HANDLERS)

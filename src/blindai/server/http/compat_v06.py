@@ -31,10 +31,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import InvalidInputError, ModelNotFoundError, PermissionDeniedError
-from ..protocol.tensors import check_shape, decode_binary
+from ...protocol.tensors import check_shape, decode_binary
+from ..errors import Forbidden, InvalidRequest, LimitExceeded, NotFound, UnsupportedModel
+from ..models import ModelStore
 from .bodies import HeldResponse, Hold, UploadSlots
-from .models import ModelStore
 
 __all__ = ["LEGACY_HINT", "attested_routes", "unattested_routes"]
 
@@ -54,9 +54,9 @@ def _load(body: bytes) -> dict[str, Any]:
     try:
         obj = cbor2.loads(body, max_depth=MAX_CBOR_DEPTH) if _HAS_MAX_DEPTH else cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-        raise InvalidInputError(f"body is not valid CBOR: {exc}", status=400) from None
+        raise InvalidRequest(f"body is not valid CBOR: {exc}") from None
     if not isinstance(obj, dict):
-        raise InvalidInputError("body must be a CBOR map", status=400)
+        raise InvalidRequest("body must be a CBOR map")
     return obj
 
 
@@ -80,13 +80,13 @@ def unattested_routes(certificate_der: bytes, simulation: bool, evidence: Callab
 
     async def quote(_req: Request) -> Response:
         if simulation:
-            raise ModelNotFoundError("a simulation server has no SGX quote", status=404)
+            raise NotFound("a simulation server has no SGX quote")
         ev = await asyncio.to_thread(evidence)
         return _cbor(ev.evidence, headers={"Server": server})
 
     async def collateral(_req: Request) -> Response:
         if simulation:
-            raise ModelNotFoundError("a simulation server has no collateral", status=404)
+            raise NotFound("a simulation server has no collateral")
         ev = await asyncio.to_thread(evidence)
         return _cbor(ev.collateral or {}, headers={"Server": server})
 
@@ -131,7 +131,7 @@ def attested_routes(
         name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
         del msg
         if not data:
-            raise InvalidInputError("the upload is empty: 'model' holds no bytes", status=400)
+            raise InvalidRequest("the upload is empty: 'model' holds no bytes")
         sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
         entry, _token = await asyncio.to_thread(store.add, data, sha256, name=name, hints={LEGACY_HINT: True})
         return _cbor({"model_id": entry.model_id, "hash": bytes.fromhex(entry.sha256)})
@@ -147,7 +147,7 @@ def attested_routes(
             # uploaded through these routes, which 0.6 clients address by hash, or public ones.
             matches = [m for m in store.all() if m.sha256 == model_hash and (m.public or m.hints.get(LEGACY_HINT))]
             if not matches:
-                raise ModelNotFoundError("no model with that hash", status=404)
+                raise NotFound("no model with that hash")
             entry = matches[-1]
         feed = parse_run_inputs(msg, [s.name for s in entry.inputs])
         del msg
@@ -178,9 +178,7 @@ def attested_routes(
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
         entry = store.get(_model_id(msg))
         if not entry.hints.get(LEGACY_HINT):
-            raise PermissionDeniedError(
-                "this model is owner-protected: delete it with DELETE /v1/models/{id} and its owner token", status=403
-            )
+            raise Forbidden("this model is owner-protected: delete it with DELETE /v1/models/{id} and its owner token")
         await asyncio.to_thread(store.delete_unprotected, entry.model_id)
         return _cbor({})
 
@@ -196,7 +194,7 @@ def _model_id(msg: dict[str, Any]) -> str:
     """0.6 model ids are text (uuids); anything else is a 400, never str() of a 5,000-digit number."""
     value = msg.get("model_id") or ""
     if not isinstance(value, str) or len(value) > 256:
-        raise InvalidInputError("'model_id' must be a model id (text)", status=400)
+        raise InvalidRequest("'model_id' must be a model id (text)")
     return value
 
 
@@ -207,7 +205,7 @@ def _model_hash(msg: dict[str, Any]) -> str:
         return value.hex()
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value):
         return value.lower()
-    raise InvalidInputError("'model_hash' must be a SHA-256 digest (32 bytes or 64 hex digits)", status=400)
+    raise InvalidRequest("'model_hash' must be a SHA-256 digest (32 bytes or 64 hex digits)")
 
 
 # ------------------------------------------------------------------ the shape of a 0.6 upload, before decoding
@@ -227,53 +225,51 @@ def check_item_count(raw: bytes, limit: int = MAX_MESSAGE_ITEMS) -> None:
         pending -= 1
         seen += 1
         if seen > limit:
-            raise InvalidInputError(
-                f"a 0.6 message may hold at most {limit} CBOR items (tensors travel as bytes_data)", status=413
-            )
+            raise LimitExceeded(f"a 0.6 message may hold at most {limit} CBOR items (tensors travel as bytes_data)")
         if major in (2, 3):
             if arg > len(raw) - pos:
-                raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+                raise InvalidRequest("body is not valid CBOR: truncated")
             pos += arg
         elif major in (4, 5):
             pending += arg * (2 if major == 5 else 1)
         elif major == 6:
             pending += 1  # a tag: its item follows
     if pos != len(raw):
-        raise InvalidInputError("body is not valid CBOR: bytes after the message", status=400)
+        raise InvalidRequest("body is not valid CBOR: bytes after the message")
 
 
 def _head(raw: bytes, pos: int) -> tuple[int, int, int]:
     """(major type, argument, position after the head) of the CBOR item at pos; definite lengths only."""
     if pos >= len(raw):
-        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+        raise InvalidRequest("body is not valid CBOR: truncated")
     major, info = raw[pos] >> 5, raw[pos] & 31
     pos += 1
     if info < 24:
         return major, info, pos
     if info > 27:
-        raise InvalidInputError("a 0.6 message takes definite-length CBOR only", status=400)
+        raise InvalidRequest("a 0.6 message takes definite-length CBOR only")
     n = 1 << (info - 24)
     if pos + n > len(raw):
-        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+        raise InvalidRequest("body is not valid CBOR: truncated")
     return major, int.from_bytes(raw[pos : pos + n], "big"), pos + n
 
 
 def _skip(raw: bytes, pos: int, depth: int = 0) -> int:
     """Past one CBOR item (no tags: a 0.6 client sends none, and bignums and dates hide behind them)."""
     if depth > _MAX_SCAN_DEPTH:
-        raise InvalidInputError("a 0.6 upload field is nested too deeply", status=400)
+        raise InvalidRequest("a 0.6 upload field is nested too deeply")
     major, arg, pos = _head(raw, pos)
     if major in (0, 1, 7):
         return pos
     if major in (2, 3):
         if arg > len(raw) - pos:
-            raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+            raise InvalidRequest("body is not valid CBOR: truncated")
         return pos + arg
     if major == 6:
-        raise InvalidInputError("a 0.6 upload takes no CBOR tags", status=400)
+        raise InvalidRequest("a 0.6 upload takes no CBOR tags")
     items = arg * (2 if major == 5 else 1)
     if items > len(raw) - pos:  # every item takes at least one byte
-        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+        raise InvalidRequest("body is not valid CBOR: truncated")
     for _ in range(items):
         pos = _skip(raw, pos, depth + 1)
     return pos
@@ -288,7 +284,7 @@ def _byte_values(raw: bytes, pos: int, count: int, out: Any) -> int:
     """
     import numpy as np
 
-    bad = InvalidInputError("'model' must be the model's bytes (a byte string or a list of byte values)", status=400)
+    bad = InvalidRequest("'model' must be the model's bytes (a byte string or a list of byte values)")
     if count > len(raw) - pos:
         raise bad
     seen = 0
@@ -347,40 +343,36 @@ def read_upload(raw: bytes, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
 
     major, pairs, pos = _head(raw, 0)
     if major != 5:
-        raise InvalidInputError("body must be a CBOR map", status=400)
+        raise InvalidRequest("body must be a CBOR map")
     if pairs > len(raw):
-        raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+        raise InvalidRequest("body is not valid CBOR: truncated")
     data: bytes | None = None
     fields: dict[str, Any] = {}
     rest = 0
     for _ in range(pairs):
         kmajor, klen, pos = _head(raw, pos)
         if kmajor != 3 or klen > 64 or klen > len(raw) - pos:
-            raise InvalidInputError("a 0.6 upload's keys are short text", status=400)
+            raise InvalidRequest("a 0.6 upload's keys are short text")
         try:
             key = raw[pos : pos + klen].decode()
         except UnicodeDecodeError:
-            raise InvalidInputError("a 0.6 upload's keys are short text", status=400) from None
+            raise InvalidRequest("a 0.6 upload's keys are short text") from None
         pos += klen
         if key != "model":
             start, pos = pos, _skip(raw, pos)
             rest += pos - start
             if rest > MAX_UPLOAD_FIELDS:
-                raise InvalidInputError(
-                    f"a 0.6 upload's fields besides 'model' exceed {MAX_UPLOAD_FIELDS} bytes", status=400
-                )
+                raise InvalidRequest(f"a 0.6 upload's fields besides 'model' exceed {MAX_UPLOAD_FIELDS} bytes")
             fields[key] = _load_item(raw[start:pos])
             continue
         vmajor, n, pos = _head(raw, pos)
         if vmajor not in (2, 4):
-            raise InvalidInputError(
-                "'model' must be the model's bytes (a byte string or a list of byte values)", status=400
-            )
+            raise InvalidRequest("'model' must be the model's bytes (a byte string or a list of byte values)")
         if n > max_bytes:
-            raise InvalidInputError(f"model exceeds the limit of {max_bytes} bytes", status=413)
+            raise LimitExceeded(f"model exceeds the limit of {max_bytes} bytes")
         if vmajor == 2:
             if n > len(raw) - pos:
-                raise InvalidInputError("body is not valid CBOR: truncated", status=400)
+                raise InvalidRequest("body is not valid CBOR: truncated")
             data, pos = raw[pos : pos + n], pos + n
         else:
             out = np.empty(n, np.uint8)
@@ -388,9 +380,9 @@ def read_upload(raw: bytes, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
             data = out.tobytes()
             del out
     if pos != len(raw):
-        raise InvalidInputError("body is not valid CBOR: bytes after the message", status=400)
+        raise InvalidRequest("body is not valid CBOR: bytes after the message")
     if data is None:
-        raise InvalidInputError("'model' must be the model's bytes", status=400)
+        raise InvalidRequest("'model' must be the model's bytes")
     _check_length(fields.get("length"), len(data))
     return data, fields
 
@@ -399,16 +391,16 @@ def _load_item(item: bytes) -> Any:
     try:
         return cbor2.loads(item)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-        raise InvalidInputError(f"body is not valid CBOR: {exc}", status=400) from None
+        raise InvalidRequest(f"body is not valid CBOR: {exc}") from None
 
 
 def _check_length(length: Any, size: int) -> None:
     if length is None:
         return
     if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length < 1 << 63:
-        raise InvalidInputError("'length' must be the model's size in bytes", status=400)
+        raise InvalidRequest("'length' must be the model's size in bytes")
     if length != size:
-        raise InvalidInputError(f"'length' says {length} bytes but the model has {size}", status=400)
+        raise InvalidRequest(f"'length' says {length} bytes but the model has {size}")
 
 
 def load_message(body: bytes) -> dict[str, Any]:
@@ -420,15 +412,15 @@ def parse_upload(msg: dict[str, Any], max_bytes: int) -> bytes:
     raw = msg.get("model")
     if isinstance(raw, list):
         if len(raw) > max_bytes:
-            raise InvalidInputError(f"model exceeds the limit of {max_bytes} bytes", status=413)
+            raise LimitExceeded(f"model exceeds the limit of {max_bytes} bytes")
         try:
             data = bytes(raw)
         except (TypeError, ValueError):
-            raise InvalidInputError("'model' must be a list of byte values", status=400) from None
+            raise InvalidRequest("'model' must be a list of byte values") from None
     elif isinstance(raw, bytes):
         data = raw
     else:
-        raise InvalidInputError("'model' must be the model's bytes", status=400)
+        raise InvalidRequest("'model' must be the model's bytes")
     _check_length(msg.get("length"), len(data))
     return data
 
@@ -437,7 +429,7 @@ def parse_run_inputs(msg: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """0.6 tensors -> named arrays; inputs without node_name take the model's input order."""
     inputs = msg.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise InvalidInputError("'inputs' must be a non-empty list of tensors", status=400)
+        raise InvalidRequest("'inputs' must be a non-empty list of tensors")
     feed: dict[str, Any] = {}
     for i, t in enumerate(inputs):
         try:
@@ -451,7 +443,7 @@ def parse_run_inputs(msg: dict[str, Any], names: list[str]) -> dict[str, Any]:
             name = info.get("node_name") or (names[i] if i < len(names) else f"input {i}")
             feed[str(name)] = decode_binary(DATUM_TYPES[code], shape, blob, str(name))
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
-            raise InvalidInputError(f"input {i} is not a 0.6 tensor: {exc}", status=400) from None
+            raise InvalidRequest(f"input {i} is not a 0.6 tensor: {exc}") from None
     return feed
 
 
@@ -472,4 +464,4 @@ def _datum_type(dtype: np.dtype[Any]) -> int:
     try:
         return names[dtype.name]
     except KeyError:
-        raise InvalidInputError(f"output type {dtype} has no BlindAI 0.6 datum type", status=422) from None
+        raise UnsupportedModel(f"output type {dtype} has no BlindAI 0.6 datum type") from None

@@ -1,0 +1,106 @@
+"""The one table from the core's refusals to HTTP statuses, and the app's error handlers.
+
+Every error body is ``{"error": message}``; the client SDK turns the status back into its
+own exception (``blindai.errors``). A core class missing from the table would answer 500,
+so a test walks every ``CoreError`` subclass and asserts it has a row here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import (
+    CapacityExceeded,
+    Conflict,
+    CoreError,
+    DeadlineExceeded,
+    Forbidden,
+    InputRejected,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    PinMismatch,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedModel,
+)
+
+__all__ = ["HANDLERS", "STATUS", "RequestTimeout", "error_response", "status_of"]
+
+log = logging.getLogger("blindai.server")
+
+
+class RequestTimeout(CoreError):
+    """A request's body did not arrive within its deadline (bytes per second or total)."""
+
+
+STATUS: Final[Mapping[type[CoreError], int]] = {
+    InvalidRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    RequestTimeout: 408,
+    Conflict: 409,
+    PinMismatch: 412,
+    LimitExceeded: 413,
+    UnsupportedModel: 422,
+    InputRejected: 422,
+    RateLimited: 429,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+    CapacityExceeded: 507,
+}
+
+# What the core cannot say without naming a header: how the token travels on this wire.
+_HINTS: Final[Mapping[type[CoreError], str]] = {Unauthenticated: "send it as Authorization: Bearer <token>"}
+
+
+def status_of(exc: CoreError) -> int:
+    """The status of the nearest class in ``exc``'s MRO that has a row; 500 if none does."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """``{"error": message}``, closing the connection.
+
+    An error may come before the body was read (unknown model, too large, too slow): closing
+    stops the client from sending it, instead of the server reading it to discard.
+    """
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})
+
+
+def _message(exc: CoreError) -> str:
+    hint = next((_HINTS[c] for c in type(exc).__mro__ if c in _HINTS), None)
+    return f"{exc.message}; {hint}" if hint else exc.message
+
+
+async def _on_core_error(_req: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CoreError)
+    status = status_of(exc)
+    if status == 500:
+        log.error("core error with no status row: %s", type(exc).__name__, exc_info=exc)
+        return error_response(500, "internal server error")
+    return error_response(status, _message(exc))
+
+
+async def _on_http_error(_req: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail))
+
+
+async def _on_unexpected(_req: Request, exc: Exception) -> Response:
+    log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal server error")
+
+
+HANDLERS: Final[dict[Any, Any]] = {CoreError: _on_core_error, HTTPException: _on_http_error, Exception: _on_unexpected}

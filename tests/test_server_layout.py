@@ -1,0 +1,69 @@
+"""The server's shape: the core raises domain errors and knows no HTTP; one table maps them.
+
+A core module that names a status or a header, imports starlette or uvicorn, or raises the
+client's ``ServerError`` tree would tie the store and engine to one wire again; a domain
+error with no row in the table would answer 500 instead of the refusal it is.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import blindai
+from blindai.server import errors as core_errors
+from blindai.server.http.errors import STATUS, status_of
+
+SERVER = Path(blindai.__file__).parent / "server"
+CORE = sorted(p for p in SERVER.glob("*.py"))
+HEADER = re.compile(r"\b(Authorization|Content-Length|Content-Type|Bearer|Connection: close)\b")
+CLIENT_TREE = {
+    "ServerError",
+    "InvalidInputError",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "ModelHashMismatchError",
+}
+
+
+def test_every_domain_error_has_a_status_row() -> None:
+    for name in core_errors.__all__:
+        cls = getattr(core_errors, name)
+        if cls is core_errors.CoreError:
+            continue
+        status = status_of(cls("x"))
+        assert 400 <= status < 600 and status != 500, f"{name} has no row in server/http/errors.py"
+    assert len(set(STATUS)) == len(STATUS)
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_core_module_knows_no_http(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            )
+            for n in names:
+                assert not n.startswith(("starlette", "uvicorn", "httptools")), f"{path.name} imports {n}"
+                assert n not in CLIENT_TREE, f"{path.name} imports the client's {n}: raise a server.errors class"
+        if isinstance(node, ast.keyword):
+            assert node.arg not in ("status", "status_code"), f"{path.name}:{node.value.lineno} passes {node.arg}="
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            doc_only = node.value.count("\n") > 1  # docstrings may say what the module does not do
+            assert doc_only or not HEADER.search(node.value), (
+                f"{path.name}:{node.lineno} names a header: {node.value!r}"
+            )
+
+
+def test_the_edge_adds_what_the_core_cannot_say() -> None:
+    """The token hint names the header at the edge; the core's message does not."""
+    from blindai.server.http.errors import _message
+
+    err = core_errors.Unauthenticated("this server requires an upload token")
+    assert status_of(err) == 401
+    assert _message(err) == "this server requires an upload token; send it as Authorization: Bearer <token>"
+    assert status_of(core_errors.InputRejected("x")) == 422 and status_of(core_errors.CapacityExceeded("x")) == 507
