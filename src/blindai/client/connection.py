@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -33,6 +33,17 @@ from ..errors import (
     TransportError,
 )
 from ..protocol.infer import HEADER_LENGTH, decode_response, encode_request
+from ..protocol.models import (
+    MODEL_NAME,
+    MODEL_PUBLIC,
+    MODEL_SHA256,
+    OWNER_TOKENS,
+    ModelInfo,
+    ModelInfoError,
+    TensorInfo,
+    decode_model_list,
+    decode_upload_answer,
+)
 from ..protocol.tensors import TensorError, cast_exact
 
 __all__ = ["Connection", "ModelInfo", "RunResult", "TensorInfo"]
@@ -42,62 +53,17 @@ UPLOAD_CHUNK = 1 << 20
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """One input or output as the model declares it, so callers can build matching arrays.
-
-    Attributes:
-        name: the tensor's name in the ONNX graph (the key for ``run_model`` inputs and outputs).
-        datatype: Open Inference Protocol datatype (``FP32``, ``INT64``, ...).
-        shape: declared dimensions; ``-1`` where the model leaves one free (batch, sequence).
-    """
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What the server stored: pin ``sha256`` in ``run_model`` so data only ever reaches this model.
-
-    Attributes:
-        model_id: random id the server gave the upload; the name for every later call.
-        name: the uploader's label (not unique, not checked).
-        sha256: SHA-256 of the ONNX bytes as the server received them.
-        size: size of the model in bytes.
-        created_at: when the server stored it (ISO 8601, UTC).
-        inputs: declared inputs, in the model's order.
-        outputs: declared outputs, in the model's order.
-        hints: shape and datatype hints recorded for the seed-compatible client.
-    """
-
-    model_id: str
-    name: str
-    sha256: str
-    size: int
-    created_at: str
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    hints: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> ModelInfo:
-        """Read the server's JSON description of a model (``/v1/models`` answers); absent optional fields default."""
-
-        def specs(key: str) -> tuple[TensorInfo, ...]:
-            return tuple(TensorInfo(s["name"], s["datatype"], tuple(s["shape"])) for s in obj.get(key, []))
-
-        return cls(
-            model_id=obj["model_id"],
-            name=obj.get("name", ""),
-            sha256=obj["sha256"],
-            size=int(obj.get("size", 0)),
-            created_at=obj.get("created_at", ""),
-            inputs=specs("inputs"),
-            outputs=specs("outputs"),
-            hints=dict(obj.get("hints") or {}),
-        )
+def _answer(decode: Callable[[object], _T], resp: httpx.Response) -> _T:
+    """A model-management answer, decoded by its ``protocol.models`` reader; malformed is typed."""
+    try:
+        return decode(resp.json())
+    except (ValueError, ModelInfoError) as exc:  # JSONDecodeError is a ValueError
+        raise BlindAIError(
+            f"the server's answer to {resp.request.method} {resp.request.url.path} is malformed: {exc}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +217,7 @@ class Connection:
                 name (its id always works for whoever knows it); by default only callers
                 presenting its owner token see it.
         """
-        hints = {"BlindAI-Model-Public": "true" if public else "false"}
+        hints = {MODEL_PUBLIC: "true" if public else "false"}
         return self._upload(model, name=name, progress=progress, upload_token=upload_token, hints=hints)
 
     def _upload(
@@ -267,15 +233,14 @@ class Connection:
         body, size, default_name = _model_body(model, progress)
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         if name or default_name:
-            headers["BlindAI-Model-Name"] = name or default_name or ""
+            headers[MODEL_NAME] = name or default_name or ""
         headers.update(hints or {})
         token = upload_token or self._upload_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         resp = self._request("POST", "/v1/models", content=body, headers=headers)
-        obj = resp.json()
-        info = ModelInfo.from_json(obj)
-        self._owner_tokens[info.model_id] = obj["owner_token"]
+        info, owner_token = _answer(decode_upload_answer, resp)
+        self._owner_tokens[info.model_id] = owner_token
         self._metadata[info.model_id] = info
         return info
 
@@ -293,7 +258,9 @@ class Connection:
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        info = ModelInfo.from_json(self._request("PUT", f"/v1/models/{model_id}", content=body, headers=headers).json())
+        info = _answer(
+            ModelInfo.from_json, self._request("PUT", f"/v1/models/{model_id}", content=body, headers=headers)
+        )
         self._metadata[info.model_id] = info
         return info
 
@@ -312,12 +279,12 @@ class Connection:
         not see each other's models; the tokens travel in ``BlindAI-Owner-Tokens`` (attested TLS).
         """
         tokens = list(dict.fromkeys([*self._owner_tokens.values(), *owner_tokens]))
-        headers = {"BlindAI-Owner-Tokens": ",".join(tokens)} if tokens else {}
-        return [ModelInfo.from_json(m) for m in self._request("GET", "/v1/models", headers=headers).json()["models"]]
+        headers = {OWNER_TOKENS: ",".join(tokens)} if tokens else {}
+        return _answer(decode_model_list, self._request("GET", "/v1/models", headers=headers))
 
     def get_model(self, model_id: str) -> ModelInfo:
         """One model's description; raises ``ModelNotFoundError`` if the server does not hold it."""
-        info = ModelInfo.from_json(self._request("GET", f"/v1/models/{model_id}").json())
+        info = _answer(ModelInfo.from_json, self._request("GET", f"/v1/models/{model_id}"))
         self._metadata[info.model_id] = info
         return info
 
@@ -358,7 +325,7 @@ class Connection:
         chunks, head_len = encode_request(named, binary=True, outputs=outputs, binary_output=True)
         headers = {HEADER_LENGTH: str(head_len), "Content-Type": "application/octet-stream"}
         if model_sha256 is not None:
-            headers["BlindAI-Model-SHA256"] = model_sha256
+            headers[MODEL_SHA256] = model_sha256
         resp = self._request("POST", f"/v2/models/{model_id}/infer", content=b"".join(chunks), headers=headers)
         raw_len = resp.headers.get(HEADER_LENGTH.lower())
         try:

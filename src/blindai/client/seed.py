@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, ModelNotFoundError
+from ..protocol.models import INPUT_DATATYPE, INPUT_SHAPE, OUTPUT_DATATYPE
 from . import tokens
 from .connect import connect
 from .connection import Connection, ModelInfo
@@ -142,11 +143,11 @@ class BlindAiClient:
         user's config folder, so a later script can find and delete the model.
         """
         hints = {
-            "BlindAI-Input-Datatype": _OIP[ModelDatumType(dtype)],
-            "BlindAI-Output-Datatype": _OIP[ModelDatumType(dtype_out)],
+            INPUT_DATATYPE: _OIP[ModelDatumType(dtype)],
+            OUTPUT_DATATYPE: _OIP[ModelDatumType(dtype_out)],
         }
         if shape is not None:
-            hints["BlindAI-Input-Shape"] = ",".join(str(int(d)) for d in tuple(shape))
+            hints[INPUT_SHAPE] = ",".join(str(int(d)) for d in tuple(shape))
         conn = self.connection
         self._model = conn._upload(model, hints=hints)
         token = conn.owner_token(self._model.model_id)

@@ -22,10 +22,11 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from ..protocol.models import TensorInfo
 from ..protocol.tensors import DATATYPES
 from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRequest, Unavailable, UnsupportedModel
 
-__all__ = ["InferenceEngine", "LoadedModel", "TensorSpec", "limit_inference_memory", "machine_cores", "ort_datatype"]
+__all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype"]
 
 log = logging.getLogger("blindai.inference")
 
@@ -53,19 +54,9 @@ def ort_datatype(ort_type: str) -> str:
         raise UnsupportedModel(f"model uses type {ort_type}, which BlindAI cannot serve") from None
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1 marks a dynamic dimension
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-def _spec(arg: Any) -> TensorSpec:
+def _spec(arg: Any) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
-    return TensorSpec(arg.name, ort_datatype(arg.type), shape)
+    return TensorInfo(arg.name, ort_datatype(arg.type), shape)
 
 
 _MEMORY_LIMIT: int | None = None

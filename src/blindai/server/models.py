@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.models import ModelInfo, TensorInfo
 from ..protocol.tensors import DATATYPES, check_shape
 from .errors import (
     CapacityExceeded,
@@ -34,7 +35,7 @@ from .errors import (
     Unavailable,
     UnsupportedModel,
 )
-from .inference import LoadedModel, TensorSpec
+from .inference import LoadedModel
 from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
 
 __all__ = ["DEFAULT_DOMAINS", "ModelEntry", "ModelStore", "StoreLimits", "check_string_growth", "vet_model"]
@@ -473,25 +474,25 @@ class ModelEntry:
     held_bytes: int = 0  # what it holds once loaded (vet_model): the store's limit counts this
 
     @property
-    def inputs(self) -> list[TensorSpec]:
+    def inputs(self) -> list[TensorInfo]:
         return self.model.inputs
 
     @property
-    def outputs(self) -> list[TensorSpec]:
+    def outputs(self) -> list[TensorInfo]:
         return self.model.outputs
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         """Public metadata: never the owner token or its hash."""
-        return {
-            "model_id": self.model_id,
-            "name": self.name,
-            "sha256": self.sha256,
-            "size": self.size,
-            "created_at": self.created_at,
-            "inputs": [s.to_json() for s in self.inputs],
-            "outputs": [s.to_json() for s in self.outputs],
-            "hints": dict(self.hints),
-        }
+        return ModelInfo(
+            model_id=self.model_id,
+            name=self.name,
+            sha256=self.sha256,
+            size=self.size,
+            created_at=self.created_at,
+            inputs=tuple(self.inputs),
+            outputs=tuple(self.outputs),
+            hints=dict(self.hints),
+        )
 
 
 def _is_sha256_hex(value: object) -> bool:

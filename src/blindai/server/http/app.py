@@ -26,6 +26,17 @@ from ...attestation.providers import Evidence, EvidenceProvider
 from ...errors import BlindAIError
 from ...protocol.attestation_doc import encode_attestation_doc
 from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
+from ...protocol.models import (
+    INPUT_DATATYPE,
+    INPUT_SHAPE,
+    MODEL_NAME,
+    MODEL_PUBLIC,
+    MODEL_SHA256,
+    OUTPUT_DATATYPE,
+    OWNER_TOKENS,
+    encode_model_list,
+    encode_upload_answer,
+)
 from ...protocol.tensors import TensorError, TensorLimitError
 from ..errors import InvalidRequest, LimitExceeded, RateLimited, Unavailable
 from ..inference import InferenceEngine
@@ -173,7 +184,7 @@ def attested_app(state: ServerState) -> Starlette:
 
     def tokens(request: Request) -> list[str]:
         """Owner tokens the caller presents: its bearer token and any in BlindAI-Owner-Tokens."""
-        found = [t.strip() for t in request.headers.get("blindai-owner-tokens", "").split(",") if t.strip()]
+        found = [t.strip() for t in request.headers.get(OWNER_TOKENS, "").split(",") if t.strip()]
         token = bearer(request)
         return ([token] if token else []) + found[:MAX_PRESENTED_TOKENS]
 
@@ -206,32 +217,32 @@ def attested_app(state: ServerState) -> Starlette:
         store.check_owner_early(ref, bearer(request))
         data, sha256 = await receive_model(request, hold)
         entry = await asyncio.to_thread(store.replace, ref, bearer(request), data, sha256)
-        return JSONResponse(entry.info())
+        return JSONResponse(entry.info().to_json())
 
     async def upload(request: Request, hold: Hold) -> Response:
         store.check_upload_token(bearer(request))
         hints = parse_hints(
-            request.headers.get("blindai-input-shape"),
-            request.headers.get("blindai-input-datatype"),
-            request.headers.get("blindai-output-datatype"),
+            request.headers.get(INPUT_SHAPE),
+            request.headers.get(INPUT_DATATYPE),
+            request.headers.get(OUTPUT_DATATYPE),
         )
         # Private unless the owner says otherwise (listing shows a model's name and hash), except
         # uploads of the seed-compatible API (they carry its hints): the tutorial's second script,
         # possibly on another machine, finds the model it runs by listing a single-model server.
-        raw_public = request.headers.get("blindai-model-public")
-        public = _flag(raw_public, "BlindAI-Model-Public") if raw_public is not None else bool(hints)
-        name = request.headers.get("blindai-model-name") or request.query_params.get("name")
+        raw_public = request.headers.get(MODEL_PUBLIC)
+        public = _flag(raw_public, MODEL_PUBLIC) if raw_public is not None else bool(hints)
+        name = request.headers.get(MODEL_NAME) or request.query_params.get("name")
         data, sha256 = await receive_model(request, hold)
         # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.
         entry, token = await asyncio.to_thread(store.add, data, sha256, name=name, hints=hints, public=public)
         del data
-        return JSONResponse({**entry.info(), "owner_token": token}, status_code=201)
+        return JSONResponse(encode_upload_answer(entry.info(), token), status_code=201)
 
     async def list_models(request: Request) -> Response:
-        return JSONResponse({"models": [m.info() for m in store.list(tokens(request))]})
+        return JSONResponse(encode_model_list([m.info() for m in store.list(tokens(request))]))
 
     async def get_model(request: Request) -> Response:
-        return JSONResponse(store.get(request.path_params["ref"], tokens=tokens(request)).info())
+        return JSONResponse(store.get(request.path_params["ref"], tokens=tokens(request)).info().to_json())
 
     async def delete_model(request: Request) -> Response:
         entry = await asyncio.to_thread(store.delete, request.path_params["ref"], bearer(request))
@@ -271,9 +282,7 @@ def attested_app(state: ServerState) -> Starlette:
             except ValueError:
                 raise InvalidRequest(f"{HEADER_LENGTH} is not an integer") from None
         # The model first: a request for a model that is not there costs neither its body nor decoding.
-        entry = store.get(
-            request.path_params["ref"], sha256=request.headers.get("blindai-model-sha256"), tokens=tokens(request)
-        )
+        entry = store.get(request.path_params["ref"], sha256=request.headers.get(MODEL_SHA256), tokens=tokens(request))
         body = (await state.read(request, hold, state.max_request_bytes, "request body")).data
 
         def reserve(n: int) -> None:

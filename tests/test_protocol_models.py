@@ -1,0 +1,101 @@
+"""Model metadata: one encode/decode pair for both sides; a hostile description is refused by field.
+
+Before this pair, the client read the server's JSON with bare indexing: a missing field was a
+``KeyError``, a model id of ``../x`` became a path segment of the next request, and a digest of
+any text was compared with the caller's pin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+import blindai
+from blindai.client.connection import _answer
+from blindai.protocol.models import (
+    ModelInfo,
+    ModelInfoError,
+    TensorInfo,
+    decode_model_list,
+    decode_upload_answer,
+    encode_model_list,
+    encode_upload_answer,
+)
+
+INFO = ModelInfo(
+    model_id="0123abcd" * 4,
+    name="resnet",
+    sha256="ab" * 32,
+    size=1234,
+    created_at="2026-11-27T00:00:00Z",
+    inputs=(TensorInfo("x", "FP32", (-1, 3, 224, 224)), TensorInfo("mask", "BOOL", (-1,))),
+    outputs=(TensorInfo("y", "FP32", (-1, 1000)),),
+    hints={"legacy": True},
+)
+
+
+def test_round_trips() -> None:
+    assert ModelInfo.from_json(INFO.to_json()) == INFO
+    assert decode_upload_answer(encode_upload_answer(INFO, "tok")) == (INFO, "tok")
+    assert decode_model_list(encode_model_list([INFO, INFO])) == [INFO, INFO]
+    minimal = {"model_id": INFO.model_id, "sha256": INFO.sha256}  # older servers omit the rest
+    assert ModelInfo.from_json(minimal) == ModelInfo(INFO.model_id, "", INFO.sha256, 0, "", (), ())
+
+
+def _with(path: list[Any], value: Any) -> dict[str, Any]:
+    doc = INFO.to_json()
+    target: Any = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        (["model_id"], KeyError, "no 'model_id'"),
+        (["model_id"], "../../v1/models/victim", "model_id"),
+        (["model_id"], "", "model_id"),
+        (["model_id"], 7, "'model_id' is int"),
+        (["sha256"], "zz" * 32, "sha256"),
+        (["sha256"], "ab", "sha256"),
+        (["size"], -1, "negative"),
+        (["size"], True, "'size' is bool"),
+        (["name"], ["x"], "'name' is list"),
+        (["inputs"], {"x": 1}, "'inputs' is dict"),
+        (["inputs", 0], "x", "tensor description is str"),
+        (["inputs", 0, "shape"], [1, "3"], "shape"),
+        (["inputs", 0, "shape"], [-2], "shape"),
+        (["inputs", 0, "datatype"], "FLOAT", "datatype"),
+        (["outputs", 0, "name"], None, "'name' is NoneType"),
+        (["hints"], [], "'hints' is list"),
+    ],
+)
+def test_hostile_descriptions_are_refused_by_field(path: list[Any], value: Any, needle: str) -> None:
+    with pytest.raises(ModelInfoError, match=needle):
+        ModelInfo.from_json(_with(path, value))
+
+
+def test_upload_answer_needs_a_token_and_lists_need_models() -> None:
+    with pytest.raises(ModelInfoError, match="owner_token"):
+        decode_upload_answer(INFO.to_json())
+    with pytest.raises(ModelInfoError, match="owner_token"):
+        decode_upload_answer({**INFO.to_json(), "owner_token": ""})
+    with pytest.raises(ModelInfoError, match="'models'"):
+        decode_model_list({"model": []})
+    with pytest.raises(ModelInfoError, match="not an object"):
+        decode_model_list([INFO.to_json()])
+
+
+def test_the_client_raises_a_typed_error_for_a_malformed_answer() -> None:
+    """What a hostile or broken server gets the SDK to raise: BlindAIError naming the route, never KeyError."""
+    request = httpx.Request("GET", "https://127.0.0.1/v1/models")
+    for body in (b"not json", b'{"models": [{"model_id": "../x", "sha256": "00"}]}', b"{}"):
+        with pytest.raises(blindai.BlindAIError, match=r"GET /v1/models is malformed"):
+            _answer(decode_model_list, httpx.Response(200, content=body, request=request))
