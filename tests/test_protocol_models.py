@@ -99,3 +99,23 @@ def test_the_client_raises_a_typed_error_for_a_malformed_answer() -> None:
     for body in (b"not json", b'{"models": [{"model_id": "../x", "sha256": "00"}]}', b"{}"):
         with pytest.raises(blindai.BlindAIError, match=r"GET /v1/models is malformed"):
             _answer(decode_model_list, httpx.Response(200, content=body, request=request))
+
+
+def test_error_bodies_are_one_pair_and_the_reader_trusts_nothing() -> None:
+    """A hostile server's error answer cannot flood the caller or drive its terminal."""
+    import json
+
+    from blindai.client.connection import raise_for_status
+    from blindai.protocol.error_body import MAX_MESSAGE, decode_error, encode_error
+
+    assert decode_error(json.dumps(encode_error("no model 'x'")).encode(), "f") == "no model 'x'"
+    assert decode_error(b"", "Not Found") == "Not Found"
+    assert decode_error(b"<html>oops</html>", "f") == "<html>oops</html>"
+    escapes = json.dumps(encode_error("\x1b]0;pwned\x07\x1b[2Jgone\u202e")).encode()
+    assert decode_error(escapes, "f") == "?]0;pwned??[2Jgone?"
+    huge = decode_error(json.dumps(encode_error("A" * 10_000_000)).encode(), "f")
+    assert len(huge) == MAX_MESSAGE + 3 and huge.endswith("...")
+    request = httpx.Request("DELETE", "https://127.0.0.1/v1/models/x")
+    with pytest.raises(blindai.PermissionDeniedError) as err:
+        raise_for_status(httpx.Response(403, content=b"\x1b[31m" + b"B" * 5_000_000, request=request))
+    assert err.value.status == 403 and "\x1b" not in err.value.message and len(err.value.message) <= MAX_MESSAGE + 3

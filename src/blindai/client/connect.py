@@ -28,6 +28,7 @@ from ..attestation.trust import TrustOptions
 from ..attestation.verify import verify_server_attestation
 from ..errors import AttestationError, Check, EvidenceParseError, TransportError
 from ..protocol.attestation_doc import MAX_DOC_BYTES, decode_attestation_doc
+from ..protocol.error_body import decode_error
 from .connection import DEFAULT_TIMEOUT, Connection, host_for_url, raise_for_status
 
 __all__ = ["attest", "connect", "fetch_attestation"]
@@ -69,7 +70,7 @@ def fetch_attestation(host: str, port: int, nonce: bytes, timeout: float) -> obj
     except httpx.HTTPError as exc:
         raise TransportError(f"cannot read the unattested port {url}: {exc}") from exc
     if resp.status_code != 200:
-        message = bytes(body[:300]).decode(errors="replace")
+        message = decode_error(bytes(body), resp.reason_phrase or "no message")
         raise AttestationError(
             f"the server refused to give evidence ({resp.status_code}): {message}", check=Check.FETCH
         )

@@ -32,6 +32,7 @@ from ..errors import (
     ServerError,
     TransportError,
 )
+from ..protocol.error_body import decode_error
 from ..protocol.infer import HEADER_LENGTH, decode_response, encode_request
 from ..protocol.models import (
     MODEL_NAME,
@@ -98,10 +99,7 @@ def raise_for_status(resp: httpx.Response) -> None:
     """Turn an error answer into the typed `ServerError` for its status."""
     if resp.status_code < 400:
         return
-    try:
-        message = str(resp.json().get("error", resp.text))
-    except (ValueError, AttributeError):
-        message = resp.text[:500] or resp.reason_phrase
+    message = decode_error(resp.content, resp.reason_phrase or f"status {resp.status_code}")
     raise _STATUS_ERRORS.get(resp.status_code, ServerError)(message, status=resp.status_code)
 
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ...protocol.error_body import encode_error
 from ..errors import (
     CapacityExceeded,
     Conflict,
@@ -76,7 +77,7 @@ def error_response(status: int, message: str) -> JSONResponse:
     An error may come before the body was read (unknown model, too large, too slow): closing
     stops the client from sending it, instead of the server reading it to discard.
     """
-    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})
+    return JSONResponse(encode_error(message), status_code=status, headers={"Connection": "close"})
 
 
 def _message(exc: CoreError) -> str:
