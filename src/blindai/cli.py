@@ -91,8 +91,8 @@ _CliError = ConfigurationError  # an ordinary mistake on the command line: one l
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server.http.connections import ConnectionLimits
-    from .server.models import StoreLimits
     from .server.runner import ServerConfig, run_server
+    from .server.store import StoreLimits
 
     tee = "simulation" if args.simulation else args.tee
     if args.simulation and args.tee not in ("auto", "simulation"):

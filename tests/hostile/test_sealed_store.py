@@ -25,7 +25,7 @@ import pytest
 
 import blindai
 from blindai.server import sealing
-from blindai.server.models import ModelStore
+from blindai.server.store import ModelStore
 from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 import blindai
 from blindai.server.errors import UnsupportedModel
 from blindai.server.http.errors import status_of
-from blindai.server.models import MAX_STRING_TENSORS, MAX_STRING_VALUE, vet_model
+from blindai.server.vetting import MAX_STRING_TENSORS, MAX_STRING_VALUE, vet_model
 from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
@@ -196,7 +196,7 @@ def test_the_red_team_models_are_refused_by_a_live_server(srv: LocalServer) -> N
 
 def test_when_type_inference_fails_the_schemas_decide(monkeypatch: pytest.MonkeyPatch) -> None:
     """No inferred type at all: numeric operators are told apart by their schemas, strings still refused."""
-    from blindai.server import models
+    from blindai.server import vetting as models
 
     monkeypatch.setattr(models, "_infer", lambda skel: skel)
     nodes, prev = [], "x"

@@ -43,8 +43,8 @@ from .http.bodies import BodyLimits
 from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
 from .http.serving import http_servers, serve_in_own_loop
 from .inference import InferenceEngine, limit_inference_memory, machine_cores
-from .models import ModelStore, StoreLimits, hash_token
 from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
+from .store import ModelStore, StoreLimits, hash_token
 from .tls import TlsIdentity, make_identity
 
 __all__ = ["ServerConfig", "run_server", "serve"]

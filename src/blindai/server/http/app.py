@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,9 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..._version import __version__
-from ...attestation.binding import MAX_NONCE_BYTES, report_data_for
-from ...attestation.providers import Evidence, EvidenceProvider
-from ...errors import BlindAIError
+from ...attestation.binding import MAX_NONCE_BYTES
+from ...attestation.providers import EvidenceProvider
 from ...protocol.attestation_doc import encode_attestation_doc
 from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
 from ...protocol.models import (
@@ -38,9 +35,10 @@ from ...protocol.models import (
     encode_upload_answer,
 )
 from ...protocol.tensors import TensorError, TensorLimitError
-from ..errors import InvalidRequest, LimitExceeded, RateLimited, Unavailable
+from ..errors import InvalidRequest, LimitExceeded
+from ..evidence import EvidenceService, NonceRateLimiter
 from ..inference import InferenceEngine
-from ..models import ModelStore, parse_hints
+from ..store import ModelStore, parse_hints
 from ..tls import TlsIdentity
 from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, UploadSlots, content_length, read_body
 from .errors import HANDLERS
@@ -61,25 +59,6 @@ def _flag(raw: str | None, name: str) -> bool:
     raise InvalidRequest(f"{name} must be true or false, not {raw[:40]!r}")
 
 
-class NonceRateLimiter:
-    """Token bucket: fresh evidence costs the TEE real work, so bound how often it is made."""
-
-    def __init__(self, rate_per_s: float = 50.0, burst: int = 100) -> None:
-        self.rate, self.burst = rate_per_s, float(burst)
-        self._tokens, self._at = float(burst), time.monotonic()
-        self._lock = threading.Lock()
-
-    def allow(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return True
-            return False
-
-
 @dataclass
 class ServerState:
     provider: EvidenceProvider
@@ -92,14 +71,10 @@ class ServerState:
     limiter: NonceRateLimiter = field(default_factory=NonceRateLimiter)
     budget: MemoryBudget = field(init=False)
     uploads: UploadSlots = field(init=False)
-    _empty_nonce: Evidence | None = None
-    _empty_nonce_at: float = 0.0
-
-    # Evidence for the empty nonce is cached, but not longer than this: collateral served with
-    # it (TCB Info, CRLs) changes, and clients refuse expired collateral.
-    EMPTY_NONCE_TTL_S = 300.0
+    evidence: EvidenceService = field(init=False)
 
     def __post_init__(self) -> None:
+        self.evidence = EvidenceService(self.provider, self.identity.spki_sha256, self.limiter)
         self.budget = MemoryBudget(self.body_limits.max_inflight_bytes)
         self.uploads = UploadSlots(self.body_limits.max_concurrent_uploads, 2 * self.body_limits.idle_timeout_s)
 
@@ -115,19 +90,6 @@ class ServerState:
             sha256=sha256,
         )
 
-    def evidence(self, nonce: bytes) -> Evidence:
-        fresh = time.monotonic() - self._empty_nonce_at < self.EMPTY_NONCE_TTL_S
-        if not nonce and self._empty_nonce is not None and fresh:
-            return self._empty_nonce
-        try:
-            ev = self.provider.get_evidence(report_data_for(self.identity.spki_sha256, nonce))
-        except (OSError, BlindAIError) as exc:
-            log.error("the TEE could not produce evidence: %s", exc)
-            raise Unavailable("the TEE could not produce evidence; see the server log") from exc
-        if not nonce:
-            self._empty_nonce, self._empty_nonce_at = ev, time.monotonic()
-        return ev
-
 
 # ------------------------------------------------------------------ unattested port
 
@@ -139,11 +101,9 @@ def unattested_app(state: ServerState) -> Starlette:
             nonce = bytes.fromhex(raw)
         except ValueError:
             raise InvalidRequest("nonce must be hex") from None
-        if len(nonce) > MAX_NONCE_BYTES:
-            raise InvalidRequest(f"nonce is {len(nonce)} bytes; at most {MAX_NONCE_BYTES}")
-        if nonce and not state.limiter.allow():
-            raise RateLimited("too many fresh attestation requests; retry shortly")
-        ev = await asyncio.to_thread(state.evidence, nonce)
+        if len(raw) > 2 * MAX_NONCE_BYTES:  # refused before hex decoding allocates for it
+            raise InvalidRequest(f"nonce is {len(raw) // 2} bytes; at most {MAX_NONCE_BYTES}")
+        ev = await asyncio.to_thread(state.evidence.get, nonce)
         return JSONResponse(
             encode_attestation_doc(
                 tee=ev.tee,
@@ -167,7 +127,7 @@ def unattested_app(state: ServerState) -> Starlette:
         routes += compat_v06.unattested_routes(
             state.identity.certificate.public_bytes(Encoding.DER),
             state.provider.tee == "simulation",
-            lambda: state.evidence(b""),
+            lambda: state.evidence.get(b""),
         )
     return Starlette(routes=routes, exception_handlers=HANDLERS)
 

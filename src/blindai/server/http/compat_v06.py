@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from ...protocol.tensors import check_shape, decode_binary
 from ..errors import Forbidden, InvalidRequest, LimitExceeded, NotFound, UnsupportedModel
-from ..models import ModelStore
+from ..store import ModelStore
 from .bodies import HeldResponse, Hold, UploadSlots
 
 __all__ = ["LEGACY_HINT", "attested_routes", "unattested_routes"]

@@ -1,0 +1,429 @@
+"""What a model must be before onnxruntime loads it.
+
+ONNX that parses, no external data, operators only from allowed domains, what it holds
+once loaded (folded constants, dense sparse tensors) counted against the limits, and no
+string tensors that could grow outside the inference memory cap. Pure: bytes in, a size or
+an `UnsupportedModel`/`LimitExceeded` out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import LimitExceeded, UnsupportedModel
+
+__all__ = [
+    "DEFAULT_DOMAINS",
+    "MAX_STRING_TENSORS",
+    "MAX_STRING_VALUE",
+    "check_string_constants",
+    "check_string_growth",
+    "loaded_size",
+    "vet_model",
+]
+
+log = logging.getLogger("blindai.models")
+
+DEFAULT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+MAX_STRING_VALUE = 1024
+MAX_STRING_TENSORS = 16
+
+
+def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max_bytes: int | None = None) -> int:
+    """Refuse anything that is not a self-contained ONNX model of allowed operators.
+
+    External data is refused whatever its path: a model must never make the
+    server open a file, so the check walks every graph, subgraph and tensor
+    attribute, not only the top-level initializers.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise UnsupportedModel("the upload is not an ONNX model (protobuf parse failed)") from exc
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise UnsupportedModel("the upload is not an ONNX model (no graph)")
+    allowed = set(allowed_domains) | {f.domain for f in model.functions}
+    for opset in model.opset_import:
+        if opset.domain not in allowed:
+            shown = sorted(d or "ai.onnx" for d in allowed_domains)
+            raise UnsupportedModel(f"operator domain {opset.domain!r} is not allowed (allowed: {shown})")
+    # FunctionProto has .node like a graph (and no initializers), so it is walked the same way.
+    graphs: list[Any] = [model.graph, *model.functions]
+    sparse: list[Any] = []
+    while graphs:
+        g = graphs.pop()
+        tensors = list(getattr(g, "initializer", []))
+        for sp in getattr(g, "sparse_initializer", []):
+            tensors += [sp.values, sp.indices]
+            sparse.append(sp)
+        for node in g.node:
+            if node.domain not in allowed:
+                raise UnsupportedModel(f"operator {node.op_type!r} of domain {node.domain!r} is not allowed")
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                tensors.extend(attr.tensors)
+                if attr.HasField("sparse_tensor"):
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+                    sparse.append(attr.sparse_tensor)
+                sparse.extend(attr.sparse_tensors)
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+                raise UnsupportedModel(
+                    f"tensor {t.name!r} uses external data; only self-contained models are accepted "
+                    "(save with onnx.save_model(..., save_as_external_data=False))"
+                )
+    check_string_growth(model)
+    loaded = loaded_size(model, len(data), sparse)
+    if max_bytes is not None and loaded > max_bytes:
+        raise LimitExceeded(
+            f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
+            f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
+        )
+    return loaded
+
+
+# Operators onnxruntime never folds at load (their result differs per run).
+_NOT_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"})
+_UNKNOWN_ITEMSIZE = 8
+
+
+def _itemsize(data_type: int) -> int:
+    import onnx
+
+    try:
+        return max(int(onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize), 1)
+    except (KeyError, ValueError, TypeError):
+        return _UNKNOWN_ITEMSIZE  # strings and exotic types: their own checks bound them
+
+
+def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
+    """Bytes the model holds once onnxruntime has loaded it, which its file size can hide.
+
+    onnxruntime makes every sparse tensor dense, and folds every node whose inputs are all
+    constants, keeping the results for the session's life, outside any arena or limit: a
+    146-byte model whose ConstantOfShape of a [67108864] shape fed an Add held 266 MiB per
+    session, and a 120-byte sparse [67108864] constant as much. Both therefore count as model
+    bytes. Folded sizes come from ONNX shape inference, which reads shapes held in initializers;
+    without data propagation, which itself made a 64M-element ConstantOfShape cost 15 GB. A
+    constant-only node whose size cannot be inferred is refused, as its cost is unknown until
+    it is paid (exporters fold such nodes themselves: the demo, benchmark and Whisper models
+    have none).
+    """
+    from onnx import shape_inference
+
+    total = file_bytes
+    for sp in sparse:
+        elements = 1
+        for d in sp.dims:
+            elements *= max(int(d), 0)
+        total += elements * _itemsize(sp.values.data_type)
+    # Shape inference copies the whole model; weights only matter through their dims, which stay
+    # (the caller is done with ``model``): 1.8 s -> 0.05 s on a 377 MB wav2vec2.
+    for init in model.graph.initializer:
+        if init.ByteSize() > 4096:
+            for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                init.ClearField(name)
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=False)
+    except Exception:  # onnx raises several types on models onnxruntime may still load
+        inferred = model
+    shapes: dict[str, Any] = {}
+
+    def folded(g: Any, outer: frozenset[str]) -> int:
+        for v in [*g.value_info, *g.output, *g.input]:
+            shapes.setdefault(v.name, v.type)
+        const = set(outer) | {t.name for t in g.initializer} | {sp.values.name for sp in g.sparse_initializer}
+        size = 0
+        for node in g.node:
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    size += folded(sub, frozenset(const))
+                for sub in attr.graphs:
+                    size += folded(sub, frozenset(const))
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                const.update(node.output)  # its value is in the file (or a sparse tensor above)
+                continue
+            if node.op_type in _NOT_FOLDED or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+                continue
+            if not all(not i or i in const for i in node.input):
+                continue
+            const.update(o for o in node.output if o)
+            for out in filter(None, node.output):
+                tp = shapes.get(out)
+                tensor = tp.tensor_type if tp is not None and tp.HasField("tensor_type") else None
+                dims = list(tensor.shape.dim) if tensor is not None and tensor.HasField("shape") else None
+                if dims is None or any(not d.HasField("dim_value") for d in dims):
+                    raise UnsupportedModel(
+                        f"node {node.name or node.op_type!r} ({node.op_type}) depends only on constants, so "
+                        "onnxruntime computes it when the model loads, outside the server's memory limits, and "
+                        f"the size of its output {out!r} cannot be inferred: fold constants before uploading "
+                        "(torch.onnx.export does by default; or onnxsim)"
+                    )
+                elements = 1
+                for d in dims:
+                    elements *= max(int(d.dim_value), 0)
+                size += elements * _itemsize(tensor.elem_type if tensor is not None else 0)
+        return size
+
+    total += folded(inferred.graph, frozenset())
+    return total
+
+
+# Operators that may produce a string tensor: each output element is an input element (moved,
+# selected, normalised) or a model constant, so string memory never exceeds what came in plus
+# what the model holds. Anything else producing strings (Expand, Tile, Gather, Where, Pad,
+# Concat, Resize, loops, sequences, Cast to string, ...) could repeat one string as often as a
+# numeric input says, in memory onnxruntime keeps outside its capped arena: refused.
+STRING_SAFE_OPS = frozenset(
+    {
+        "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split",
+        "Compress", "Unique", "StringNormalizer", "Constant", "LabelEncoder", "CategoryMapper",
+    }
+)  # fmt: skip
+# Even the safe operators copy: a string tensor fanned out to many Identity nodes is held once
+# per copy, and a lookup writes one label per input element. So every string constant of a model
+# (labels, default strings, Constant values, string tensors) is at most MAX_STRING_VALUE bytes,
+# all of them together at most MAX_STRING_CONSTANTS, and a graph makes at most MAX_STRING_TENSORS
+# string tensors: a run holds at most that many times its input strings (or 1 KiB per element).
+MAX_STRING_CONSTANTS = 4 << 20
+_STRING = 8  # onnx.TensorProto.STRING
+_NOT_STRING = -2  # a tensor known not to hold strings although its exact type was not inferred
+_SAFE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def _has_string(tp: Any, string: int = _STRING) -> bool:
+    """A type that is, or holds (sequence, map, optional), a string tensor."""
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return bool(tp.tensor_type.elem_type == string)
+    if kind == "sequence_type":
+        return _has_string(tp.sequence_type.elem_type, string)
+    if kind == "optional_type":
+        return _has_string(tp.optional_type.elem_type, string)
+    if kind == "map_type":
+        return bool(tp.map_type.key_type == string) or _has_string(tp.map_type.value_type, string)
+    return False
+
+
+def _kind(tp: Any) -> int:
+    """_STRING, 0 (not known), or a code that is not a string type."""
+    if _has_string(tp):
+        return _STRING
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return int(tp.tensor_type.elem_type)  # 0 when the elem type is unset
+    return _NOT_STRING if kind in ("sequence_type", "optional_type", "map_type", "sparse_tensor_type") else 0
+
+
+def check_string_constants(model: Any) -> None:
+    """Every string a model holds (attribute values, string tensors) is short, and all of them bounded."""
+    total = 0
+
+    def check(values: Iterable[bytes], where: str) -> None:
+        nonlocal total
+        for v in values:
+            if len(v) > MAX_STRING_VALUE:
+                raise UnsupportedModel(
+                    f"{where} holds a string of {len(v)} bytes; string constants are limited to "
+                    f"{MAX_STRING_VALUE} bytes each (see docs/models.md, string tensors)"
+                )
+            total += len(v)
+        if total > MAX_STRING_CONSTANTS:
+            raise UnsupportedModel(
+                f"the model's string constants exceed {MAX_STRING_CONSTANTS} bytes in all (see docs/models.md)"
+            )
+
+    graphs: list[Any] = [model.graph, *model.functions]
+    while graphs:
+        g = graphs.pop()
+        for t in getattr(g, "initializer", []):
+            check(t.string_data, f"initializer {t.name!r}")
+        for node in g.node:
+            for attr in node.attribute:
+                where = f"attribute {attr.name!r} of operator {node.op_type!r}"
+                check([attr.s, *attr.strings], where)
+                for t in [attr.t, *attr.tensors]:
+                    check(t.string_data, where)
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def _skeleton(model: Any) -> Any:
+    """The model without its weights, functions inlined: what type inference needs, at little cost.
+
+    Initializers become typed graph inputs (types flow the same; only constant-folded shapes are
+    lost), so vetting a 2 GB model does not copy 2 GB through onnx's C++ bindings several times.
+    """
+    import onnx
+
+    skel = onnx.ModelProto()
+    skel.ir_version = model.ir_version
+    skel.opset_import.extend(model.opset_import)
+    skel.functions.extend(model.functions)
+    g, src = skel.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    declared = {vi.name for vi in src.input}
+    for init in [*src.initializer, *(sp.values for sp in src.sparse_initializer)]:
+        if init.name not in declared:
+            declared.add(init.name)
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    if skel.functions:
+        try:
+            from onnx import inliner
+
+            skel = inliner.inline_local_functions(skel)
+        except Exception as exc:  # a function that cannot be inlined cannot be typed: refused below
+            log.info("inlining model-local functions failed: %s", exc)
+    return skel
+
+
+def _infer(skel: Any) -> Any:
+    """ONNX type inference, strict where the model allows it; best effort otherwise (unknowns refused)."""
+    import onnx
+
+    for strict in (True, False):
+        try:
+            return onnx.shape_inference.infer_shapes(skel, check_type=strict, strict_mode=strict)
+        except Exception as exc:  # onnx raises InferenceError, ValidationError, RuntimeError...
+            log.debug("type inference (strict=%s) failed: %s", strict, exc)
+    return skel
+
+
+_ORT_SCHEMAS: dict[tuple[str, str], list[Any]] | None = None
+
+
+def _schema(op: str, domain: str, version: int) -> Any:
+    """The operator's schema (ONNX's own, else onnxruntime's contrib ones), or None."""
+    global _ORT_SCHEMAS
+    import onnx
+
+    try:
+        return onnx.defs.get_schema(op, version, domain)
+    except Exception:  # SchemaError: not an ONNX operator, perhaps an onnxruntime one
+        pass
+    if _ORT_SCHEMAS is None:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        found: dict[tuple[str, str], list[Any]] = {}
+        for sch in ort_state.get_all_operator_schema():
+            found.setdefault((sch.domain, sch.name), []).append(sch)
+        _ORT_SCHEMAS = found
+    candidates = sorted(_ORT_SCHEMAS.get((domain, op), []), key=lambda sch: int(sch.since_version))
+    usable = [sch for sch in candidates if int(sch.since_version) <= version] or candidates[-1:]
+    return usable[-1] if usable else None
+
+
+def _formal(params: list[Any], i: int) -> Any:
+    if i < len(params):
+        return params[i]
+    return params[-1] if params else None  # a variadic last parameter repeats
+
+
+def _type_str(param: Any) -> str:
+    return str(getattr(param, "type_str", None) or getattr(param, "typeStr", ""))
+
+
+def _derive(node: Any, i: int, schema: Any, types: dict[str, int]) -> int:
+    """A type inference could not give: _NOT_STRING when the schema rules strings out, else 0."""
+    if node.domain in _SAFE_DOMAINS and node.op_type in ("Constant", "Cast") and i == 0:
+        # Their type is an attribute: read it, so a model whose inference failed is not refused for them.
+        for attr in node.attribute:
+            if attr.ref_attr_name:
+                continue
+            if attr.name == "to":
+                return _STRING if attr.i == _STRING else _NOT_STRING
+            if attr.name in ("value_string", "value_strings"):
+                return _STRING
+            if attr.name == "value":
+                return _STRING if attr.t.data_type == _STRING else _NOT_STRING
+            if attr.name in ("value_float", "value_floats", "value_int", "value_ints", "sparse_value"):
+                return _STRING if attr.sparse_tensor.values.data_type == _STRING else _NOT_STRING
+    if schema is None:
+        return 0
+    out = _formal(list(schema.outputs), i)
+    if out is None:
+        return 0
+    param = _type_str(out)
+    allowed = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}.get(param, [param])
+    if not any("string" in a for a in allowed):
+        return _NOT_STRING
+    # Same type parameter as some inputs (Gather's T, Expand's T...): strings only if one of them may be.
+    tied = [
+        types.get(name, 0)
+        for j, name in enumerate(node.input)
+        if name and (p := _formal(list(schema.inputs), j)) is not None and _type_str(p) == param
+    ]
+    if tied and all(t not in (_STRING, 0) for t in tied):
+        return _NOT_STRING
+    return _STRING if _STRING in tied else 0
+
+
+def check_string_growth(model: Any) -> None:
+    """Refuse graphs whose string tensors can grow beyond their inputs (see STRING_SAFE_OPS). Fails closed.
+
+    Runs type inference on every model (declarations can omit strings: Constant value_string,
+    CastLike, a Cast inside a function), and refuses any tensor that is a string, or whose type
+    neither inference nor the operator's schema can tell, made by an operator not on the list.
+    """
+    check_string_constants(model)
+    inferred = _infer(_skeleton(model))
+    versions = {o.domain or "": int(o.version) for o in inferred.opset_import}
+    versions.setdefault("ai.onnx", versions.get("", 1))
+    made: list[str] = []
+
+    def walk(g: Any, outer: dict[str, int]) -> None:
+        types = dict(outer)
+        for vi in [*g.input, *g.value_info, *g.output]:
+            kind = _kind(vi.type)
+            if kind or vi.name not in types:
+                types[vi.name] = kind
+        for init in g.initializer:
+            types[init.name] = int(init.data_type)
+        for node in g.node:
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else []:
+                    walk(sub, types)
+                for sub in attr.graphs:
+                    walk(sub, types)
+            domain = node.domain or ""
+            schema = _schema(node.op_type, domain, versions.get(domain, 1))
+            for i, out in enumerate(node.output):
+                if not out:
+                    continue
+                if types.get(out, 0) == 0:
+                    types[out] = _derive(node, i, schema, types)
+                kind = types[out]
+                if kind not in (_STRING, 0):
+                    continue
+                if node.op_type in STRING_SAFE_OPS and domain in _SAFE_DOMAINS:
+                    made.append(out)
+                    continue
+                what = "a string tensor" if kind == _STRING else "a tensor whose type cannot be inferred"
+                raise UnsupportedModel(
+                    f"operator {node.op_type!r} makes {what} ({out!r}): string tensors live outside the "
+                    f"inference memory cap, so only operators that cannot make them grow may yield them "
+                    f"({', '.join(sorted(STRING_SAFE_OPS))}); see docs/models.md"
+                )
+        # A graph input handed straight back as an output is copied too.
+        made.extend(o.name for o in g.output if types.get(o.name) == _STRING and o.name in {i.name for i in g.input})
+
+    walk(inferred.graph, {})
+    if len(made) > MAX_STRING_TENSORS:
+        raise UnsupportedModel(
+            f"the model makes {len(made)} string tensors; at most {MAX_STRING_TENSORS} string tensors are "
+            "accepted (each holds its own copy of the strings, outside the inference memory cap; see docs/models.md)"
+        )
