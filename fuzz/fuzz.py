@@ -21,7 +21,7 @@ with atheris.instrument_imports(include=["blindai"]):
     import blindai.attestation.verify
     import blindai.protocol.infer
     import blindai.protocol.tensors
-    import blindai.server.http.compat_v06
+    import blindai.protocol.v06
     import blindai.server.sealing  # noqa: F401
     from blindai.fuzz_targets import TARGETS
 

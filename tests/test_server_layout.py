@@ -67,3 +67,20 @@ def test_the_edge_adds_what_the_core_cannot_say() -> None:
     assert status_of(err) == 401
     assert _message(err) == "this server requires an upload token; send it as Authorization: Bearer <token>"
     assert status_of(core_errors.InputRejected("x")) == 422 and status_of(core_errors.CapacityExceeded("x")) == 507
+
+
+@pytest.mark.parametrize("path", sorted((SERVER.parent / "protocol").glob("*.py")), ids=lambda p: p.name)
+def test_protocol_module_has_no_transport_and_no_side(path: Path) -> None:
+    """Wire formats are pairs both sides import: no server, client, HTTP library or status in them."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            assert not module.startswith(("..server", "..client", "starlette", "httpx", "uvicorn")), (
+                f"protocol/{path.name} imports {module}"
+            )
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                assert alias.name.split(".")[0] not in ("starlette", "httpx", "uvicorn"), f"{path.name}: {alias.name}"
+        if isinstance(node, ast.keyword):
+            assert node.arg not in ("status", "status_code"), f"protocol/{path.name} passes {node.arg}="

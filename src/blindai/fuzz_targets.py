@@ -71,20 +71,22 @@ def _oip_json(data: bytes) -> None:
 
 
 def _v06_cbor(data: bytes) -> None:
-    from .server.errors import CoreError
-    from .server.http import compat_v06
+    """Any bytes as a 0.6 upload, run or delete: only V06Error may come out."""
+    from .protocol import v06
 
     try:
-        msg = compat_v06.load_message(data)
-        compat_v06.parse_upload(msg, 1 << 20)
-    except CoreError:
+        msg = v06.load_message(data)
+        v06.parse_upload(msg, 1 << 20)
+    except v06.V06Error:
         pass
-    with contextlib.suppress(CoreError):
-        compat_v06.read_upload(data, 1 << 20)
+    with contextlib.suppress(v06.V06Error):
+        v06.check_item_count(data)
+    with contextlib.suppress(v06.V06Error):
+        v06.read_upload(data, 1 << 20)
     try:
-        msg = compat_v06.load_message(data)
-        compat_v06.parse_run_inputs(msg, ["x", "y"])
-    except CoreError:
+        msg = v06.load_message(data)
+        v06.parse_run_inputs(msg, ["x", "y"])
+    except v06.V06Error:
         pass
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, ModelNotFoundError
 from ..protocol.models import INPUT_DATATYPE, INPUT_SHAPE, OUTPUT_DATATYPE
+from ..protocol.v06 import DATUM_TYPES
 from . import tokens
 from .connect import connect
 from .connection import Connection, ModelInfo
@@ -51,19 +52,7 @@ class ModelDatumType(IntEnum):
     Bool = 10
 
 
-_OIP = {
-    ModelDatumType.F32: "FP32",
-    ModelDatumType.F64: "FP64",
-    ModelDatumType.I32: "INT32",
-    ModelDatumType.I64: "INT64",
-    ModelDatumType.U32: "UINT32",
-    ModelDatumType.U64: "UINT64",
-    ModelDatumType.U8: "UINT8",
-    ModelDatumType.U16: "UINT16",
-    ModelDatumType.I8: "INT8",
-    ModelDatumType.I16: "INT16",
-    ModelDatumType.Bool: "BOOL",
-}
+_OIP = {ModelDatumType(code): datatype for code, datatype in enumerate(DATUM_TYPES)}  # one table: protocol/v06.py
 
 
 @dataclass(frozen=True)

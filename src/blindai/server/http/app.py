@@ -34,8 +34,7 @@ from ...protocol.models import (
     encode_model_list,
     encode_upload_answer,
 )
-from ...protocol.tensors import TensorError, TensorLimitError
-from ..errors import InvalidRequest, LimitExceeded
+from ..errors import InvalidRequest
 from ..evidence import EvidenceService, NonceRateLimiter
 from ..inference import InferenceEngine
 from ..store import ModelStore, parse_hints
@@ -248,15 +247,11 @@ def attested_app(state: ServerState) -> Starlette:
         def reserve(n: int) -> None:
             hold.take(n, "decoding this request")
 
-        try:
-            # Off the event loop, and bounded before it allocates (protocol/infer.py).
-            req = await asyncio.to_thread(
-                decode_request, body, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve
-            )
-        except TensorLimitError as exc:
-            raise LimitExceeded(str(exc)) from None
-        except TensorError as exc:
-            raise InvalidRequest(str(exc)) from None
+        # Off the event loop, and bounded before it allocates (protocol/infer.py); a TensorError
+        # becomes its status in server/http/errors.py.
+        req = await asyncio.to_thread(
+            decode_request, body, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve
+        )
         pin = req.parameters.get("blindai_model_sha256")
         if pin is not None:
             if not isinstance(pin, str):

@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...protocol.error_body import encode_error
+from ...protocol.tensors import TensorError, TensorLimitError
+from ...protocol.v06 import V06Error, V06LimitError, V06OutputError
 from ..errors import (
     CapacityExceeded,
     Conflict,
@@ -33,7 +35,7 @@ from ..errors import (
     UnsupportedModel,
 )
 
-__all__ = ["HANDLERS", "STATUS", "RequestTimeout", "error_response", "status_of"]
+__all__ = ["HANDLERS", "PROTOCOL_STATUS", "STATUS", "RequestTimeout", "error_response", "status_of"]
 
 log = logging.getLogger("blindai.server")
 
@@ -59,15 +61,26 @@ STATUS: Final[Mapping[type[CoreError], int]] = {
     CapacityExceeded: 507,
 }
 
+# Wire formats refuse what they cannot read with their own errors (protocol/ knows no status).
+PROTOCOL_STATUS: Final[Mapping[type[ValueError], int]] = {
+    TensorLimitError: 413,
+    TensorError: 400,
+    V06LimitError: 413,
+    V06OutputError: 422,
+    V06Error: 400,
+}
+
 # What the core cannot say without naming a header: how the token travels on this wire.
 _HINTS: Final[Mapping[type[CoreError], str]] = {Unauthenticated: "send it as Authorization: Bearer <token>"}
 
 
-def status_of(exc: CoreError) -> int:
-    """The status of the nearest class in ``exc``'s MRO that has a row; 500 if none does."""
+def status_of(exc: Exception) -> int:
+    """The status of the nearest class in ``exc``'s MRO that has a row in either table; 500 if none does."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]
+        if cls in PROTOCOL_STATUS:
+            return PROTOCOL_STATUS[cls]
     return 500
 
 
@@ -94,6 +107,10 @@ async def _on_core_error(_req: Request, exc: Exception) -> Response:
     return error_response(status, _message(exc))
 
 
+async def _on_protocol_error(_req: Request, exc: Exception) -> Response:
+    return error_response(status_of(exc), str(exc))
+
+
 async def _on_http_error(_req: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, str(exc.detail))
@@ -104,4 +121,10 @@ async def _on_unexpected(_req: Request, exc: Exception) -> Response:
     return error_response(500, "internal server error")
 
 
-HANDLERS: Final[dict[Any, Any]] = {CoreError: _on_core_error, HTTPException: _on_http_error, Exception: _on_unexpected}
+HANDLERS: Final[dict[Any, Any]] = {
+    CoreError: _on_core_error,
+    TensorError: _on_protocol_error,
+    V06Error: _on_protocol_error,
+    HTTPException: _on_http_error,
+    Exception: _on_unexpected,
+}
