@@ -75,8 +75,8 @@ test: $(STAMP) $(STAMP06)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/mypy --strict src/blindai
+	$(VENV)/bin/ruff check src tests benchmarks examples fuzz
+	$(VENV)/bin/mypy --strict src/blindai fuzz/targets.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -2,7 +2,7 @@
 
     python fuzz/fuzz.py TARGET [libFuzzer options, e.g. -max_total_time=60 corpus_dir]
 
-Targets: see blindai.fuzz_targets.TARGETS. `make fuzz` writes each crash to fuzz/crashes/TARGET/:
+Targets: see fuzz/targets.py TARGETS. `make fuzz` writes each crash to fuzz/crashes/TARGET/:
 commit it there (tests/hostile/test_fuzz_regressions.py replays every file, and later runs start
 from them), then fix the parser.
 """
@@ -14,6 +14,8 @@ import atheris
 
 with atheris.instrument_imports(include=["blindai"]):
     # Imported here so that coverage guides the fuzzer through them (targets import lazily).
+    from targets import TARGETS  # fuzz/ is this script's folder, first on sys.path
+
     import blindai.attestation.dcap_abi
     import blindai.attestation.ratls
     import blindai.attestation.simulation
@@ -23,7 +25,6 @@ with atheris.instrument_imports(include=["blindai"]):
     import blindai.protocol.tensors
     import blindai.protocol.v06
     import blindai.server.sealing  # noqa: F401
-    from blindai.fuzz_targets import TARGETS
 
 
 SEED_FOR = {

@@ -6,7 +6,7 @@ import pytest
 
 from blindai.attestation import ratls
 from blindai.errors import EvidenceParseError
-from blindai.fuzz_targets import TARGETS
+from fuzz.targets import TARGETS
 from tests.conftest import ROOT
 
 CRASHERS = [

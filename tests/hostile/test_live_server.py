@@ -131,7 +131,7 @@ def test_fuzz_harness_runs_bounded(tmp_path: Path) -> None:
     import sys
 
     pytest.importorskip("atheris")
-    from blindai.fuzz_targets import TARGETS
+    from fuzz.targets import TARGETS
     from tests.conftest import ROOT
 
     for target in TARGETS:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindai.fuzz_targets import TARGETS
+from fuzz.targets import TARGETS
 from tests.fakes.seeds import valid_inputs
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,13 +11,13 @@ import json
 import os
 from collections.abc import Callable
 
-from .errors import BlindAIError
+from blindai.errors import BlindAIError
 
 __all__ = ["TARGETS"]
 
 
 def _dcap_quote(data: bytes) -> None:
-    from .attestation import dcap_abi
+    from blindai.attestation import dcap_abi
 
     try:
         q = dcap_abi.parse_quote(data)
@@ -27,7 +27,7 @@ def _dcap_quote(data: bytes) -> None:
 
 
 def _snp_report(data: bytes) -> None:
-    from .attestation import snp_abi
+    from blindai.attestation import snp_abi
 
     try:
         snp_abi.parse_report(data)
@@ -37,21 +37,21 @@ def _snp_report(data: bytes) -> None:
 
 
 def _detect(data: bytes) -> None:
-    from .attestation.verify import detect_tee
+    from blindai.attestation.verify import detect_tee
 
     with contextlib.suppress(BlindAIError):
         detect_tee(data)
 
 
 def _simulation(data: bytes) -> None:
-    from .attestation import simulation
+    from blindai.attestation import simulation
 
     with contextlib.suppress(BlindAIError):
         simulation.verify(simulation.parse(data))
 
 
 def _oip_request(data: bytes) -> None:
-    from .protocol import TensorError, decode_request
+    from blindai.protocol import TensorError, decode_request
 
     split = data[0] if data else 0
     with contextlib.suppress(TensorError):
@@ -60,7 +60,7 @@ def _oip_request(data: bytes) -> None:
 
 def _oip_json(data: bytes) -> None:
     """Well-formed JSON of any shape: the decoder must answer with TensorError only."""
-    from .protocol import TensorError, decode_request
+    from blindai.protocol import TensorError, decode_request
 
     try:
         obj = json.loads(data)
@@ -72,7 +72,7 @@ def _oip_json(data: bytes) -> None:
 
 def _v06_cbor(data: bytes) -> None:
     """Any bytes as a 0.6 upload, run or delete: only V06Error may come out."""
-    from .protocol import v06
+    from blindai.protocol import v06
 
     try:
         msg = v06.load_message(data)
@@ -104,7 +104,7 @@ def _sealed(data: bytes) -> None:
     import json
     import struct
 
-    from .server import sealing
+    from blindai.server import sealing
 
     global _KEY
     if _KEY is None:
@@ -120,7 +120,7 @@ def _sealed(data: bytes) -> None:
 
 
 def _ratls(data: bytes) -> None:
-    from .attestation import ratls
+    from blindai.attestation import ratls
 
     with contextlib.suppress(BlindAIError):
         ratls.check_ratls_binding(data)
