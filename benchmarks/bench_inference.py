@@ -50,9 +50,8 @@ def status_mb(pid: int, key: str) -> float:
 
 def build_models(quick: bool) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
     import torch
-
-    from blindai.export import export_onnx
-    from blindai.zoo import RESNET50, export_wav2vec2, resnet_classifier, wav2vec2_argmax
+    from examples.export import export_onnx
+    from examples.zoo import RESNET50, export_wav2vec2, resnet_classifier, wav2vec2_argmax
 
     out: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}
     mlp = cache_dir() / "bench-mlp.onnx"

@@ -108,7 +108,7 @@ def test_seed_export_note_holds() -> None:
     import warnings
 
     torch = pytest.importorskip("torch", reason="needs blindai[examples] (make test has it)")
-    from blindai.zoo import wav2vec2_argmax
+    from examples.zoo import wav2vec2_argmax
 
     faq = (ROOT / "docs" / "faq.md").read_text()
     assert "opset_version=11" in faq and "opset_version=17, dynamo=False" in faq

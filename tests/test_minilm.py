@@ -35,7 +35,7 @@ def torch_export(path: Path) -> Path:
     """The demo's former route: transformers' BertModel + sentence-transformers' pooling, exported by torch."""
     torch = pytest.importorskip("torch", reason="the PyTorch reference needs blindai[examples] (make test has it)")
     transformers = pytest.importorskip("transformers", reason="the PyTorch reference needs blindai[examples]")
-    from blindai.export import export_onnx, quiet_transformers
+    from examples.export import export_onnx, quiet_transformers
 
     quiet_transformers()
     bert = transformers.AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from examples.zoo import export_wav2vec2, wav2vec2_argmax, wav2vec2_processor
 
 from blindai.testing import LocalServer
-from blindai.zoo import export_wav2vec2, wav2vec2_argmax, wav2vec2_processor
 
 pytestmark = pytest.mark.slow
 

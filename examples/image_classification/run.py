@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for examples.zoo
+
+from examples.export import export_onnx
+from examples.zoo import RESNET50, resnet_classifier
+
 import blindai
-from blindai.export import export_onnx
 from blindai.testing import LocalServer
-from blindai.zoo import RESNET50, resnet_classifier
 
 
 def synthetic_image() -> np.ndarray:

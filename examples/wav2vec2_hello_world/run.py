@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for examples.zoo
+
+from examples.zoo import export_wav2vec2, wav2vec2_argmax, wav2vec2_processor
+
 from blindai.client import BlindAiClient, ModelDatumType
 from blindai.demo import cache_dir
 from blindai.testing import LocalServer
-from blindai.zoo import export_wav2vec2, wav2vec2_argmax, wav2vec2_processor
 
 HUB_ID = "facebook/wav2vec2-base-960h"
 HERE = Path(__file__).resolve().parent

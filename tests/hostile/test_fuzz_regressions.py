@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fuzz.targets import TARGETS
 
 from blindai.attestation import ratls
 from blindai.errors import EvidenceParseError
-from fuzz.targets import TARGETS
 from tests.conftest import ROOT
 
 CRASHERS = [

@@ -132,6 +132,7 @@ def test_fuzz_harness_runs_bounded(tmp_path: Path) -> None:
 
     pytest.importorskip("atheris")
     from fuzz.targets import TARGETS
+
     from tests.conftest import ROOT
 
     for target in TARGETS:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from fuzz.targets import TARGETS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz.targets import TARGETS
 from tests.fakes.seeds import valid_inputs
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
