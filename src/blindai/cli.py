@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from ._version import __version__
 from .client.tokens import forget_token, load_tokens, save_token
 from .errors import AttestationError, BlindAIError, ConfigurationError, SimulationModeWarning
+from .server.errors import CoreError
 from .tees import TEES
 
 __all__ = ["main"]
@@ -421,7 +422,12 @@ def _store_key(args: argparse.Namespace) -> Any:
     key_file = Path(args.sealing_key_file) if args.sealing_key_file else folder / sealing.SIMULATION_KEY_NAME
     tee = args.tee or ("simulation" if key_file.exists() else "sgx")
     if tee == "simulation":
-        return sealing.SealingKey(key_file.read_bytes(), source=f"INSECURE simulation key file {key_file}")
+        try:
+            return sealing.SealingKey(key_file.read_bytes(), source=f"INSECURE simulation key file {key_file}")
+        except (OSError, ValueError) as exc:
+            raise _CliError(
+                f"cannot use {key_file} as the store's key: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
     from .attestation.providers import detect_provider
 
     kwargs: dict[str, Any] = {"gramine_dir": Path(args.gramine_dir)} if args.gramine_dir else {}
@@ -742,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     except AttestationError as exc:
         print(f"error: {exc.cli_text}", file=sys.stderr)
         return 1
-    except BlindAIError as exc:
+    except (BlindAIError, CoreError) as exc:  # CoreError: the store commands run the server's own code
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

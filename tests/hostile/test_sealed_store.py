@@ -288,3 +288,26 @@ def test_a_crash_between_listing_and_rename_is_finished_and_an_unlisted_write_is
     third = sealing.SealedDirectory(folder, key)
     third.open(log)
     assert not stray.exists() and third.read(model_id)[1] == b"version two"
+
+
+def test_store_commands_refuse_in_one_line_never_a_traceback(tmp_path: Path) -> None:
+    """A foreign key, a garbage key file and a machine with no TEE: a report or a one-line `error:`."""
+    store = tmp_path / "store"
+    upload_two(store)
+    before = sorted(os.listdir(store))
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    short = tmp_path / "short.key"
+    short.write_bytes(b"abc")
+    for args in (
+        ("--sealing-key-file", str(other)),
+        ("--sealing-key-file", str(short)),
+        ("--tee", "sgx", "--gramine-dir", str(tmp_path / "no-gramine")),
+    ):
+        for command in ("check", "recover"):
+            out = cli("store", command, str(store), *args)
+            assert out.returncode in (1, 2), (command, args, out.stdout, out.stderr)
+            said = out.stderr.startswith("error: ") or out.stdout.startswith("manifest:")  # a refusal or a report
+            assert "Traceback" not in out.stderr and said, (command, args, out.stdout, out.stderr)
+    assert sorted(os.listdir(store)) == before  # a wrong key rearranged nothing (recover refused it)
+    assert "this key opens neither" in cli("store", "recover", str(store), "--sealing-key-file", str(other)).stderr

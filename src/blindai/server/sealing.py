@@ -617,11 +617,22 @@ def recover_store(
 
     Files the manifest does not list are moved into ``unlisted-<time>/`` unless adopted by
     id (or all, with ``adopt_all``): adopting lists a file again, at the version it holds.
-    A manifest that cannot be used is moved aside. Listed models are never dropped.
+    A manifest that cannot be used is moved aside. Listed models are never dropped. A key
+    that opens neither the manifest nor any model file is refused (`StoreError`) before
+    anything is moved.
     """
     adopt = adopt or set()
     done: list[str] = []
     report = check_store(folder, key)
+    opens_any = any(what.startswith("unseals") for what in report.unlisted.values())
+    if report.manifest not in ("ok", "missing") and report.unlisted and not opens_any:
+        # Recovering with the wrong key would move every model aside under a manifest that the
+        # store's own key cannot read: refuse before changing anything.
+        raise StoreError(
+            f"this key opens neither {MANIFEST} nor any of the {len(report.unlisted)} model file(s) in {folder}: "
+            "it is not this store's key; nothing was changed (give the store's --sealing-key-file, or run "
+            "inside the TEE that sealed it)"
+        )
     d = SealedDirectory.__new__(SealedDirectory)
     d.folder, d.key = folder, key
     if report.manifest == "ok":
