@@ -119,3 +119,9 @@ def test_error_bodies_are_one_pair_and_the_reader_trusts_nothing() -> None:
     with pytest.raises(blindai.PermissionDeniedError) as err:
         raise_for_status(httpx.Response(403, content=b"\x1b[31m" + b"B" * 5_000_000, request=request))
     assert err.value.status == 403 and "\x1b" not in err.value.message and len(err.value.message) <= MAX_MESSAGE + 3
+
+
+def test_a_local_refusal_says_no_server_was_involved() -> None:
+    err = blindai.InvalidInputError("model takes 2 inputs ['a', 'b']: pass a dict or a list")
+    assert err.status is None and str(err).startswith("refused before sending: ")
+    assert str(blindai.InvalidInputError("bad", status=400)) == "server error 400: bad"

@@ -15,7 +15,7 @@ the boundary with ``raise ... from exc`` so the cause is kept for debugging::
     |   +-- BindingError             evidence does not bind the TLS key or the nonce
     |   +-- SimulationRefusedError   simulation evidence without ``simulation=True`` (or the reverse)
     +-- ModelFormatError             a local model file is not in a layout this code knows (nothing sent)
-    +-- ServerError                  the server answered with an error (``status``, ``message``)
+    +-- ServerError                  a refused request (``status``: the server's, or None: refused locally)
         +-- InvalidInputError        400/413/422: the request was malformed or too large
         +-- ModelNotFoundError       404: no such model
         +-- PermissionDeniedError    401/403: missing or wrong owner / upload token
@@ -230,12 +230,19 @@ class ModelFormatError(BlindAIError, ValueError):
 
 
 class ServerError(BlindAIError):
-    """The server answered with an error status; ``status`` and ``message`` carry it."""
+    """A request was refused: ``status`` is the server's HTTP status, ``message`` says why.
 
-    def __init__(self, message: str, *, status: int) -> None:
+    ``status`` is ``None`` when the SDK refused the request itself before sending it (an
+    input that cannot match the model, a model file it cannot read): the same class, so one
+    ``except InvalidInputError`` covers both, but no server was involved.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         self.message = message
-        super().__init__(f"server error {status}: {message}")
+        super().__init__(
+            f"server error {status}: {message}" if status is not None else f"refused before sending: {message}"
+        )
 
 
 class InvalidInputError(ServerError):

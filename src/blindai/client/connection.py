@@ -344,7 +344,7 @@ class Connection:
         try:
             return {n: cast_exact(n, a, declared[n]) if n in declared else a for n, a in named.items()}
         except TensorError as exc:
-            raise InvalidInputError(str(exc), status=400) from exc
+            raise InvalidInputError(str(exc)) from exc
 
     def _name_inputs(self, model_id: str, inputs: Any) -> dict[str, npt.NDArray[Any]]:
         if isinstance(inputs, Mapping):
@@ -356,12 +356,10 @@ class Connection:
             return {names[0]: _as_array(inputs)}  # nested Python lists: the one input's values
         if isinstance(inputs, list | tuple):
             if len(inputs) != len(names):
-                raise InvalidInputError(
-                    f"model takes {len(names)} input(s) {names}, got a list of {len(inputs)}", status=400
-                )
+                raise InvalidInputError(f"model takes {len(names)} input(s) {names}, got a list of {len(inputs)}")
             return {n: _as_array(v) for n, v in zip(names, inputs, strict=True)}
         if len(names) != 1:
-            raise InvalidInputError(f"model takes {len(names)} inputs {names}: pass a dict or a list", status=400)
+            raise InvalidInputError(f"model takes {len(names)} inputs {names}: pass a dict or a list")
         return {names[0]: _as_array(inputs)}
 
 
@@ -371,16 +369,14 @@ def _model_body(model: Any, progress: ProgressCallback | None) -> tuple[Iterator
         try:
             size = path.stat().st_size
         except OSError as exc:
-            raise InvalidInputError(f"cannot read model file {path}: {exc}", status=400) from exc
+            raise InvalidInputError(f"cannot read model file {path}: {exc}") from exc
         return _file_chunks(path, size, progress), size, path.stem
     if isinstance(model, bytes | bytearray | memoryview):
         data = bytes(model)
     elif hasattr(model, "SerializeToString"):
         data = model.SerializeToString()
     else:
-        raise InvalidInputError(
-            f"model must be a path, bytes or an onnx.ModelProto, not {type(model).__name__}", status=400
-        )
+        raise InvalidInputError(f"model must be a path, bytes or an onnx.ModelProto, not {type(model).__name__}")
     if progress is None:
         return data, len(data), None
     return _bytes_chunks(data, progress), len(data), None

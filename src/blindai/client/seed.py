@@ -159,7 +159,7 @@ class BlindAiClient:
         data = np.asarray(data_list, dtype=numpy_dtype(dtype_name)).reshape(-1)
         shape = tuple(hints["input_shape"]) if "input_shape" in hints else _infer_shape(spec.shape, data.size)
         if math.prod(shape) != data.size:
-            raise InvalidInputError(f"{data.size} values do not fit the upload shape {list(shape)}", status=400)
+            raise InvalidInputError(f"{data.size} values do not fit the upload shape {list(shape)}")
         result = self.connection.run_model(model.model_id, {spec.name: data.reshape(shape)}, model_sha256=model.sha256)
         out = result.output
         if "output_datatype" in hints:
@@ -184,7 +184,6 @@ class BlindAiClient:
                 raise ModelNotFoundError(
                     f"the model you last uploaded to this server ({last['model_id']}) is no longer there "
                     "(or has changed): upload it again, or pass run_model(data, model_id=...)",
-                    status=404,
                 )
             self._model = info
             return info
@@ -194,12 +193,11 @@ class BlindAiClient:
             self._model = models[0]
             return models[0]
         if not models:
-            raise ModelNotFoundError("no model to run: upload one with upload_model() first", status=404)
+            raise ModelNotFoundError("no model to run: upload one with upload_model() first")
         raise InvalidInputError(
             f"this server holds {len(models)} models and none was uploaded by this client: pass "
             "run_model(data, model_id=...) with the id upload_model() returned, so that your data "
             "never goes to a model someone else uploaded",
-            status=400,
         )
 
     def close_connection(self) -> None:
@@ -228,5 +226,4 @@ def _infer_shape(declared: tuple[int, ...], size: int) -> tuple[int, ...]:
         return tuple(1 if i == 0 else (size // fixed if d < 0 else d) for i, d in enumerate(declared))
     raise InvalidInputError(
         f"cannot tell how to reshape {size} values for input shape {list(declared)}: pass shape= to upload_model",
-        status=400,
     )
