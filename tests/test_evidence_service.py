@@ -7,9 +7,9 @@ import hashlib
 import pytest
 
 from blindai.attestation.binding import report_data_for
-from blindai.attestation.providers import Evidence, SimulationProvider
 from blindai.server.errors import InvalidRequest, RateLimited, Unavailable
 from blindai.server.evidence import EvidenceService, NonceRateLimiter
+from blindai.server.providers import Evidence, SimulationProvider
 
 SPKI = hashlib.sha256(b"the server's key").digest()
 

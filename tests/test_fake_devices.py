@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blindai.attestation.providers import GramineSgxProvider, TsmProvider
+from blindai.server.providers import GramineSgxProvider, TsmProvider
 from tests.fakes.devices import FakeGramine, FakeTsm
 
 

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from blindai.attestation.providers import SimulationProvider
 from blindai.server.evidence import NonceRateLimiter
 from blindai.server.http.app import ServerState, attested_app, unattested_app
 from blindai.server.http.bodies import BodyLimits
 from blindai.server.inference import InferenceEngine
+from blindai.server.providers import SimulationProvider
 from blindai.server.store import ModelStore, StoreLimits, hash_token
 from blindai.server.tls import make_identity
 from tests import onnx_models

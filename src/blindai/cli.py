@@ -428,7 +428,7 @@ def _store_key(args: argparse.Namespace) -> Any:
             raise _CliError(
                 f"cannot use {key_file} as the store's key: {getattr(exc, 'strerror', None) or exc}"
             ) from None
-    from .attestation.providers import detect_provider
+    from .server.providers import detect_provider
 
     kwargs: dict[str, Any] = {"gramine_dir": Path(args.gramine_dir)} if args.gramine_dir else {}
     provider = detect_provider(tee, **kwargs)

@@ -1,4 +1,5 @@
-"""Attestation: parse -> verify -> validate, the binding rule, and evidence providers."""
+"""Attestation: parse -> verify -> validate, the binding rule, the pinned channel (pure; the
+server's evidence providers are in ``blindai.server.providers``)."""
 
 from .binding import DOMAIN, check_binding, report_data_for, spki_sha256
 from .evidence import VerifiedAttestation

@@ -13,9 +13,9 @@ import threading
 import time
 
 from ..attestation.binding import MAX_NONCE_BYTES, report_data_for
-from ..attestation.providers import Evidence, EvidenceProvider
 from ..errors import BlindAIError
-from .errors import InvalidRequest, RateLimited, Unavailable
+from .errors import CoreError, InvalidRequest, RateLimited, Unavailable
+from .providers import Evidence, EvidenceProvider
 
 __all__ = ["EvidenceService", "NonceRateLimiter"]
 
@@ -66,7 +66,7 @@ class EvidenceService:
             raise RateLimited("too many fresh attestation requests; retry shortly")
         try:
             ev = self.provider.get_evidence(report_data_for(self.spki_sha256, nonce))
-        except (OSError, BlindAIError) as exc:
+        except (OSError, BlindAIError, CoreError) as exc:  # NoTeeError, collateral and CRL fetches
             log.error("the TEE could not produce evidence: %s", exc)
             raise Unavailable("the TEE could not produce evidence; see the server log") from exc
         if not nonce:

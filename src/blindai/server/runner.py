@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..attestation.providers import (
+from ..errors import ConfigurationError
+from .front import default_workers, listen_shared, start_workers, stop_workers
+from .http.app import ServerState
+from .http.bodies import BodyLimits
+from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
+from .http.serving import http_servers, serve_in_own_loop
+from .inference import InferenceEngine, limit_inference_memory, machine_cores
+from .providers import (
     EvidenceProvider,
     FileCollateral,
     FileSnpCrl,
@@ -36,13 +43,6 @@ from ..attestation.providers import (
     PccsCollateral,
     detect_provider,
 )
-from ..errors import ConfigurationError
-from .front import default_workers, listen_shared, start_workers, stop_workers
-from .http.app import ServerState
-from .http.bodies import BodyLimits
-from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
-from .http.serving import http_servers, serve_in_own_loop
-from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .sealing import NoSealingKeyError, SealedDirectory, StoreError, sealing_key_for
 from .store import ModelStore, StoreLimits, hash_token
 from .tls import TlsIdentity, make_identity

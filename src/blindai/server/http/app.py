@@ -20,7 +20,6 @@ from starlette.routing import Route
 
 from ..._version import __version__
 from ...attestation.binding import MAX_NONCE_BYTES
-from ...attestation.providers import EvidenceProvider
 from ...protocol.attestation_doc import encode_attestation_doc
 from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
 from ...protocol.models import (
@@ -37,6 +36,7 @@ from ...protocol.models import (
 from ..errors import InvalidRequest
 from ..evidence import EvidenceService, NonceRateLimiter
 from ..inference import InferenceEngine
+from ..providers import EvidenceProvider
 from ..store import ModelStore, parse_hints
 from ..tls import TlsIdentity
 from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, UploadSlots, content_length, read_body

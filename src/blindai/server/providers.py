@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ..errors import BlindAIError
-from . import simulation
+from ..attestation import simulation
+from .errors import CoreError
 
 __all__ = [
     "Evidence",
@@ -43,7 +43,7 @@ GRAMINE_ATTESTATION_DIR = Path("/dev/attestation")
 TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 
 
-class NoTeeError(BlindAIError):
+class NoTeeError(CoreError):
     """The requested TEE is not available on this machine."""
 
 
@@ -148,7 +148,7 @@ class SnpCrlSource(Protocol):
 def _crl_pem(raw: bytes) -> tuple[str, dt.datetime]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from .collateral import load_crl
+    from ..attestation.collateral import load_crl
 
     crl = load_crl(raw)
     nxt = crl.next_update_utc or dt.datetime.now(dt.UTC)
@@ -181,8 +181,8 @@ class KdsSnpCrl:
     def get(self, report: bytes, cert_table: bytes) -> str:
         import httpx
 
-        from .snp_abi import KEY_VLEK, parse_cert_table, parse_report
-        from .snp_verify import cert_product, sort_certs
+        from ..attestation.snp_abi import KEY_VLEK, parse_cert_table, parse_report
+        from ..attestation.snp_verify import cert_product, sort_certs
 
         parsed = parse_report(report)
         certs = sort_certs(parse_cert_table(cert_table)) if cert_table else None
