@@ -1,0 +1,118 @@
+"""The Open Inference Protocol (KServe V2) routes: health, metadata and inference.
+
+Inference looks the model up first (a request for a missing model costs neither its body
+nor decoding), reads the body within the in-flight budget, decodes it off the event loop,
+runs it on the engine and holds the response's share of the budget until it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..._version import __version__
+from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
+from ...protocol.models import MODEL_SHA256
+from ..errors import InvalidRequest
+from .bodies import HeldResponse, Hold
+from .state import ServerState, held, presented_tokens
+
+__all__ = ["routes"]
+
+
+def routes(state: ServerState) -> list[Route]:
+    """The ``/v2`` routes over ``state.store`` and ``state.engine``."""
+    store, engine = state.store, state.engine
+
+    async def live(_request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(_request: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def server_metadata(_request: Request) -> Response:
+        return JSONResponse({"name": "blindai", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request: Request) -> Response:
+        entry = store.get(request.path_params["ref"], tokens=presented_tokens(request))
+        return JSONResponse(
+            {
+                "name": entry.model_id,
+                "versions": ["1"],
+                "platform": "onnxruntime_onnx",
+                "inputs": [s.to_json() for s in entry.inputs],
+                "outputs": [s.to_json() for s in entry.outputs],
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        entry = store.get(request.path_params["ref"], tokens=presented_tokens(request))
+        return JSONResponse({"name": entry.model_id, "ready": True})
+
+    async def infer(request: Request, hold: Hold) -> Response:
+        header_len_raw = request.headers.get(HEADER_LENGTH.lower())
+        header_len: int | None = None
+        if header_len_raw is not None:
+            try:
+                header_len = int(header_len_raw)
+            except ValueError:
+                raise InvalidRequest(f"{HEADER_LENGTH} is not an integer") from None
+        # The model first: a request for a model that is not there costs neither its body nor decoding.
+        entry = store.get(
+            request.path_params["ref"], sha256=request.headers.get(MODEL_SHA256), tokens=presented_tokens(request)
+        )
+        body = (await state.read(request, hold, state.max_request_bytes, "request body")).data
+
+        def reserve(n: int) -> None:
+            hold.take(n, "decoding this request")
+
+        # Off the event loop, and bounded before it allocates (protocol/infer.py); a TensorError
+        # becomes its status in server/http/errors.py.
+        req = await asyncio.to_thread(
+            decode_request, body, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve
+        )
+        pin = req.parameters.get("blindai_model_sha256")
+        if pin is not None:
+            if not isinstance(pin, str):
+                raise InvalidRequest("blindai_model_sha256 must be a hex string")
+            entry = store.get(entry.model_id, sha256=pin)
+        requested = [o.name for o in req.outputs] if req.outputs is not None else None
+        outputs = await engine.infer(entry.model, req.inputs, requested)
+        binary = {n: req.binary_output for n in outputs}
+        for o in req.outputs or []:
+            if o.binary is not None:
+                binary[o.name] = o.binary
+        rid, model_id = req.id, entry.model_id
+        del req, body
+        hold.release()  # the request's bytes are gone; the outputs and their encoding are held instead
+        json_bound = json_response_bound(outputs, binary)
+        limit = state.body_limits.max_json_response_bytes
+        if json_bound > limit:
+            raise InvalidRequest(
+                f"the outputs sent as JSON could take {json_bound} bytes, above the server's limit of {limit} for "
+                "JSON outputs (--max-json-response-bytes): ask for binary outputs "
+                '(parameters: {"binary_data_output": true}), as the BlindAI SDK and tritonclient do'
+            )
+        # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
+        # Taken without waiting: outputs that waited for room would be memory nobody counts.
+        hold.take(sum(a.nbytes for a in outputs.values()) + 3 * json_bound, "this response")
+        chunks, head_len = await asyncio.to_thread(lambda: encode_response(model_id, outputs, binary, request_id=rid))
+        if head_len is None:
+            return HeldResponse(chunks, hold, "application/json", {}, state.body_limits.idle_timeout_s)
+        return HeldResponse(
+            chunks, hold, "application/octet-stream", {HEADER_LENGTH: str(head_len)}, state.body_limits.idle_timeout_s
+        )
+
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/{ref}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{ref}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{ref}/infer", held(state, infer), methods=["POST"]),
+        Route("/v2/models/{ref}/versions/{version}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{ref}/versions/{version}/infer", held(state, infer), methods=["POST"]),
+    ]

@@ -1,0 +1,86 @@
+"""BlindAI's model management routes (``/v1/models``): thin handlers over the store.
+
+Upload and replace stream the body through the bounded reader with its SHA-256 computed on
+the way; the store vets, loads and seals. Owner and upload tokens travel as bearer tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ...protocol.models import (
+    INPUT_DATATYPE,
+    INPUT_SHAPE,
+    MODEL_NAME,
+    MODEL_PUBLIC,
+    OUTPUT_DATATYPE,
+    encode_model_list,
+    encode_upload_answer,
+)
+from ..errors import InvalidRequest
+from ..store import parse_hints
+from .bodies import Hold
+from .state import ServerState, bearer, flag, held, presented_tokens
+
+__all__ = ["routes"]
+
+
+def routes(state: ServerState) -> list[Route]:
+    """The ``/v1/models`` routes over ``state.store``."""
+    store = state.store
+
+    async def receive_model(request: Request, hold: Hold) -> tuple[bytes, str]:
+        async with state.uploads.slot():
+            body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True)
+        if not body.data:
+            raise InvalidRequest("the upload is empty: send the ONNX model bytes as the request body")
+        assert body.sha256 is not None
+        return body.data, body.sha256
+
+    async def replace(request: Request, hold: Hold) -> Response:
+        ref = request.path_params["ref"]
+        store.check_owner_early(ref, bearer(request))
+        data, sha256 = await receive_model(request, hold)
+        entry = await asyncio.to_thread(store.replace, ref, bearer(request), data, sha256)
+        return JSONResponse(entry.info().to_json())
+
+    async def upload(request: Request, hold: Hold) -> Response:
+        store.check_upload_token(bearer(request))
+        hints = parse_hints(
+            request.headers.get(INPUT_SHAPE),
+            request.headers.get(INPUT_DATATYPE),
+            request.headers.get(OUTPUT_DATATYPE),
+        )
+        # Private unless the owner says otherwise (listing shows a model's name and hash), except
+        # uploads of the seed-compatible API (they carry its hints): the tutorial's second script,
+        # possibly on another machine, finds the model it runs by listing a single-model server.
+        raw_public = request.headers.get(MODEL_PUBLIC)
+        public = flag(raw_public, MODEL_PUBLIC) if raw_public is not None else bool(hints)
+        name = request.headers.get(MODEL_NAME) or request.query_params.get("name")
+        data, sha256 = await receive_model(request, hold)
+        # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.
+        entry, token = await asyncio.to_thread(store.add, data, sha256, name=name, hints=hints, public=public)
+        del data
+        return JSONResponse(encode_upload_answer(entry.info(), token), status_code=201)
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse(encode_model_list([m.info() for m in store.list(presented_tokens(request))]))
+
+    async def get_model(request: Request) -> Response:
+        return JSONResponse(store.get(request.path_params["ref"], tokens=presented_tokens(request)).info().to_json())
+
+    async def delete_model(request: Request) -> Response:
+        entry = await asyncio.to_thread(store.delete, request.path_params["ref"], bearer(request))
+        return JSONResponse({"deleted": entry.model_id})
+
+    return [
+        Route("/v1/models", held(state, upload), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{ref}", get_model, methods=["GET"]),
+        Route("/v1/models/{ref}", delete_model, methods=["DELETE"]),
+        Route("/v1/models/{ref}", held(state, replace), methods=["PUT"]),
+    ]
