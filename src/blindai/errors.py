@@ -15,6 +15,10 @@ the boundary with ``raise ... from exc`` so the cause is kept for debugging::
     |   +-- BindingError             evidence does not bind the TLS key or the nonce
     |   +-- SimulationRefusedError   simulation evidence without ``simulation=True`` (or the reverse)
     +-- ModelFormatError             a local model file is not in a layout this code knows (nothing sent)
+    +-- ProtocolError                a wire message without its documented shape (also a ValueError)
+    |   +-- TensorError, TensorLimitError     tensors (protocol/tensors.py)
+    |   +-- ModelInfoError                    model metadata (protocol/models.py)
+    |   +-- V06Error, V06LimitError, ...      BlindAI 0.6 messages (protocol/v06.py)
     +-- ServerError                  a refused request (``status``: the server's, or None: refused locally)
         +-- InvalidInputError        400/413/422: the request was malformed or too large
         +-- ModelNotFoundError       404: no such model
@@ -41,6 +45,7 @@ __all__ = [
     "ModelNotFoundError",
     "PermissionDeniedError",
     "PolicyError",
+    "ProtocolError",
     "ServerError",
     "SignatureError",
     "SimulationModeWarning",
@@ -226,6 +231,14 @@ class ModelFormatError(BlindAIError, ValueError):
 
     Raised before anything is converted or sent, so a wrong or damaged weights file
     never becomes a model that silently transcribes garbage.
+    """
+
+
+class ProtocolError(BlindAIError, ValueError):
+    """A message on the wire does not have its documented shape; the message names the field.
+
+    The codecs in ``blindai.protocol`` raise subclasses of it. The SDK translates them where
+    it reads a server's answer; the server's HTTP edge gives each its status.
     """
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..errors import ProtocolError
 from .tensors import DATATYPES
 
 __all__ = [
@@ -48,7 +49,7 @@ OUTPUT_DATATYPE: Final = "BlindAI-Output-Datatype"
 """Upload, seed client: the output datatype the 0.6-style ``run_model`` returns."""
 
 
-class ModelInfoError(ValueError):
+class ModelInfoError(ProtocolError):
     """A model description does not have the documented shape (the message names the field)."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import ProtocolError
+
 __all__ = [
     "DATATYPES",
     "MAX_ELEMENTS",
@@ -55,7 +57,7 @@ MAX_ELEMENTS = 1 << 31
 _LEN = struct.Struct("<I")
 
 
-class TensorError(ValueError):
+class TensorError(ProtocolError):
     """A tensor is malformed; the message names the tensor and the problem."""
 
 

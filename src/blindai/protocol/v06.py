@@ -14,6 +14,7 @@ from typing import Any, Final
 import cbor2
 import numpy as np
 
+from ..errors import ProtocolError
 from .tensors import check_shape, datatype_of, decode_binary
 
 __all__ = [
@@ -43,7 +44,7 @@ MAX_CBOR_DEPTH: Final = 16
 UPLOAD_FIELDS_COST: Final = 128
 
 
-class V06Error(ValueError):
+class V06Error(ProtocolError):
     """A 0.6 message that is not what the 0.6 protocol sends (the message says which field)."""
 
 
