@@ -84,3 +84,28 @@ def test_protocol_module_has_no_transport_and_no_side(path: Path) -> None:
                 assert alias.name.split(".")[0] not in ("starlette", "httpx", "uvicorn"), f"{path.name}: {alias.name}"
         if isinstance(node, ast.keyword):
             assert node.arg not in ("status", "status_code"), f"protocol/{path.name} passes {node.arg}="
+
+
+def test_the_tee_table_drives_provider_detection_and_sealing(tmp_path: Path) -> None:
+    """One row per TEE: where its evidence comes from and how models are sealed follow the row."""
+    from blindai.server import providers, sealing
+    from blindai.tees import TEES, is_simulation
+
+    assert {s.provider for s in TEES.values()} <= {"simulation", "gramine", "configfs-tsm"}
+    assert {s.sealing for s in TEES.values()} <= {"host-key-file", "tee-key", "none"}
+    assert [t for t in TEES if is_simulation(t)] == ["simulation"] and not is_simulation("unknown")
+    for tee, spec in TEES.items():
+        if spec.sealing == "none":
+            with pytest.raises(sealing.NoSealingKeyError, match="offers none"):
+                sealing.sealing_key_for(tee, b"k" * 32, tmp_path)
+        elif spec.sealing == "tee-key":
+            assert sealing.sealing_key_for(tee, b"k" * 32, tmp_path).source == f"{tee} TEE sealing key"
+            with pytest.raises(sealing.NoSealingKeyError):
+                sealing.sealing_key_for(tee, None, tmp_path)
+        else:
+            assert "INSECURE" in sealing.sealing_key_for(tee, None, tmp_path).source
+    assert providers.detect_provider("simulation").tee == "simulation"
+    with pytest.raises(providers.NoTeeError, match="unknown TEE 'tpm'"):
+        providers.detect_provider("tpm")
+    with pytest.raises(providers.NoTeeError, match="no sgx TEE found"):
+        providers.detect_provider("sgx", gramine_dir=tmp_path / "none")

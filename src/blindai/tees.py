@@ -1,15 +1,21 @@
-"""One row per TEE kind: what its evidence measures and what a policy must pin.
+"""One row per TEE kind: its evidence, what that measures, what a policy must pin, where the
+server gets it and how models are sealed.
 
-Policy loading, policy writing, validation and the CLI read this table, so a TEE's
-rules live in one place. Sizes are the byte lengths the hardware reports; a policy
-value of another length could never match and is refused when the policy is loaded.
+Policy loading, policy writing, validation, the CLI, the server's provider detection and
+its sealing key all read this table, so a TEE's rules live in one place; adding a TEE is a
+row here plus its ``attestation/*_abi.py`` and ``*_verify.py``. Sizes are the byte lengths
+the hardware reports; a policy value of another length could never match and is refused
+when the policy is loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["TEE_NAMES", "TEES", "TeeSpec"]
+__all__ = ["SIMULATION", "TEE_NAMES", "TEES", "TeeSpec", "is_simulation"]
+
+SIMULATION = "simulation"
+"""The name of the no-TEE mode: evidence that proves nothing, accepted only when asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +27,12 @@ class TeeSpec:
     ``must_pin``: each of these is pinned or named in the TEE's explicit opt-out list
     (TDX's ``unpinned_rtmrs``), because leaving it free silently accepts other software.
     ``shown``: the measurements printed as "the" measurements of this TEE.
+    ``evidence``: the evidence format (``dcap`` quote, ``snp`` report, ``simulation``).
+    ``provider``: where the server gets it (``gramine`` /dev/attestation, ``configfs-tsm``,
+    or ``simulation``).
+    ``sealing``: how the server seals stored models: ``tee-key`` (a key only this TEE
+    identity derives), ``host-key-file`` (simulation: a file the host can read), or
+    ``none`` (the TEE offers no sealing key, so a model store is refused).
     """
 
     name: str
@@ -30,16 +42,31 @@ class TeeSpec:
     shown: tuple[str, ...] = ()
     numbers: tuple[str, ...] = field(default=())  # policy keys holding exact integers
     hardware: bool = True
+    evidence: str = "dcap"
+    provider: str = "gramine"
+    sealing: str = "none"
 
 
 TEES: dict[str, TeeSpec] = {
-    "simulation": TeeSpec("simulation", {"measurement": 48}, required_any=(), shown=("measurement",), hardware=False),
+    SIMULATION: TeeSpec(
+        SIMULATION,
+        {"measurement": 48},
+        required_any=(),
+        shown=("measurement",),
+        hardware=False,
+        evidence="simulation",
+        provider="simulation",
+        sealing="host-key-file",
+    ),
     "sgx": TeeSpec(
         "sgx",
         {"mrenclave": 32, "mrsigner": 32},
         required_any=("mrenclave", "mrsigner"),
         shown=("mrenclave", "mrsigner"),
         numbers=("isv_prod_id",),
+        evidence="dcap",
+        provider="gramine",
+        sealing="tee-key",
     ),
     "tdx": TeeSpec(
         "tdx",
@@ -57,6 +84,9 @@ TEES: dict[str, TeeSpec] = {
         required_any=("mrtd",),
         must_pin=("rtmr0", "rtmr1", "rtmr2", "rtmr3"),
         shown=("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3"),
+        evidence="dcap",
+        provider="configfs-tsm",
+        sealing="none",
     ),
     "sev-snp": TeeSpec(
         "sev-snp",
@@ -64,6 +94,15 @@ TEES: dict[str, TeeSpec] = {
         required_any=("measurement",),
         shown=("measurement",),
         numbers=("vmpl", "guest_policy"),
+        evidence="snp",
+        provider="configfs-tsm",
+        sealing="none",
     ),
 }
 TEE_NAMES: tuple[str, ...] = tuple(TEES)
+
+
+def is_simulation(tee: str) -> bool:
+    """True for the no-TEE mode (and only for it): its row has no hardware behind it."""
+    spec = TEES.get(tee)
+    return spec is not None and not spec.hardware

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..tees import is_simulation
+
 __all__ = ["SimulatedEvidence", "TeeKind", "VerifiedAttestation"]
 
 TeeKind = Literal["simulation", "sgx", "tdx", "sev-snp"]
@@ -52,7 +54,7 @@ class VerifiedAttestation:
     @property
     def simulation(self) -> bool:
         """True when the server runs in simulation mode: no hardware guarantee at all."""
-        return self.tee == "simulation"
+        return is_simulation(self.tee)
 
     def to_json(self) -> dict[str, object]:
         """The claims as JSON-ready values (bytes as hex), for logs and ``blindai attest --json``."""

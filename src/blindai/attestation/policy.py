@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigurationError, PolicyError
-from ..tees import TEES
+from ..tees import TEES, is_simulation
 from .evidence import VerifiedAttestation
 
 __all__ = ["Policy", "PolicyLoadError", "TeePolicy", "load_policy", "policy_from_attestation", "validate"]
@@ -127,14 +127,14 @@ class Policy:
         """TOML that `load_policy` turns back into an equal policy."""
         out: list[str] = []
         for name, s in self.sections.items():
-            if name == "simulation":
+            if is_simulation(name):
                 out.append("# DANGER: this policy accepts a SIMULATION server: no hardware protects what you send")
             out.append(f"[{name}]")
             for key, values in s.measurements.items():
                 out.append(f"{key} = [{', '.join(f'{chr(34)}{v}{chr(34)}' for v in values)}]")
             if name == "tdx" and s.unpinned_rtmrs:
                 out.append(f"unpinned_rtmrs = {list(s.unpinned_rtmrs)}  # DANGER: these RTMRs accept any value")
-            if name != "simulation":
+            if not is_simulation(name):
                 note = "  # DANGER: a debug TEE can be read by its host" if s.allow_debug else ""
                 out.append(f"allow_debug = {'true' if s.allow_debug else 'false'}{note}")
             if name in ("sgx", "tdx"):

@@ -28,6 +28,7 @@ from ..errors import (
     SimulationModeWarning,
     SimulationRefusedError,
 )
+from ..tees import SIMULATION, is_simulation
 from . import dcap_abi, simulation, snp_abi
 from .binding import check_binding, load_certificate, spki_sha256
 from .collateral import load_crl
@@ -110,8 +111,8 @@ def verify_evidence(
 
 
 def _simulation_gate(tee: str, simulation_ok: bool, policy: Policy | None) -> None:
-    sim_policy = policy is not None and policy.for_tee("simulation") is not None
-    if tee == "simulation" and not (simulation_ok or sim_policy):
+    sim_policy = policy is not None and policy.for_tee(SIMULATION) is not None
+    if is_simulation(tee) and not (simulation_ok or sim_policy):
         raise SimulationRefusedError(
             "the server runs in SIMULATION mode: no TEE protects your data. "
             "Pass simulation=True only for development and tests",
@@ -119,7 +120,7 @@ def _simulation_gate(tee: str, simulation_ok: bool, policy: Policy | None) -> No
             cli_message="the server runs in SIMULATION mode: no TEE protects your data. "
             "Pass --simulation only for development and tests",
         )
-    if tee != "simulation" and simulation_ok:
+    if not is_simulation(tee) and simulation_ok:
         raise SimulationRefusedError(
             f"simulation=True only accepts simulation evidence, but the server offers {tee!r}: "
             "connect without simulation=True and give a policy",
@@ -149,7 +150,7 @@ def verify_server_attestation(
     A policy with a ``[simulation]`` section accepts simulation evidence, like ``simulation=True``.
     """
     _simulation_gate(tee, simulation_ok, policy)
-    if tee != "simulation" and policy is None and require_policy:
+    if not is_simulation(tee) and policy is None and require_policy:
         raise AttestationError(
             f"a policy is required to trust {tee!r} evidence (which measurement do you expect?); build a first one "
             "from the server with blindai.attest(host) and blindai.Policy.from_attestation(...)",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..tees import SIMULATION, is_simulation
 from .common import (
     _CliError,
 )
@@ -17,8 +18,8 @@ def _store_key(args: argparse.Namespace) -> Any:
 
     folder = Path(args.dir)
     key_file = Path(args.sealing_key_file) if args.sealing_key_file else folder / sealing.SIMULATION_KEY_NAME
-    tee = args.tee or ("simulation" if key_file.exists() else "sgx")
-    if tee == "simulation":
+    tee = args.tee or (SIMULATION if key_file.exists() else "sgx")
+    if is_simulation(tee):
         try:
             return sealing.SealingKey(key_file.read_bytes(), source=f"INSECURE simulation key file {key_file}")
         except (OSError, ValueError) as exc:

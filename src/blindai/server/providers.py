@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ..attestation import simulation
+from ..tees import TEES
 from .errors import CoreError
 
 __all__ = [
@@ -315,18 +316,22 @@ def detect_provider(
     collateral: CollateralSource | None = None,
     snp_crl: SnpCrlSource | None = None,
 ) -> EvidenceProvider:
-    """``auto`` tries Gramine SGX, then configfs-tsm; a named TEE must be present."""
-    if tee == "simulation":
+    """``auto`` tries Gramine SGX, then configfs-tsm; a named TEE must be present (its ``provider``
+    row in tees.py says where its evidence comes from)."""
+    if tee != "auto" and tee not in TEES:
+        raise NoTeeError(f"unknown TEE {tee!r}: one of auto, {', '.join(TEES)}")
+    kinds = {spec.provider for spec in TEES.values() if spec.hardware} if tee == "auto" else {TEES[tee].provider}
+    if "simulation" in kinds:
         return SimulationProvider()
     errors: list[str] = []
-    if tee in ("auto", "sgx"):
+    if "gramine" in kinds:
         try:
             if (gramine_dir / "quote").exists():
                 return GramineSgxProvider(gramine_dir, collateral)
             errors.append(f"no Gramine SGX attestation interface at {gramine_dir}")
         except (NoTeeError, OSError) as exc:
             errors.append(str(exc))
-    if tee in ("auto", "tdx", "sev-snp"):
+    if "configfs-tsm" in kinds:
         try:
             if tsm_dir.is_dir():
                 tsm = TsmProvider(tsm_dir, collateral, snp_crl)

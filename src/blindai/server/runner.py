@@ -28,6 +28,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConfigurationError
+from ..tees import is_simulation
 from .front import default_workers, listen_shared, start_workers, stop_workers
 from .http.app import ServerState
 from .http.bodies import BodyLimits
@@ -162,7 +163,7 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
     if config.model_store is not None:
         config.model_store.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = sealing_key_for(provider.tee, provider.sealing_key(), config.model_store, config.sealing_key_file)
-        if provider.tee == "simulation":
+        if is_simulation(provider.tee):
             log.warning(
                 "model store %s is sealed with %s: the host can read these models", config.model_store, key.source
             )
@@ -349,7 +350,7 @@ def run_server(config: ServerConfig) -> int:
             exc,
         )
         return 2
-    if provider.tee == "simulation":
+    if is_simulation(provider.tee):
         log.warning(SIMULATION_BANNER)
     # The key, then the front workers, before any model is loaded: a worker inherits the key and
     # nothing else worth having, and (under Gramine) a small address space to copy.

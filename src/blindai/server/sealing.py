@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..tees import TEES
 from .errors import CoreError
 
 __all__ = [
@@ -239,9 +240,11 @@ SIMULATION_KEY_NAME = ".simulation-sealing-key"
 
 
 def sealing_key_for(tee: str, tee_key: bytes | None, store_dir: Path, key_file: Path | None = None) -> SealingKey:
-    """SGX: the TEE's key (Gramine ``_sgx_mrenclave``). Simulation: a key FILE on the host, which
-    protects nothing against the host, made 0600 on first use. Other TEEs: refused."""
-    if tee == "simulation":
+    """By the TEE's ``sealing`` row (tees.py): ``tee-key`` (SGX: Gramine's ``_sgx_mrenclave``),
+    ``host-key-file`` (simulation: a key FILE on the host, which protects nothing against the
+    host, made 0600 on first use), ``none`` (refused)."""
+    how = TEES[tee].sealing if tee in TEES else "none"
+    if how == "host-key-file":
         path = key_file or store_dir / SIMULATION_KEY_NAME
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -253,7 +256,7 @@ def sealing_key_for(tee: str, tee_key: bytes | None, store_dir: Path, key_file: 
                 f.write(data)
                 os.fsync(f.fileno())
         return SealingKey(data, source=f"INSECURE simulation key file {path}")
-    if tee_key is None:
+    if how != "tee-key" or tee_key is None:
         raise NoSealingKeyError(
             f"--model-store needs a sealing key bound to the TEE, and this {tee} TEE offers none "
             "(configfs-tsm has no sealing interface): stored models would be readable by the host. "

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ..._version import __version__
 from ...attestation.binding import MAX_NONCE_BYTES
 from ...protocol.attestation_doc import encode_attestation_doc
+from ...tees import is_simulation
 from ..errors import InvalidRequest
 from . import oip, v1
 from .bodies import Hold
@@ -59,7 +60,7 @@ def unattested_app(state: ServerState) -> Starlette:
     if state.v06:
         routes += compat_v06.unattested_routes(
             state.identity.certificate.public_bytes(Encoding.DER),
-            state.provider.tee == "simulation",
+            is_simulation(state.provider.tee),
             lambda: state.evidence.get(b""),
         )
     return Starlette(routes=routes, exception_handlers=HANDLERS)
