@@ -71,8 +71,13 @@ demo: $(DEMO_STAMP)
 demo-speech: $(SPEECH_STAMP)
 	$(VENV)/bin/blindai demo --speech
 
+# Two pytest workers (pytest-xdist): most tests wait on a server subprocess, so two workers on
+# two cores take about two thirds of the serial time. Tests that measure time or memory under
+# load run one after another on one worker (tests/conftest.py, group "measured").
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(STAMP06)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples fuzz

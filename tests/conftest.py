@@ -60,3 +60,22 @@ def conn(server: LocalServer) -> Iterator[blindai.Connection]:
     c = sim_connect(server)
     yield c
     c.close()
+
+
+# Modules whose tests measure time or memory under load (latency bounds, VmHWM, deadlines,
+# kill -9 timing, the bounded fuzz run): under `make test`'s two workers they share one worker
+# group, so no two of them load the machine at once.
+MEASURED = {
+    "test_connection_attacks.py",
+    "test_faults.py",
+    "test_live_server.py",
+    "test_load_and_secrets.py",
+    "test_resource_attacks.py",
+    "test_tenants_and_v06.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in MEASURED:
+            item.add_marker(pytest.mark.xdist_group("measured"))

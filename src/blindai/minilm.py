@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def build_minilm(model_dir: Path) -> Any:
 def write_minilm(model_dir: Path, path: Path) -> Path:
     """Build the model and write it to ``path`` atomically (a half-written cache file is never seen)."""
     data = build_minilm(model_dir).SerializeToString()
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two builders at once never share one
     tmp.write_bytes(data)
     tmp.replace(path)
     return path

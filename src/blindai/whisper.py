@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -562,7 +563,7 @@ def convert(model_dir: Path | str, target_dir: Path, *, max_tokens: int = 48) ->
     if path.exists() and path.stat().st_size > 0:
         return path
     model = build_onnx(model_dir, max_tokens=max_tokens)
-    tmp = path.with_suffix(f".tmp{id(model)}")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two converters at once never share one
     onnx.save_model(model, str(tmp))
     tmp.replace(path)
     return path
