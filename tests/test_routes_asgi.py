@@ -96,7 +96,10 @@ def test_evidence_port_routes(state: ServerState) -> None:
         assert plain.get("/health").json()["tee"] == "simulation"
         _error(plain.get("/attestation?nonce=zz"), 400, "hex")
         _error(plain.get("/attestation?nonce=" + "00" * 65), 400, "at most 64")
-        for i in range(2):  # the burst
-            assert plain.get(f"/attestation?nonce=0{i}").status_code == 200
+        _error(plain.get("/attestation?nonce=" + "0" * 129), 400, "must be hex")  # odd length
+        _error(plain.get("/attestation?nonce=" + "0" * 300), 400, "300 characters")
+        spaced = " ".join(["ab"] * 64)  # bytes.fromhex takes spaced hex: a 64-byte nonce in 191 characters
+        assert plain.get("/attestation", params={"nonce": spaced}).json()["nonce"] == "ab" * 64
+        assert plain.get("/attestation?nonce=01").status_code == 200  # the burst of 2 is now spent
         _error(plain.get("/attestation?nonce=ff"), 429, "too many")
         assert plain.get("/attestation").status_code == 200  # the cached empty nonce is never limited

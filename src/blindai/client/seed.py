@@ -184,6 +184,7 @@ class BlindAiClient:
                 raise ModelNotFoundError(
                     f"the model you last uploaded to this server ({last['model_id']}) is no longer there "
                     "(or has changed): upload it again, or pass run_model(data, model_id=...)",
+                    status=404,  # the server's answer (404, or another model under that id)
                 )
             self._model = info
             return info
@@ -193,7 +194,7 @@ class BlindAiClient:
             self._model = models[0]
             return models[0]
         if not models:
-            raise ModelNotFoundError("no model to run: upload one with upload_model() first")
+            raise ModelNotFoundError("no model to run: upload one with upload_model() first", status=404)
         raise InvalidInputError(
             f"this server holds {len(models)} models and none was uploaded by this client: pass "
             "run_model(data, model_id=...) with the id upload_model() returned, so that your data "

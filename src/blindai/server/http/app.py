@@ -31,8 +31,8 @@ __all__ = ["ServerState", "attested_app", "unattested_app"]
 def unattested_app(state: ServerState) -> Starlette:
     async def attestation(request: Request) -> Response:
         raw = request.query_params.get("nonce", "")
-        if len(raw) > 2 * MAX_NONCE_BYTES:  # refused before hex decoding allocates for it
-            raise InvalidRequest(f"nonce is {len(raw) // 2} bytes; at most {MAX_NONCE_BYTES}")
+        if len(raw) > 4 * MAX_NONCE_BYTES:  # more than any hex nonce, spaced or not: refused before decoding
+            raise InvalidRequest(f"nonce is {len(raw)} characters; at most {MAX_NONCE_BYTES} bytes of hex")
         try:
             nonce = bytes.fromhex(raw)
         except ValueError:
