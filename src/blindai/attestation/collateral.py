@@ -48,13 +48,17 @@ def load_crl(data: bytes | str) -> x509.CertificateRevocationList:
         raise EvidenceParseError("the CRL is not a PEM or DER X.509 CRL", check=Check.CRL) from exc
 
 
-def fetch_snp_crl(url: str, product: str, vlek: bool) -> x509.CertificateRevocationList:
-    """The VCEK (or VLEK) CRL from an AMD KDS-shaped service: ``{url}/{vcek|vlek}/v1/{product}/crl``."""
+def fetch_snp_crl(url: str, product: str, vlek: bool, *, proxy_env: bool = False) -> x509.CertificateRevocationList:
+    """The VCEK (or VLEK) CRL from an AMD KDS-shaped service: ``{url}/{vcek|vlek}/v1/{product}/crl``.
+
+    ``proxy_env``: honour ``HTTPS_PROXY`` and friends (a server in a CVM may only reach KDS
+    through one; the CRL is signed by AMD's root, so a proxy cannot forge it).
+    """
     import httpx
 
     full = f"{url.rstrip('/')}/{'vlek' if vlek else 'vcek'}/v1/{product}/crl"
     try:
-        resp = httpx.get(full, timeout=30, follow_redirects=True, trust_env=False)
+        resp = httpx.get(full, timeout=30, follow_redirects=True, trust_env=proxy_env)
         resp.raise_for_status()
     except httpx.HTTPError as exc:
         raise CollateralError(

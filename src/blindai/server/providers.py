@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from cryptography import x509
+
 from ..attestation import simulation
 from ..tees import TEES
 from .errors import CoreError
@@ -122,17 +124,16 @@ class PccsCollateral:
         self._lock = threading.Lock()
 
     def get(self, quote: bytes) -> dict[str, Any]:
-        import asyncio
-
         import dcap_qvl
+
+        from ..attestation.collateral import fetch_collateral
 
         key = dcap_qvl.parse_quote(quote).fmspc()
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] > dt.datetime.now(dt.UTC):
                 return hit[1]
-            fetched = asyncio.run(dcap_qvl.get_collateral(self.url, quote))
-            collateral: dict[str, Any] = json.loads(fetched.to_json())
+            collateral = fetch_collateral(self.url, quote)  # the one fetch (attestation/collateral.py)
             self._cache[key] = (_next_update(collateral), collateral)
             return collateral
 
@@ -146,12 +147,12 @@ class SnpCrlSource(Protocol):
     def get(self, report: bytes, cert_table: bytes) -> str: ...
 
 
-def _crl_pem(raw: bytes) -> tuple[str, dt.datetime]:
+def _crl_pem(raw: bytes | x509.CertificateRevocationList) -> tuple[str, dt.datetime]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from ..attestation.collateral import load_crl
 
-    crl = load_crl(raw)
+    crl = raw if isinstance(raw, x509.CertificateRevocationList) else load_crl(raw)
     nxt = crl.next_update_utc or dt.datetime.now(dt.UTC)
     return crl.public_bytes(Encoding.PEM).decode(), nxt
 
@@ -180,8 +181,7 @@ class KdsSnpCrl:
         self._lock = threading.Lock()
 
     def get(self, report: bytes, cert_table: bytes) -> str:
-        import httpx
-
+        from ..attestation.collateral import fetch_snp_crl
         from ..attestation.snp_abi import KEY_VLEK, parse_cert_table, parse_report
         from ..attestation.snp_verify import cert_product, sort_certs
 
@@ -196,9 +196,7 @@ class KdsSnpCrl:
             hit = self._cache.get(key)
             if hit is not None and hit[0] > dt.datetime.now(dt.UTC):
                 return hit[1]
-            resp = httpx.get(f"{self.url}/{kind}/v1/{product}/crl", timeout=30, follow_redirects=True)
-            resp.raise_for_status()
-            pem, nxt = _crl_pem(resp.content)
+            pem, nxt = _crl_pem(fetch_snp_crl(self.url, product, vlek=kind == "vlek", proxy_env=True))  # the one fetch
             self._cache[key] = (nxt, pem)
             return pem
 
