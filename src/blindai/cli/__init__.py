@@ -18,7 +18,7 @@ from ..errors import AttestationError, BlindAIError, SimulationModeWarning
 from ..server.errors import CoreError
 from ..tees import TEES
 from .attest import ATTEST_VERIFY_OPTIONS, cmd_attest_show, cmd_attest_verify
-from .common import _add_connect_args, _CliError, _size, human_size, size
+from .common import _add_connect_args, _CliError, human_size, size
 from .demo import cmd_demo
 from .models import cmd_delete, cmd_models, cmd_run, cmd_upload
 from .serve import cmd_serve
@@ -78,25 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unattested-port", type=int, default=50052, help="plain-HTTP evidence port (0: free)")
     p.add_argument("--tls-name", action="append", help="extra name for the certificate (repeatable)")
     p.add_argument("--ready-file", help="write the bound ports as JSON here once serving")
-    p.add_argument("--max-model-bytes", type=_size, default=2 << 30, help="largest model upload")
+    p.add_argument("--max-model-bytes", type=size, default=2 << 30, help="largest model upload")
     p.add_argument("--max-models", type=int, default=64, help="models held at once")
-    p.add_argument("--max-store-bytes", type=_size, default=16 << 30, help="all models together (sealed store too)")
-    p.add_argument("--max-request-bytes", type=_size, default=256 << 20, help="per inference request")
+    p.add_argument("--max-store-bytes", type=size, default=16 << 30, help="all models together (sealed store too)")
+    p.add_argument("--max-request-bytes", type=size, default=256 << 20, help="per inference request")
     p.add_argument(
         "--max-inference-memory",
-        type=_size,
+        type=size,
         default=None,
         help="memory budget shared by all models (default: half of the machine's)",
     )
-    p.add_argument("--max-output-bytes", type=_size, default=1 << 30, help="outputs of one inference, strings included")
-    p.add_argument("--max-json-bytes", type=_size, default=1 << 20, help="JSON part of one inference request")
+    p.add_argument("--max-output-bytes", type=size, default=1 << 30, help="outputs of one inference, strings included")
+    p.add_argument("--max-json-bytes", type=size, default=1 << 20, help="JSON part of one inference request")
     p.add_argument(
         "--head-timeout", type=float, default=10.0, help="seconds a client has to send a whole request head (else 408)"
     )
     p.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds a client has to finish TLS")
-    p.add_argument(
-        "--max-head-bytes", type=_size, default=64 << 10, help="URL and headers of one request (larger: 431)"
-    )
+    p.add_argument("--max-head-bytes", type=size, default=64 << 10, help="URL and headers of one request (larger: 431)")
     p.add_argument(
         "--max-connections",
         type=int,
@@ -105,19 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-json-response-bytes",
-        type=_size,
+        type=size,
         default=32 << 20,
         help="outputs sent as JSON, per response (larger ones are refused: ask for binary outputs)",
     )
     p.add_argument(
         "--max-inflight-bytes",
-        type=_size,
+        type=size,
         default=None,
         help="request bytes held server-wide, bodies and decoding (default: a quarter of the memory)",
     )
     p.add_argument("--max-concurrent-uploads", type=int, default=4, help="model uploads receiving at once")
     p.add_argument("--body-idle-timeout", type=float, default=20.0, help="seconds of silence in a body -> 408")
-    p.add_argument("--body-min-rate", type=_size, default=16 << 10, help="bytes/s a body must average -> 408")
+    p.add_argument("--body-min-rate", type=size, default=16 << 10, help="bytes/s a body must average -> 408")
     p.add_argument("--body-timeout", type=float, default=900.0, help="seconds to receive any one body -> 408")
     p.add_argument(
         "--metrics-port",
@@ -151,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--concurrent-session-max-bytes",
-        type=_size,
+        type=size,
         default=256 << 20,
         help="models above this size keep one session and run one at a time (a second costs their size again)",
     )

@@ -24,9 +24,6 @@ def size(text: str) -> int:
     return int(value)
 
 
-_size = size  # flags below use the public name through this alias
-
-
 def _add_connect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("host", help="server host name or address (ports go in --attested-port/--unattested-port)")
     p.add_argument("--attested-port", type=int, default=50051, help="the server's TLS port (models, inference)")
@@ -57,12 +54,7 @@ def _check_host(host: str) -> None:
 
 def _trust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     _check_host(args.host)
-    roots = []
-    for path in args.unsafe_trust_root or []:
-        try:
-            roots.append(Path(path).read_bytes())
-        except OSError as exc:
-            raise _CliError(f"cannot read --unsafe-trust-root {path}: {exc.strerror or exc}") from exc
+    roots = [_read(path, "--unsafe-trust-root") for path in args.unsafe_trust_root or []]
     return {
         "unattested_port": args.unattested_port,
         "policy": args.policy,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from .common import _CliError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -15,8 +16,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     tee = "simulation" if args.simulation else args.tee
     if args.simulation and args.tee not in ("auto", "simulation"):
-        print("error: --simulation and --tee", args.tee, "contradict each other", file=sys.stderr)
-        return 2
+        raise _CliError(f"--simulation and --tee {args.tee} contradict each other")
     for flag, value, least in (
         ("--model-concurrency", args.model_concurrency, 0),
         ("--intra-op-threads", args.intra_op_threads, 0),
@@ -25,8 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("--workers", args.workers, 0),
     ):
         if value < least:
-            print(f"error: {flag} must be at least {least}", file=sys.stderr)
-            return 2
+            raise _CliError(f"{flag} must be at least {least}")
     config = ServerConfig(
         host=args.host,
         attested_port=args.attested_port,
@@ -63,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         v06_routes=not args.no_v06_routes,
         max_output_bytes=args.max_output_bytes,
     )
-    config.body_limits = _body_limits(args, config.limits)
+    config.body_limits = _body_limits(args)
     config.connection_limits = ConnectionLimits(
         head_timeout_s=args.head_timeout,
         handshake_timeout_s=args.handshake_timeout,
@@ -73,17 +72,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_server(config)
 
 
-def _body_limits(args: argparse.Namespace, store_limits: Any) -> Any:
-    """The body flags of `serve`; the in-flight budget defaults to a share of the machine's memory."""
+def _body_limits(args: argparse.Namespace) -> Any:
+    """The body flags of `serve`; an in-flight budget of 0 is sized to the machine by the runner."""
     from ..server.http.bodies import BodyLimits
-    from ..server.runner import default_inflight_bytes
 
     return BodyLimits(
         idle_timeout_s=args.body_idle_timeout,
         min_rate=args.body_min_rate,
         total_timeout_s=args.body_timeout,
         max_concurrent_uploads=args.max_concurrent_uploads,
-        max_inflight_bytes=args.max_inflight_bytes or default_inflight_bytes(store_limits),
+        max_inflight_bytes=args.max_inflight_bytes or 0,
         max_json_bytes=args.max_json_bytes,
         max_json_response_bytes=args.max_json_response_bytes,
     )

@@ -31,6 +31,7 @@ __all__ = [
     "decode_upload_answer",
     "encode_model_list",
     "encode_upload_answer",
+    "is_sha256_hex",
 ]
 
 MODEL_NAME: Final = "BlindAI-Model-Name"
@@ -47,6 +48,14 @@ INPUT_DATATYPE: Final = "BlindAI-Input-Datatype"
 """Upload, seed client: the input datatype the 0.6-style ``run_model`` sends."""
 OUTPUT_DATATYPE: Final = "BlindAI-Output-Datatype"
 """Upload, seed client: the output datatype the 0.6-style ``run_model`` returns."""
+
+
+def is_sha256_hex(value: object) -> bool:
+    """A SHA-256 digest as text: 64 ASCII hex digits, either case (a pin, a model's ``sha256``).
+
+    Anything else never reaches ``hmac.compare_digest`` (a non-ASCII str raises there).
+    """
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 class ModelInfoError(ProtocolError):
@@ -154,7 +163,7 @@ class ModelInfo:
         ):
             raise ModelInfoError("model description's 'model_id' is not a token of letters, digits, '-', '_', '.'")
         sha256 = _field(obj, "sha256", str)
-        if len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256):
+        if not is_sha256_hex(sha256):
             raise ModelInfoError("model description's 'sha256' is not 64 hex digits")
         size = _field(obj, "size", int, 0)
         if size < 0:

@@ -15,6 +15,7 @@ import cbor2
 import numpy as np
 
 from ..errors import ProtocolError
+from .models import is_sha256_hex
 from .tensors import check_shape, datatype_of, decode_binary
 
 __all__ = [
@@ -92,7 +93,7 @@ def model_hash_field(msg: dict[str, Any]) -> str:
     value = msg.get("model_hash") or ""
     if isinstance(value, bytes) and len(value) == 32:
         return value.hex()
-    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value):
+    if is_sha256_hex(value):
         return value.lower()
     raise V06Error("'model_hash' must be a SHA-256 digest (32 bytes or 64 hex digits)")
 

@@ -33,7 +33,7 @@ from .front import default_workers, listen_shared, start_workers, stop_workers
 from .http.app import ServerState
 from .http.bodies import BodyLimits
 from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
-from .http.serving import http_servers, serve_in_own_loop
+from .http.serving import http_servers, run_loop, serve_in_own_loop
 from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .providers import (
     EvidenceProvider,
@@ -94,7 +94,7 @@ class ServerConfig:
     upload_tokens_file: Path | None = None
     max_inference_memory: int | None = None
     v06_routes: bool = True
-    body_limits: BodyLimits | None = None  # None: BodyLimits() with the in-flight budget sized to the machine
+    body_limits: BodyLimits | None = None  # None, or max_inflight_bytes 0: the in-flight budget sized to the machine
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
 
 
@@ -148,6 +148,14 @@ def default_inference_memory() -> int:
 def default_inflight_bytes(limits: StoreLimits) -> int:
     """A quarter of the memory, and never less than one largest model upload plus some room."""
     return max(default_inference_memory() // 2, limits.max_model_bytes + (64 << 20))
+
+
+def _body_limits(config: ServerConfig) -> BodyLimits:
+    """The configured body limits, an in-flight budget of 0 (or none given) sized to the machine."""
+    limits = config.body_limits or BodyLimits(max_inflight_bytes=0)
+    if limits.max_inflight_bytes:
+        return limits
+    return dataclasses.replace(limits, max_inflight_bytes=default_inflight_bytes(config.limits))
 
 
 def load_upload_tokens(path: Path) -> frozenset[str]:
@@ -239,7 +247,7 @@ async def serve(
         ),
         max_request_bytes=config.max_request_bytes,
         v06=config.v06_routes,
-        body_limits=config.body_limits or BodyLimits(max_inflight_bytes=default_inflight_bytes(config.limits)),
+        body_limits=_body_limits(config),
     )
     attested_sock = front.backend if front is not None else _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
@@ -370,12 +378,7 @@ def run_server(config: ServerConfig) -> int:
             log.error("cannot start: %s", exc)
             return 2
         try:
-            try:
-                import uvloop
-            except ImportError:
-                asyncio.run(serve(config, provider, store, identity, front))
-            else:
-                uvloop.run(serve(config, provider, store, identity, front))
+            run_loop(serve(config, provider, store, identity, front))
         except ConfigurationError as exc:
             log.error("cannot start: %s", exc)
             return 2

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol.models import ModelInfo, TensorInfo
+from ..protocol.models import ModelInfo, TensorInfo, is_sha256_hex
 from ..protocol.tensors import DATATYPES, check_shape
 from .errors import (
     CapacityExceeded,
@@ -91,11 +91,6 @@ class ModelEntry:
             outputs=tuple(self.outputs),
             hints=dict(self.hints),
         )
-
-
-def _is_sha256_hex(value: object) -> bool:
-    """64 ASCII hex digits: anything else never reaches hmac.compare_digest (non-ASCII str raises there)."""
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +379,7 @@ class ModelStore:
                 entry = self._models.get(ref)
         if entry is None:
             raise NotFound(f"no model {ref!r}")
-        if sha256 is not None and not _is_sha256_hex(sha256):
+        if sha256 is not None and not is_sha256_hex(sha256):
             raise InvalidRequest("a model pin must be a SHA-256 digest: 64 hex digits")
         if sha256 is not None and not hmac.compare_digest(sha256.lower(), entry.sha256):
             raise PinMismatch(f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}")

@@ -21,9 +21,8 @@ from ...protocol.attestation_doc import encode_attestation_doc
 from ...tees import is_simulation
 from ..errors import InvalidRequest
 from . import oip, v1
-from .bodies import Hold
 from .errors import HANDLERS
-from .state import ServerState, held
+from .state import ServerState
 
 __all__ = ["ServerState", "attested_app", "unattested_app"]
 
@@ -71,15 +70,5 @@ def attested_app(state: ServerState) -> Starlette:
     if state.v06:
         from . import compat_v06
 
-        async def read(req: Request, hold: Hold, limit: int | None = None) -> bytes:
-            return (await state.read(req, hold, limit or state.max_request_bytes, "request body")).data
-
-        routes += compat_v06.attested_routes(
-            state.store,
-            state.engine.infer,
-            read,
-            lambda handler: held(state, handler),
-            state.uploads,
-            state.body_limits.idle_timeout_s,
-        )
+        routes += compat_v06.attested_routes(state)
     return Starlette(routes=routes, exception_handlers=HANDLERS)

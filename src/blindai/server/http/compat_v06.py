@@ -31,8 +31,8 @@ from starlette.routing import Route
 
 from ...protocol import v06
 from ..errors import Forbidden, InvalidRequest, NotFound
-from ..store import ModelStore
-from .bodies import HeldResponse, Hold, UploadSlots
+from .bodies import HeldResponse, Hold
+from .state import ServerState, held
 
 __all__ = ["LEGACY_HINT", "attested_routes", "unattested_routes"]
 
@@ -72,14 +72,13 @@ def unattested_routes(certificate_der: bytes, simulation: bool, evidence: Callab
 CBOR_COST = 64
 
 
-def attested_routes(
-    store: ModelStore,
-    infer: Callable[..., Any],
-    read_body: Callable[..., Any],
-    held: Callable[[Callable[[Request, Hold], Any]], Callable[[Request], Any]],
-    uploads: UploadSlots,
-    send_timeout_s: float = 20.0,
-) -> list[Route]:
+def attested_routes(state: ServerState) -> list[Route]:
+    """The 0.6 routes over ``state.store`` and ``state.engine``, with the same bounded bodies."""
+    store, uploads, send_timeout_s = state.store, state.uploads, state.body_limits.idle_timeout_s
+
+    async def read_body(request: Request, hold: Hold, limit: int | None = None) -> bytes:
+        return (await state.read(request, hold, limit or state.max_request_bytes, "request body")).data
+
     async def root(_req: Request) -> Response:
         return _cbor({"server": "blindai"})
 
@@ -122,7 +121,7 @@ def attested_routes(
             entry = matches[-1]
         feed = v06.parse_run_inputs(msg, [s.name for s in entry.inputs])
         del msg
-        outputs = await infer(entry.model, feed, None)
+        outputs = await state.engine.infer(entry.model, feed, None)
         del feed
         hold.release()  # the request is gone; the outputs and their encoding are held instead
         # The arrays, their little-endian bytes and the CBOR body that copies those: three times.
@@ -142,7 +141,7 @@ def attested_routes(
 
     return [
         Route("/", root, methods=["GET"]),
-        Route("/upload", held(upload), methods=["POST"]),
-        Route("/run", held(run), methods=["POST"]),
-        Route("/delete", held(delete), methods=["POST"]),
+        Route("/upload", held(state, upload), methods=["POST"]),
+        Route("/run", held(state, run), methods=["POST"]),
+        Route("/delete", held(state, delete), methods=["POST"]),
     ]

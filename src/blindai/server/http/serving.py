@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -24,7 +24,7 @@ from .connections import ConnectionLimits, guarded_protocol, handshake_timeout
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["PortServer", "http_servers", "serve_in_own_loop"]
+__all__ = ["PortServer", "http_servers", "run_loop", "serve_in_own_loop"]
 
 log = logging.getLogger("blindai.server")
 
@@ -82,15 +82,20 @@ def http_servers(
     return attested, unattested
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on uvloop where it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def serve_in_own_loop(server: uvicorn.Server, sock: socket.socket) -> None:
     """The evidence port's loop: a thread of its own, so the attested loop's work never delays it."""
     try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(server.serve(sockets=[sock]))
-        else:
-            uvloop.run(server.serve(sockets=[sock]))
+        run_loop(server.serve(sockets=[sock]))
     except Exception:
         log.exception("the unattested server stopped")
         raise
