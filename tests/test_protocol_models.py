@@ -125,3 +125,17 @@ def test_a_local_refusal_says_no_server_was_involved() -> None:
     err = blindai.InvalidInputError("model takes 2 inputs ['a', 'b']: pass a dict or a list")
     assert err.status is None and str(err).startswith("refused before sending: ")
     assert str(blindai.InvalidInputError("bad", status=400)) == "server error 400: bad"
+
+
+def test_the_json_bound_of_string_outputs_holds_for_any_text() -> None:
+    """The bound refuses JSON outputs before they are encoded; it must never be below the encoding."""
+    import json
+
+    import numpy as np
+
+    from blindai.protocol.infer import json_bytes_bound
+    from blindai.protocol.tensors import encode_json_data
+
+    for text in ("plain", "\U0001f600" * 100, 'é中\x00\x1f"\\', b"\xff\xfe raw".decode("latin-1")):
+        for array in (np.array([text] * 3, dtype=object), np.array([text.encode("utf-8", "surrogatepass")] * 2)):
+            assert json_bytes_bound(array) >= len(json.dumps(encode_json_data(array))), text

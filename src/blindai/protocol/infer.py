@@ -20,6 +20,7 @@ import numpy.typing as npt
 from .tensors import (
     TensorError,
     TensorLimitError,
+    _as_bytes,
     check_shape,
     datatype_of,
     decode_binary,
@@ -231,8 +232,11 @@ _JSON_ELEMENT_BYTES = {"b": 6, "i": 21, "u": 21, "f": 25, "c": 60}
 
 def json_bytes_bound(array: npt.NDArray[Any]) -> int:
     """At most the bytes ``encode_json_data(array)`` writes, known before it allocates them."""
-    if array.dtype.kind in "OSU":  # strings: every byte may need \u00XX, plus quotes and comma
-        return sum(6 * len(v if isinstance(v, bytes | str) else str(v)) + 3 for v in array.reshape(-1)) + 2
+    if array.dtype.kind in "OSU":
+        # Strings go out as their UTF-8 decoded, every character \u-escaped at worst: 6 characters per
+        # UTF-8 byte bounds them all (a 4-byte character is a 12-character surrogate pair), plus
+        # quotes and comma. Counted on the same bytes the encoder writes (_as_bytes).
+        return sum(6 * len(_as_bytes(v)) + 3 for v in array.reshape(-1)) + 2
     per = _JSON_ELEMENT_BYTES.get(array.dtype.kind, 25)
     if array.dtype.kind in "iu":
         per = min(per, 3 * array.dtype.itemsize + 2)  # int8: "-128," ... int64: 20 digits and a sign

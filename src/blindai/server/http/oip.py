@@ -88,7 +88,12 @@ def routes(state: ServerState) -> list[Route]:
         rid, model_id = req.id, entry.model_id
         del req, body
         hold.release()  # the request's bytes are gone; the outputs and their encoding are held instead
-        json_bound = json_response_bound(outputs, binary)
+        strings = any(a.dtype.kind in "OSU" for a in outputs.values())  # their bound walks every element
+        json_bound = (
+            await asyncio.to_thread(json_response_bound, outputs, binary)
+            if strings
+            else json_response_bound(outputs, binary)
+        )
         limit = state.body_limits.max_json_response_bytes
         if json_bound > limit:
             raise InvalidRequest(
