@@ -74,11 +74,6 @@ def _v06_cbor(data: bytes) -> None:
     """Any bytes as a 0.6 upload, run or delete: only V06Error may come out."""
     from blindai.protocol import v06
 
-    try:
-        msg = v06.load_message(data)
-        v06.parse_upload(msg, 1 << 20)
-    except v06.V06Error:
-        pass
     with contextlib.suppress(v06.V06Error):
         v06.check_item_count(data)
     with contextlib.suppress(v06.V06Error):

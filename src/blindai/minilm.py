@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from ._files import atomic_write
 
 __all__ = ["BUILDER_VERSION", "INPUT_NAMES", "OPSET", "OUTPUT_NAME", "build_minilm", "write_minilm"]
 
@@ -155,7 +156,5 @@ def build_minilm(model_dir: Path) -> Any:
 def write_minilm(model_dir: Path, path: Path) -> Path:
     """Build the model and write it to ``path`` atomically (a half-written cache file is never seen)."""
     data = build_minilm(model_dir).SerializeToString()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two builders at once never share one
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write(path, data, mode=0o644)
     return path

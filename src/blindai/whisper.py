@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._files import atomic_write
 from .errors import ModelFormatError
 
 __all__ = [
@@ -555,7 +555,6 @@ BUILDER_VERSION = 1  # part of the cache file name: bump it whenever the graph t
 
 def convert(model_dir: Path | str, target_dir: Path, *, max_tokens: int = 48) -> Path:
     """Build the ONNX file once per (weights, builder version, max_tokens); later calls reuse it."""
-    import onnx
 
     model_dir = Path(model_dir)
     digest = hashlib.sha256((model_dir / "model.bin").read_bytes()).hexdigest()[:16]
@@ -563,9 +562,7 @@ def convert(model_dir: Path | str, target_dir: Path, *, max_tokens: int = 48) ->
     if path.exists() and path.stat().st_size > 0:
         return path
     model = build_onnx(model_dir, max_tokens=max_tokens)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two converters at once never share one
-    onnx.save_model(model, str(tmp))
-    tmp.replace(path)
+    atomic_write(path, model.SerializeToString(), mode=0o644)
     return path
 
 

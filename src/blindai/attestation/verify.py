@@ -28,10 +28,10 @@ from ..errors import (
     SimulationModeWarning,
     SimulationRefusedError,
 )
-from ..tees import SIMULATION, is_simulation
+from ..tees import SIMULATION, TEES, is_simulation
 from . import dcap_abi, simulation, snp_abi
 from .binding import check_binding, load_certificate, spki_sha256
-from .collateral import load_crl
+from .collateral import KDS_URL, load_crl
 from .dcap_verify import verify_dcap_evidence
 from .evidence import VerifiedAttestation
 from .policy import Policy, validate
@@ -91,17 +91,19 @@ def verify_evidence(
     ``snp_certs`` and ``snp_crl`` (PEM or DER) give SEV-SNP certificates and the CRL from files;
     they are refused for other TEEs rather than silently ignored."""
     opts = options or TrustOptions()
-    if tee != "sev-snp" and (snp_certs or snp_crl is not None):
+    spec = TEES.get(tee)
+    kind = spec.evidence if spec is not None else None  # the evidence format of the TEE's row
+    if kind != "snp" and (snp_certs or snp_crl is not None):
         raise AttestationError(
             f"certificates and CRLs given as files only apply to sev-snp evidence, not {tee}", check=Check.OPTIONS
         )
     with _typed(f"{tee} evidence or collateral"):
-        match tee:
+        match kind:
             case "simulation":
                 return simulation.verify(simulation.parse(evidence))
-            case "sgx" | "tdx":
+            case "dcap":
                 return verify_dcap_evidence(tee, evidence, collateral, opts)
-            case "sev-snp":
+            case "snp":
                 crl = load_crl(snp_crl) if snp_crl is not None else None
                 return verify_snp_evidence(evidence, collateral, opts, snp_certs, crl)
             case _:
@@ -163,9 +165,7 @@ def verify_server_attestation(
         cert = load_certificate(certificate_pem)
         check_binding(verified.report_data, cert, nonce)
         verified = dataclasses.replace(verified, tls_key_sha256=spki_sha256(cert))
-    if (policy is not None and not verified.simulation) or (
-        policy is not None and policy.for_tee("simulation") is not None
-    ):
+    if policy is not None and (not verified.simulation or policy.for_tee(SIMULATION) is not None):
         validate(verified, policy)
     elif verified.tee == "sev-snp" and not verified.crl_checked:
         why = "no current VCEK/VLEK CRL came with the SEV-SNP evidence, so revocation was not checked: "
@@ -174,7 +174,7 @@ def verify_server_attestation(
             why + serve + "fetch it yourself (collateral_url=KDS), or accept the risk with require_crl = false "
             "in a policy",
             check=Check.CRL,
-            cli_message=why + serve + "fetch it yourself (--collateral-url https://kdsintf.amd.com), or accept "
+            cli_message=why + serve + f"fetch it yourself (--collateral-url {KDS_URL}), or accept "
             "the risk with require_crl = false in a --policy",
         )
     if verified.simulation:

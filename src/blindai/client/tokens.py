@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
+
 __all__ = ["config_dir", "forget_token", "load_tokens", "save_token", "seed_last_upload", "set_seed_last_upload"]
 
 
@@ -30,11 +32,7 @@ def _read(name: str) -> dict[str, Any]:
 def _write(name: str, data: dict[str, Any]) -> Path:
     path = config_dir() / name
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2).encode(), mode=0o600)  # credentials: owner-only
     return path
 
 

@@ -33,7 +33,6 @@ __all__ = [
     "model_hash_field",
     "model_id_field",
     "parse_run_inputs",
-    "parse_upload",
     "read_upload",
     "upload_cost",
 ]
@@ -285,23 +284,6 @@ def _check_length(length: Any, size: int) -> None:
         raise V06Error("'length' must be the model's size in bytes")
     if length != size:
         raise V06Error(f"'length' says {length} bytes but the model has {size}")
-
-
-def parse_upload(msg: dict[str, Any], max_bytes: int) -> bytes:
-    raw = msg.get("model")
-    if isinstance(raw, list):
-        if len(raw) > max_bytes:
-            raise V06LimitError(f"model exceeds the limit of {max_bytes} bytes")
-        try:
-            data = bytes(raw)
-        except (TypeError, ValueError):
-            raise V06Error("'model' must be a list of byte values") from None
-    elif isinstance(raw, bytes):
-        data = raw
-    else:
-        raise V06Error("'model' must be the model's bytes")
-    _check_length(msg.get("length"), len(data))
-    return data
 
 
 def parse_run_inputs(msg: dict[str, Any], names: list[str]) -> dict[str, Any]:

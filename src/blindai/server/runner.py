@@ -264,7 +264,7 @@ async def serve(
         limits,
         tls=None if front is not None else identity,  # with a front, TLS ends in the workers
         metrics=metrics,
-        models=lambda: len(store.all()),
+        models=store.count,
     )
     metrics_port = None if metrics is None else metrics.serve(config.metrics_host, config.metrics_port or 0)
     loop = asyncio.get_running_loop()

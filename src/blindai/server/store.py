@@ -385,6 +385,11 @@ class ModelStore:
             raise PinMismatch(f"model {entry.model_id} has sha256 {entry.sha256}, not the pinned {sha256.lower()}")
         return entry
 
+    def count(self) -> int:
+        """How many models are loaded (the metrics gauge asks after every request: no sorting)."""
+        with self._lock:
+            return len(self._models)
+
     def all(self) -> list[ModelEntry]:
         with self._lock:
             return sorted(self._models.values(), key=lambda m: m.created_at)
