@@ -21,7 +21,7 @@ def _store_key(args: argparse.Namespace) -> Any:
     tee = args.tee or (SIMULATION if key_file.exists() else "sgx")
     if is_simulation(tee):
         try:
-            return sealing.SealingKey(key_file.read_bytes(), source=f"INSECURE simulation key file {key_file}")
+            return sealing.sealing_key_for(tee, None, folder, key_file, create=False)
         except (OSError, ValueError) as exc:
             raise _CliError(
                 f"cannot use {key_file} as the store's key: {getattr(exc, 'strerror', None) or exc}"

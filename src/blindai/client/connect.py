@@ -70,7 +70,7 @@ def fetch_attestation(host: str, port: int, nonce: bytes, timeout: float) -> obj
     except httpx.HTTPError as exc:
         raise TransportError(f"cannot read the unattested port {url}: {exc}") from exc
     if resp.status_code != 200:
-        message = decode_error(bytes(body), resp.reason_phrase or "no message")
+        message = decode_error(bytes(body), resp.reason_phrase or f"status {resp.status_code}")
         raise AttestationError(
             f"the server refused to give evidence ({resp.status_code}): {message}", check=Check.FETCH
         )

@@ -401,14 +401,11 @@ class InferenceEngine:
     def __init__(
         self,
         *,
-        workers: int | None = None,
         timeout_s: float = 60.0,
         max_output_bytes: int = 1 << 30,
         batch_window_ms: float = 0.0,
         max_batch_rows: int = 64,
     ) -> None:
-        # Kept for callers of the old signature: runs now use each model's own threads.
-        self.workers = workers or machine_cores()
         self.timeout_s = timeout_s
         self.max_output_bytes = max_output_bytes
         self.batch_window_s = max(0.0, batch_window_ms) / 1e3

@@ -239,7 +239,6 @@ async def serve(
         identity=identity,
         store=store,
         engine=InferenceEngine(
-            workers=config.inference_workers,
             timeout_s=config.inference_timeout_s,
             max_output_bytes=config.max_output_bytes,
             batch_window_ms=config.batch_window_ms,

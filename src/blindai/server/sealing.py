@@ -215,13 +215,17 @@ class NoSealingKeyError(CoreError):
 SIMULATION_KEY_NAME = ".simulation-sealing-key"
 
 
-def sealing_key_for(tee: str, tee_key: bytes | None, store_dir: Path, key_file: Path | None = None) -> SealingKey:
+def sealing_key_for(
+    tee: str, tee_key: bytes | None, store_dir: Path, key_file: Path | None = None, *, create: bool = True
+) -> SealingKey:
     """By the TEE's ``sealing`` row (tees.py): ``tee-key`` (SGX: Gramine's ``_sgx_mrenclave``),
     ``host-key-file`` (simulation: a key FILE on the host, which protects nothing against the
     host, made 0600 on first use), ``none`` (refused)."""
     how = TEES[tee].sealing if tee in TEES else "none"
     if how == "host-key-file":
         path = key_file or store_dir / SIMULATION_KEY_NAME
+        if not create:  # the offline store commands read the key, never make one
+            return SealingKey(path.read_bytes(), source=f"INSECURE simulation key file {path}")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,11 @@ def parse_hints(shape: str | None, input_datatype: str | None, output_datatype: 
                 raise InvalidRequest(f"{key} hint {value!r} is not one of {list(DATATYPES)}")
             hints[key] = value
     return hints
+
+
+def _now() -> str:
+    """A model's ``created_at``: UTC, ISO 8601, microseconds (it orders the listing)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
 class ModelStore:
@@ -247,37 +252,56 @@ class ModelStore:
         """Vet, load and register a model; returns the entry and its owner token (shown once)."""
         if name is not None and (len(name) > MAX_NAME or not name.isprintable()):
             raise InvalidRequest(f"model name must be printable and at most {MAX_NAME} characters")
-        with self._lock:
-            self._check_room(len(data))
-            if public and name is not None:  # unnamed uploads (the seed client's) keep the default name
-                self._check_public_name(name)
-        held = vet_model(data, self.limits.allowed_domains, self.limits.max_model_bytes)
-        with self._lock:  # what it holds once loaded, before onnxruntime pays for it
-            self._check_room(held)
-        loaded = self._load(data)
         token = secrets.token_urlsafe(32)  # 256 bits
-        entry = ModelEntry(
-            model_id=uuid.uuid4().hex,
-            name=name or "model",
-            sha256=sha256,
-            size=len(data),
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            owner_token_hash=hash_token(token),
-            model=loaded,
-            hints=hints or {},
-            public=public,
-            held_bytes=held,
-        )
+        # Unnamed uploads (the seed client's) keep the default name and claim no public name.
+        claim = name if public and name is not None else None
+
+        def build(loaded: LoadedModel, held: int) -> ModelEntry:
+            return ModelEntry(
+                model_id=uuid.uuid4().hex,
+                name=name or "model",
+                sha256=sha256,
+                size=len(data),
+                created_at=_now(),
+                owner_token_hash=hash_token(token),
+                model=loaded,
+                hints=hints or {},
+                public=public,
+                held_bytes=held,
+            )
+
+        entry = self._admit(data, build, public_name=claim)
+        log.info("model %s (%s, %d bytes, sha256 %s) loaded", entry.model_id, entry.name, entry.size, sha256)
+        return entry, token
+
+    def _admit(
+        self,
+        data: bytes,
+        build: Callable[[LoadedModel, int], ModelEntry],
+        *,
+        replacing: ModelEntry | None = None,
+        public_name: str | None = None,
+    ) -> ModelEntry:
+        """What an upload and a replacement share: room, vetting, room for what it holds once
+        loaded (before onnxruntime pays for it), loading, then room again, sealing and listing
+        under the write lock. ``build`` makes the entry from the loaded model and its held bytes."""
+        with self._lock:
+            self._check_room(len(data), replacing=replacing)
+            if public_name is not None:
+                self._check_public_name(public_name)
+        held = vet_model(data, self.limits.allowed_domains, self.limits.max_model_bytes)
+        with self._lock:
+            self._check_room(held, replacing=replacing)
+        entry = build(self._load(data), held)
         with self._write_lock:
             with self._lock:
-                self._check_room(held)
-                if public and name is not None:
-                    self._check_public_name(name)
+                self._check_room(held, replacing=replacing)
+                if public_name is not None:
+                    self._check_public_name(public_name)
             self._persist(entry, data)
             with self._lock:
                 self._models[entry.model_id] = entry
-        log.info("model %s (%s, %d bytes, sha256 %s) loaded", entry.model_id, entry.name, entry.size, sha256)
-        return entry, token
+        return entry
 
     def _persist(self, entry: ModelEntry, data: bytes) -> None:
         if self.sealed is None:
@@ -303,30 +327,22 @@ class ModelStore:
         """New content under the same id, for the owner only; the old version stays until the new one is durable."""
         old = self.get(ref, tokens=[token] if token else ())
         self._check_owner(old, token, "replacing")
-        with self._lock:
-            self._check_room(len(data), replacing=old)
-        held = vet_model(data, self.limits.allowed_domains, self.limits.max_model_bytes)
-        with self._lock:
-            self._check_room(held, replacing=old)
-        loaded = self._load(data)
-        entry = ModelEntry(
-            model_id=old.model_id,
-            name=old.name,
-            sha256=sha256,
-            size=len(data),
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            owner_token_hash=old.owner_token_hash,
-            model=loaded,
-            hints=old.hints,
-            public=old.public,
-            held_bytes=held,
-        )
-        with self._write_lock:
-            with self._lock:
-                self._check_room(held, replacing=old)
-            self._persist(entry, data)
-            with self._lock:
-                self._models[entry.model_id] = entry
+
+        def build(loaded: LoadedModel, held: int) -> ModelEntry:
+            return ModelEntry(
+                model_id=old.model_id,
+                name=old.name,
+                sha256=sha256,
+                size=len(data),
+                created_at=_now(),
+                owner_token_hash=old.owner_token_hash,
+                model=loaded,
+                hints=old.hints,
+                public=old.public,
+                held_bytes=held,
+            )
+
+        entry = self._admit(data, build, replacing=old)
         log.info("model %s replaced (%d bytes, sha256 %s)", entry.model_id, entry.size, sha256)
         return entry
 
