@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -46,6 +47,66 @@ def status_mb(pid: int, key: str) -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def memory_mb(pid: int) -> float:
+    """What the process holds: its RSS, plus its in-memory files (memfds) whether mapped or not.
+
+    The server holds an upload in a memfd; pages of a memfd it has not mapped are in no RSS
+    (VmHWM misses them), so they are counted from the files' allocated blocks instead.
+    """
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssShmem"):
+            status[key] = int(value.split()[0]) * 1024
+    held = status.get("VmRSS", 0) - status.get("RssShmem", 0)
+    fds = Path(f"/proc/{pid}/fd")
+    files: dict[int, int] = {}  # one memfd may be open under several descriptors
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(fds / fd).startswith("/memfd:"):
+                st = os.stat(fds / fd)
+                files[st.st_ino] = st.st_blocks * 512
+        except OSError:
+            continue  # closed meanwhile
+    return (held + sum(files.values())) / 2**20
+
+
+class PeakSampler:
+    """`memory_mb` of a process every 2 ms, in a thread; ``peak`` is the largest seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, memory_mb(self.pid))
+            except OSError:
+                return
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def raw_load_peak_mb(path: Path) -> float:
+    """Peak RSS of a fresh process that only makes ``InferenceSession(path)`` (the raw side's memory)."""
+    code = (
+        "import sys, onnxruntime as ort; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); "
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
 
 
 def build_models(quick: bool) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
@@ -220,23 +281,29 @@ def upload(path: Path, rounds: int) -> dict[str, Any]:
     raw = timeit(
         lambda: ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"]), rounds, warmup=1
     )
-    secure, peaks = [], []
+    secure, peaks, hwms, served = [], [], [], []
     for _ in range(rounds):
         with LocalServer(log_level="WARNING") as srv:
             assert srv.proc is not None
             conn = connect(srv)
             base = status_mb(srv.proc.pid, "VmRSS")
-            t = time.perf_counter()
-            conn.upload_model(path)
-            secure.append((time.perf_counter() - t) * 1e3)
-            time.sleep(2.0)  # a model small enough for a second (concurrent) session builds it now: count it
-            peaks.append(status_mb(srv.proc.pid, "VmHWM"))
+            with PeakSampler(srv.proc.pid) as sampler:
+                t = time.perf_counter()
+                conn.upload_model(path)
+                secure.append((time.perf_counter() - t) * 1e3)
+                time.sleep(2.0)  # a model small enough for a second (concurrent) session builds it now: count it
+            hwms.append(status_mb(srv.proc.pid, "VmHWM"))
+            peaks.append(max(sampler.peak, hwms[-1]))
+            served.append(memory_mb(srv.proc.pid))
             conn.close()
     return {
         "size_mb": size_mb,
         "raw": Stats("raw", raw),
         "secure": Stats("secure", secure),
         "peak_mb": max(peaks),
+        "hwm_mb": max(hwms),
+        "served_mb": max(served),
+        "raw_peak_mb": raw_load_peak_mb(path),
         "base_mb": base,
     }
 

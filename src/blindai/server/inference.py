@@ -25,6 +25,7 @@ import onnxruntime as ort
 from ..protocol.models import TensorInfo
 from ..protocol.tensors import DATATYPES
 from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRequest, Unavailable, UnsupportedModel
+from .modelfile import ModelFile
 
 __all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype"]
 
@@ -96,12 +97,16 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
 # onnxruntime folds constant subgraphs when it loads a model and keeps the results outside the
 # arena; folding stays on (without it MiniLM ran 1.5x slower: attention fusions need it), and
 # what it will hold is counted before loading instead (models.loaded_size).
-def _load_session(model_bytes: bytes, intra_op_threads: int) -> ort.InferenceSession:
-    return ort.InferenceSession(
-        model_bytes,
-        sess_options=_session_options(intra_op_threads),
-        providers=_providers(),
-    )
+def _load_session(model: ModelFile | bytes, intra_op_threads: int) -> ort.InferenceSession:
+    source: str | bytes | None = model if isinstance(model, bytes) else (model.path or model.data)
+    if source is None:
+        raise ValueError("the model file is closed")
+    session = ort.InferenceSession(source, sess_options=_session_options(intra_op_threads), providers=_providers())
+    if isinstance(source, bytes) and getattr(session, "_model_bytes", None) is not None:
+        # onnxruntime keeps a bytes argument for the session's life, only to rebuild it on an execution
+        # provider fallback this server never asks for: the model would be held twice while served.
+        session._model_bytes = None
+    return session
 
 
 def machine_cores() -> int:
@@ -115,7 +120,7 @@ def machine_cores() -> int:
 class LoadedModel:
     """A model's onnxruntime sessions, its declared signature and its run scheduler.
 
-    Two sessions of one model, both from the same bytes: a *wide* one whose runs use every
+    Two sessions of one model, both from the same model file (or bytes): a *wide* one whose runs use every
     core (intra-op threads = cores), for a lone request, and a *narrow* one (intra-op 1) that
     up to ``concurrency`` runs share at once when requests queue. onnxruntime fixes the
     thread count per session, so this is how one model moves between "one request, all
@@ -125,12 +130,17 @@ class LoadedModel:
     """
 
     def __init__(
-        self, model_bytes: bytes, *, intra_op_threads: int = 0, concurrency: int = 0, narrow_now: bool = False
+        self,
+        model: ModelFile | bytes,
+        *,
+        intra_op_threads: int = 0,
+        concurrency: int = 0,
+        narrow_now: bool = False,
     ) -> None:
         self.cores = intra_op_threads if intra_op_threads > 0 else machine_cores()
         self.concurrency = concurrency if concurrency > 0 else self.cores
         try:
-            self.session = _load_session(model_bytes, self.cores)
+            self.session = _load_session(model, self.cores)
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise UnsupportedModel(f"onnxruntime cannot load this model: {_short(exc)}") from exc
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
@@ -144,16 +154,21 @@ class LoadedModel:
         self._narrow_ready: concurrent.futures.Future[None] | None = None
         self._sched: _Scheduler | None = None
         if self.concurrency > 1:
+            # On a descriptor of its own: the caller closes its file once this returns.
+            own = model.dup() if isinstance(model, ModelFile) else model
             if narrow_now:
-                self._build_narrow(model_bytes)
+                self._build_narrow(own)
             else:
-                self._narrow_ready = self.pool.submit(self._build_narrow, model_bytes)
+                self._narrow_ready = self.pool.submit(self._build_narrow, own)
 
-    def _build_narrow(self, model_bytes: bytes) -> None:
+    def _build_narrow(self, model: ModelFile | bytes) -> None:
         try:
-            self.narrow = _load_session(model_bytes, 1)
+            self.narrow = _load_session(model, 1)
         except Exception as exc:  # the wide session loaded: serve with it alone
             log.error("the concurrent (1-thread) session did not load, serving one run at a time: %s", _short(exc))
+        finally:
+            if isinstance(model, ModelFile):
+                model.close()
 
     def wait_narrow(self) -> bool:
         """Until the concurrent session is built (or failed); whether concurrent runs are possible."""

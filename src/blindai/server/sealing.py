@@ -94,7 +94,14 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
-def seal(key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes) -> bytes:
+def seal(key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes | memoryview) -> bytes:
+    return b"".join(seal_parts(key, ident, metadata, plaintext))
+
+
+def seal_parts(
+    key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes | memoryview
+) -> tuple[bytes, bytes]:
+    """The sealed file as (header, ciphertext): written one after the other, a model is not copied again."""
     data_key = AESGCM.generate_key(256)
     wrap_nonce, wrapped = key.wrap(data_key, ident)
     data_nonce = secrets.token_bytes(12)
@@ -115,7 +122,7 @@ def seal(key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes
             + (" (the manifest lists too many models: fewer --max-models)" if ident == "manifest" else "")
         )
     aad = MAGIC + struct.pack("<I", len(header)) + header
-    return aad + AESGCM(data_key).encrypt(data_nonce, plaintext, aad)
+    return aad, AESGCM(data_key).encrypt(data_nonce, plaintext, aad)
 
 
 def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tuple[str, dict[str, Any], bytes]:
@@ -493,7 +500,7 @@ class SealedDirectory:
             raise SealedFileError("the file is not the version the manifest lists (content hash differs)")
         return meta, data
 
-    def save(self, model_id: str, meta: dict[str, Any], data: bytes) -> None:
+    def save(self, model_id: str, meta: dict[str, Any], data: bytes | memoryview) -> None:
         """Pending file, then the manifest listing it, then the rename: a crash leaves the old state or the new."""
         if not self._opened:
             raise StoreError("the sealed store was not opened (SealedDirectory.open) before a write")
@@ -501,11 +508,12 @@ class SealedDirectory:
         meta = {**meta, "store_id": self.manifest.store_id, "version": version}
         pending = self._pending(model_id, version)
         final = self._path(model_id)
-        blob = seal(self.key, model_id, meta, data)
+        head, body = seal_parts(self.key, model_id, meta, data)
         fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(blob)
+                f.write(head)
+                f.write(body)
                 f.flush()
                 os.fsync(f.fileno())
             owner = meta.get("owner_token_hash")

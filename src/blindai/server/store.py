@@ -34,6 +34,7 @@ from .errors import (
     Unavailable,
 )
 from .inference import LoadedModel
+from .modelfile import ModelFile
 from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
 from .vetting import DEFAULT_DOMAINS, vet_model
 
@@ -142,8 +143,10 @@ class ModelStore:
         *,
         sealed: SealedDirectory | None = None,
         upload_token_hashes: frozenset[str] | None = None,
+        memfd: bool = False,
     ) -> None:
         self.limits = limits or StoreLimits()
+        self.memfd = memfd  # models held in sealed memfds and loaded by path (modelfile.py)
         self.sealed = sealed
         self.upload_token_hashes = upload_token_hashes
         self._models: dict[str, ModelEntry] = {}
@@ -179,19 +182,22 @@ class ModelStore:
         assert self.sealed is not None
         try:
             meta, data = self.sealed.read(model_id)
-            held = vet_model(data, self.limits.allowed_domains, self.limits.max_model_bytes)
-            entry = ModelEntry(
-                model_id=model_id,
-                name=str(meta["name"]),
-                sha256=str(meta["sha256"]),
-                size=len(data),
-                created_at=str(meta["created_at"]),
-                owner_token_hash=str(meta["owner_token_hash"]),
-                model=self._load(data),
-                hints=dict(meta.get("hints") or {}),
-                public=meta.get("public") is True,
-                held_bytes=held,
-            )
+            with ModelFile.from_bytes(data, memfd=self.memfd) as model:
+                del data
+                with model.view() as view:
+                    held = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+                entry = ModelEntry(
+                    model_id=model_id,
+                    name=str(meta["name"]),
+                    sha256=str(meta["sha256"]),
+                    size=model.size,
+                    created_at=str(meta["created_at"]),
+                    owner_token_hash=str(meta["owner_token_hash"]),
+                    model=self._load(model),
+                    hints=dict(meta.get("hints") or {}),
+                    public=meta.get("public") is True,
+                    held_bytes=held,
+                )
         except OSError as exc:
             reason = f"cannot read {model_id}.model.sealed: {exc.strerror or type(exc).__name__}"
         except (SealedFileError, CoreError, KeyError, TypeError, ValueError) as exc:
@@ -225,11 +231,18 @@ class ModelStore:
                 "it is kept and served once its file reads"
             )
 
-    def _load(self, data: bytes) -> LoadedModel:
+    def new_model_file(self) -> ModelFile:
+        """Where an upload's body goes (a memfd where this server uses them, else bytes)."""
+        return ModelFile(memfd=self.memfd)
+
+    def _own(self, model: ModelFile | bytes) -> ModelFile:
+        return ModelFile.from_bytes(model, memfd=self.memfd) if isinstance(model, bytes) else model.dup()
+
+    def _load(self, model: ModelFile) -> LoadedModel:
         concurrency = self.limits.model_concurrency
-        if len(data) > self.limits.concurrent_session_max_bytes:
+        if model.size > self.limits.concurrent_session_max_bytes:
             concurrency = 1
-        return LoadedModel(data, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency)
+        return LoadedModel(model, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency)
 
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
@@ -242,14 +255,17 @@ class ModelStore:
 
     def add(
         self,
-        data: bytes,
+        model: ModelFile | bytes,
         sha256: str,
         *,
         name: str | None,
         hints: dict[str, Any] | None = None,
         public: bool = False,
     ) -> tuple[ModelEntry, str]:
-        """Vet, load and register a model; returns the entry and its owner token (shown once)."""
+        """Vet, load and register a model; returns the entry and its owner token (shown once).
+
+        ``model`` is a finished `ModelFile` (the caller keeps and closes it) or the bytes.
+        """
         if name is not None and (len(name) > MAX_NAME or not name.isprintable()):
             raise InvalidRequest(f"model name must be printable and at most {MAX_NAME} characters")
         token = secrets.token_urlsafe(32)  # 256 bits
@@ -261,7 +277,7 @@ class ModelStore:
                 model_id=uuid.uuid4().hex,
                 name=name or "model",
                 sha256=sha256,
-                size=len(data),
+                size=size,
                 created_at=_now(),
                 owner_token_hash=hash_token(token),
                 model=loaded,
@@ -270,13 +286,15 @@ class ModelStore:
                 held_bytes=held,
             )
 
-        entry = self._admit(data, build, public_name=claim)
+        with self._own(model) as own:
+            size = own.size
+            entry = self._admit(own, build, public_name=claim)
         log.info("model %s (%s, %d bytes, sha256 %s) loaded", entry.model_id, entry.name, entry.size, sha256)
         return entry, token
 
     def _admit(
         self,
-        data: bytes,
+        model: ModelFile,
         build: Callable[[LoadedModel, int], ModelEntry],
         *,
         replacing: ModelEntry | None = None,
@@ -286,24 +304,25 @@ class ModelStore:
         loaded (before onnxruntime pays for it), loading, then room again, sealing and listing
         under the write lock. ``build`` makes the entry from the loaded model and its held bytes."""
         with self._lock:
-            self._check_room(len(data), replacing=replacing)
+            self._check_room(model.size, replacing=replacing)
             if public_name is not None:
                 self._check_public_name(public_name)
-        held = vet_model(data, self.limits.allowed_domains, self.limits.max_model_bytes)
+        with model.view() as view:
+            held = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
         with self._lock:
             self._check_room(held, replacing=replacing)
-        entry = build(self._load(data), held)
+        entry = build(self._load(model), held)
         with self._write_lock:
             with self._lock:
                 self._check_room(held, replacing=replacing)
                 if public_name is not None:
                     self._check_public_name(public_name)
-            self._persist(entry, data)
+            self._persist(entry, model)
             with self._lock:
                 self._models[entry.model_id] = entry
         return entry
 
-    def _persist(self, entry: ModelEntry, data: bytes) -> None:
+    def _persist(self, entry: ModelEntry, model: ModelFile) -> None:
         if self.sealed is None:
             return
         meta = {
@@ -315,7 +334,8 @@ class ModelStore:
             "public": entry.public,
         }
         try:
-            self.sealed.save(entry.model_id, meta, data)
+            with model.view() as view:
+                self.sealed.save(entry.model_id, meta, view)
         except StoreError as exc:
             log.error("sealing model %s refused: %s", entry.model_id, exc)
             raise CapacityExceeded(f"the model could not be stored: {exc}; it was not added") from exc
@@ -323,7 +343,7 @@ class ModelStore:
             log.error("sealing model %s failed: %s", entry.model_id, exc.strerror or type(exc).__name__)
             raise CapacityExceeded("the model could not be stored (disk full or unwritable); it was not added") from exc
 
-    def replace(self, ref: str, token: str | None, data: bytes, sha256: str) -> ModelEntry:
+    def replace(self, ref: str, token: str | None, model: ModelFile | bytes, sha256: str) -> ModelEntry:
         """New content under the same id, for the owner only; the old version stays until the new one is durable."""
         old = self.get(ref, tokens=[token] if token else ())
         self._check_owner(old, token, "replacing")
@@ -333,7 +353,7 @@ class ModelStore:
                 model_id=old.model_id,
                 name=old.name,
                 sha256=sha256,
-                size=len(data),
+                size=size,
                 created_at=_now(),
                 owner_token_hash=old.owner_token_hash,
                 model=loaded,
@@ -342,7 +362,9 @@ class ModelStore:
                 held_bytes=held,
             )
 
-        entry = self._admit(data, build, replacing=old)
+        with self._own(model) as own:
+            size = own.size
+            entry = self._admit(own, build, replacing=old)
         log.info("model %s replaced (%d bytes, sha256 %s)", entry.model_id, entry.size, sha256)
         return entry
 

@@ -31,20 +31,26 @@ MAX_STRING_VALUE = 1024
 MAX_STRING_TENSORS = 16
 
 
-def vet_model(data: bytes, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max_bytes: int | None = None) -> int:
+def vet_model(
+    data: bytes | memoryview, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max_bytes: int | None = None
+) -> int:
     """Refuse anything that is not a self-contained ONNX model of allowed operators.
 
     External data is refused whatever its path: a model must never make the
     server open a file, so the check walks every graph, subgraph and tensor
-    attribute, not only the top-level initializers.
+    attribute, not only the top-level initializers. ``data`` may be a read-only
+    view of the model file (parsed without a copy of the input).
     """
     import onnx
     from google.protobuf.message import DecodeError
 
+    model = onnx.ModelProto()
     try:
-        model = onnx.load_model_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as exc:
+        decoded = model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError, TypeError) as exc:
         raise UnsupportedModel("the upload is not an ONNX model (protobuf parse failed)") from exc
+    if decoded is not None and decoded != len(data):
+        raise UnsupportedModel("the upload is not an ONNX model (protobuf parse stopped early)")
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise UnsupportedModel("the upload is not an ONNX model (no graph)")
     allowed = set(allowed_domains) | {f.domain for f in model.functions}

@@ -18,17 +18,17 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..errors import CoreError, InvalidRequest, LimitExceeded, Unavailable
+from ..errors import CapacityExceeded, CoreError, InvalidRequest, LimitExceeded, Unavailable
 from .errors import RequestTimeout
 
-__all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "UploadSlots", "read_body"]
+__all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "Sink", "UploadSlots", "read_body"]
 
 # Joining chunks is one memcpy; above this size it runs in a worker thread (bytes.join
 # releases the GIL for large results), so the event loops keep turning meanwhile.
@@ -154,8 +154,12 @@ class UploadSlots:
 
 @dataclass(slots=True)
 class Body:
-    data: bytes
+    data: bytes  # empty when the body went to a sink
     sha256: str | None
+    size: int = 0
+
+
+Sink = Callable[[bytes], None]
 
 
 def content_length(raw: str | None) -> int | None:
@@ -179,65 +183,123 @@ async def read_body(
     hold: Hold,
     what: str,
     sha256: bool = False,
+    into: Sink | None = None,
 ) -> Body:
-    """The whole body, counted as it arrives; 413 past ``max_bytes``, 408 when too slow, 503 over budget."""
+    """The whole body, counted as it arrives; 413 past ``max_bytes``, 408 when too slow, 503 over budget.
+
+    With ``into``, every chunk goes there, in order, instead of being kept (``Body.data`` is
+    then empty): a model streams into its in-memory file with no joined copy.
+    """
     if declared is not None and declared > max_bytes:
         raise LimitExceeded(f"{what} of {declared} bytes exceeds the limit of {max_bytes} bytes")
-    chunks: list[bytes] = []
-    digest = hashlib.sha256() if sha256 else None
-    # Hashing runs on a thread of its own, chunk by chunk in order, while the loop keeps decrypting
-    # and receiving (hashlib releases the GIL): a model's SHA-256 is ready when its last byte is.
-    hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="blindai-sha256") if sha256 else None
+    # Hashing and the sink run on a thread of their own, chunk by chunk in order, while the loop
+    # keeps decrypting and receiving (hashlib and os.write release the GIL): a model's SHA-256 is
+    # ready, and its file written, when its last byte is.
+    worker = _ChunkWorker(hashlib.sha256() if sha256 else None, into) if sha256 or into else None
     try:
-        data = await _receive(stream, chunks, digest, hasher, max_bytes, limits, hold, what)
-        if hasher is not None:
-            await asyncio.wrap_future(hasher.submit(lambda: None))  # runs after every update queued before it
+        data, size = await _receive(stream, worker, max_bytes, limits, hold, what)
+        if worker is not None:
+            await worker.drain(what)
     finally:
-        if hasher is not None:
-            hasher.shutdown(wait=False, cancel_futures=True)
-    return Body(data, digest.hexdigest() if digest is not None else None)
+        if worker is not None:
+            worker.stop()
+    return Body(data, worker.hexdigest() if worker is not None else None, size)
+
+
+class _ChunkWorker:
+    """One thread that hashes and sinks the chunks of one body, in arrival order."""
+
+    def __init__(self, digest: Any, into: Sink | None) -> None:
+        self.digest = digest
+        self.into = into
+        self.failed: BaseException | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="blindai-body")
+
+    def _take(self, chunk: bytes) -> None:
+        if self.failed is not None:
+            return
+        try:
+            if self.digest is not None:
+                self.digest.update(chunk)
+            if self.into is not None:
+                self.into(chunk)
+        except BaseException as exc:  # reported on the loop by check()/drain()
+            self.failed = exc
+
+    def submit(self, chunk: bytes, what: str) -> None:
+        self.check(what)
+        self._pool.submit(self._take, chunk)
+
+    def check(self, what: str) -> None:
+        exc = self.failed
+        if exc is None:
+            return
+        if isinstance(exc, OSError):
+            raise CapacityExceeded(
+                f"{what} could not be held in memory ({exc.strerror or type(exc).__name__}); retry later"
+            ) from exc
+        raise exc
+
+    async def drain(self, what: str) -> None:
+        await asyncio.wrap_future(self._pool.submit(lambda: None))  # runs after every chunk queued before it
+        self.check(what)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def hexdigest(self) -> str | None:
+        return self.digest.hexdigest() if self.digest is not None else None
 
 
 async def _receive(
     stream: AsyncIterator[bytes],
-    chunks: list[bytes],
-    digest: Any,
-    hasher: concurrent.futures.ThreadPoolExecutor | None,
+    worker: _ChunkWorker | None,
     max_bytes: int,
     limits: BodyLimits,
     hold: Hold,
     what: str,
-) -> bytes:
+) -> tuple[bytes, int]:
+    chunks: list[bytes] = []
+    keep = worker is None or worker.into is None
     size = 0
-    start = last = time.monotonic()
+    loop = asyncio.get_running_loop()
+    start = last = loop.time()
     deadline = start + limits.total_timeout_s
     it = stream.__aiter__()
-    while True:
-        now = time.monotonic()
-        # The latest moment the next chunk may arrive: no silence longer than the idle timeout,
-        # no total beyond the deadline, and (after the grace) never below the minimum rate.
-        bounds = {
-            "deadline": deadline,
-            "idle": last + limits.idle_timeout_s,
-            "rate": start + max(limits.idle_timeout_s, (size + 1) / max(limits.min_rate, 1)),
-        }
-        reason = min(bounds, key=lambda k: bounds[k])
-        try:
-            chunk = await asyncio.wait_for(it.__anext__(), max(bounds[reason] - now, 0.0))
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise _too_slow(what, reason, size, time.monotonic() - start, limits) from None
-        if not chunk:
-            continue
-        last = time.monotonic()
-        size += len(chunk)
-        if size > max_bytes:
-            raise LimitExceeded(f"{what} exceeds the limit of {max_bytes} bytes")
-        await hold.take_async(len(chunk), what)  # while the budget is full, this body is not read
-        if digest is not None and hasher is not None:
-            hasher.submit(digest.update, chunk)
-        chunks.append(chunk)
+    reason = "idle"
+    # One timeout for the whole body, moved before each chunk (no task per chunk, as wait_for makes).
+    try:
+        async with asyncio.timeout(None) as timeout:
+            while True:
+                # The latest moment the next chunk may arrive: no silence longer than the idle timeout,
+                # no total beyond the deadline, and (after the grace) never below the minimum rate.
+                bounds = {
+                    "deadline": deadline,
+                    "idle": last + limits.idle_timeout_s,
+                    "rate": start + max(limits.idle_timeout_s, (size + 1) / max(limits.min_rate, 1)),
+                }
+                reason = min(bounds, key=bounds.__getitem__)
+                timeout.reschedule(bounds[reason])
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                if not chunk:
+                    continue
+                last = loop.time()
+                size += len(chunk)
+                if size > max_bytes:
+                    raise LimitExceeded(f"{what} exceeds the limit of {max_bytes} bytes")
+                timeout.reschedule(None)  # waiting for budget has its own bound
+                await hold.take_async(len(chunk), what)  # while the budget is full, this body is not read
+                if worker is not None:
+                    worker.submit(chunk, what)
+                if keep:
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise _too_slow(what, reason, size, loop.time() - start, limits) from None
+    if not keep or not chunks:
+        return b"", size
     if len(chunks) == 1:
         data = chunks[0]
     elif size > _JOIN_IN_THREAD:
@@ -249,7 +311,7 @@ async def _receive(
     else:
         data = b"".join(chunks)
     chunks.clear()
-    return data
+    return data, size
 
 
 def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> CoreError:

@@ -17,7 +17,7 @@ from ..inference import InferenceEngine
 from ..providers import EvidenceProvider
 from ..store import ModelStore
 from ..tls import TlsIdentity
-from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, UploadSlots, content_length, read_body
+from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, Sink, UploadSlots, content_length, read_body
 
 __all__ = ["MAX_PRESENTED_TOKENS", "ServerState", "bearer", "flag", "held", "presented_tokens"]
 
@@ -44,7 +44,9 @@ class ServerState:
         self.budget = MemoryBudget(self.body_limits.max_inflight_bytes)
         self.uploads = UploadSlots(self.body_limits.max_concurrent_uploads, 2 * self.body_limits.idle_timeout_s)
 
-    async def read(self, request: Request, hold: Hold, limit: int, what: str, *, sha256: bool = False) -> Body:
+    async def read(
+        self, request: Request, hold: Hold, limit: int, what: str, *, sha256: bool = False, into: Sink | None = None
+    ) -> Body:
         """A bounded body (see bodies.py); memory is counted in ``hold`` as bytes arrive."""
         return await read_body(
             request.stream(),
@@ -54,6 +56,7 @@ class ServerState:
             hold=hold,
             what=what,
             sha256=sha256,
+            into=into,
         )
 
 

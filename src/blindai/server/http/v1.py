@@ -1,12 +1,15 @@
 """BlindAI's model management routes (``/v1/models``): thin handlers over the store.
 
-Upload and replace stream the body through the bounded reader with its SHA-256 computed on
-the way; the store vets, loads and seals. Owner and upload tokens travel as bearer tokens.
+Upload and replace stream the body through the bounded reader into an in-memory model file,
+its SHA-256 computed on the way (``modelfile.py``); the store vets, loads and seals. Owner
+and upload tokens travel as bearer tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,30 +25,47 @@ from ...protocol.models import (
     encode_upload_answer,
 )
 from ..errors import InvalidRequest
+from ..modelfile import ModelFile
 from ..store import parse_hints
 from .bodies import Hold
 from .state import ServerState, bearer, flag, held, presented_tokens
 
 __all__ = ["routes"]
 
+T = TypeVar("T")
+
+
+async def in_thread(model: ModelFile, work: Callable[[ModelFile], T]) -> T:
+    """Store work in a worker thread, on a descriptor of its own: a request abandoned meanwhile
+    closes its file, never the one the store is reading (nor a number some other file reuses)."""
+    own = model.dup()
+
+    def run() -> T:
+        with own:
+            return work(own)
+
+    return await asyncio.to_thread(run)
+
 
 def routes(state: ServerState) -> list[Route]:
     """The ``/v1/models`` routes over ``state.store``."""
     store = state.store
 
-    async def receive_model(request: Request, hold: Hold) -> tuple[bytes, str]:
+    async def receive_model(request: Request, hold: Hold, model: ModelFile) -> str:
         async with state.uploads.slot():
-            body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True)
-        if not body.data:
+            body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True, into=model.write)
+        if not body.size:
             raise InvalidRequest("the upload is empty: send the ONNX model bytes as the request body")
+        model.finish()
         assert body.sha256 is not None
-        return body.data, body.sha256
+        return body.sha256
 
     async def replace(request: Request, hold: Hold) -> Response:
         ref = request.path_params["ref"]
         store.check_owner_early(ref, bearer(request))
-        data, sha256 = await receive_model(request, hold)
-        entry = await asyncio.to_thread(store.replace, ref, bearer(request), data, sha256)
+        with store.new_model_file() as model:
+            sha256 = await receive_model(request, hold, model)
+            entry = await in_thread(model, lambda own: store.replace(ref, bearer(request), own, sha256))
         return JSONResponse(entry.info().to_json())
 
     async def upload(request: Request, hold: Hold) -> Response:
@@ -61,10 +81,12 @@ def routes(state: ServerState) -> list[Route]:
         raw_public = request.headers.get(MODEL_PUBLIC)
         public = flag(raw_public, MODEL_PUBLIC) if raw_public is not None else bool(hints)
         name = request.headers.get(MODEL_NAME) or request.query_params.get("name")
-        data, sha256 = await receive_model(request, hold)
-        # `data` is the only reference to the body: store.add drops it once onnxruntime has the model.
-        entry, token = await asyncio.to_thread(store.add, data, sha256, name=name, hints=hints, public=public)
-        del data
+        # The body streams into an in-memory file; what the store keeps of it, it duplicates.
+        with store.new_model_file() as model:
+            sha256 = await receive_model(request, hold, model)
+            entry, token = await in_thread(
+                model, lambda own: store.add(own, sha256, name=name, hints=hints, public=public)
+            )
         return JSONResponse(encode_upload_answer(entry.info(), token), status_code=201)
 
     async def list_models(request: Request) -> Response:
