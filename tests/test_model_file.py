@@ -219,3 +219,14 @@ def test_uploads_and_deletes_leave_no_model_file_open(api: tuple[TestClient, Ser
     for bad in (b"not onnx at all", b""):
         assert client.post("/v1/models", content=bad).status_code in (400, 422)
     assert _memfds() == before
+
+
+def test_an_error_while_a_view_is_in_use_is_the_error_raised() -> None:
+    """A full disk while sealing from the mapping was reported as a BufferError (500), not a 507:
+    the failing write's traceback still held a slice of the mapping when it was closed."""
+    with ModelFile.from_bytes(_mlp(), memfd=True) as f:
+        kept: list[memoryview] = []
+        with pytest.raises(OSError, match="No space"), f.view() as view:
+            kept.append(view[10:20])
+            raise OSError(28, "No space left on device")
+        assert bytes(kept[0]) == _mlp()[10:20]  # the mapping stays until its last view goes

@@ -279,15 +279,18 @@ def test_a_crash_between_listing_and_rename_is_finished_and_an_unlisted_write_is
     monkeypatch.setattr(sealing.os, "replace", real_replace)
     again = sealing.SealedDirectory(folder, key)
     assert again.open(log) == [model_id]
-    meta, data = again.read(model_id)
-    assert (meta["sha256"], meta["version"], data) == ("two", 2, b"version two")
+    parts: list[bytes] = []
+    meta = again.read(model_id, parts.append)
+    assert (meta["sha256"], meta["version"], b"".join(parts)) == ("two", 2, b"version two")
 
     # A write that never got listed (the crash came before the manifest) is an unfinished upload: dropped.
     stray = folder / f".{model_id}.model.sealed.v9.pending.tmp"
     stray.write_bytes(b"half")
     third = sealing.SealedDirectory(folder, key)
     third.open(log)
-    assert not stray.exists() and third.read(model_id)[1] == b"version two"
+    parts.clear()
+    third.read(model_id, parts.append)
+    assert not stray.exists() and b"".join(parts) == b"version two"
 
 
 def test_store_commands_refuse_in_one_line_never_a_traceback(tmp_path: Path) -> None:

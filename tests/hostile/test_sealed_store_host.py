@@ -80,7 +80,7 @@ def test_a_fifo_in_place_of_a_listed_file_does_not_hang_the_read(tmp_path: Path)
     def read() -> None:
         try:
             sealing.SealedDirectory(folder, key).open(LOG)
-            d.read(model_id)
+            d.read(model_id, lambda _chunk: None)
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)

@@ -143,8 +143,17 @@ class ModelFile:
         if self.size == 0:
             yield memoryview(b"")
             return
-        with mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ) as m, memoryview(m) as v:
+        m = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
+        v = memoryview(m)
+        try:
             yield v
+        finally:
+            # A view still alive (a slice held by an exception's traceback) makes these raise
+            # BufferError, which would replace the exception that mattered: the mapping then goes
+            # when the last view does.
+            with contextlib.suppress(BufferError):
+                v.release()
+                m.close()
 
     def dup(self) -> ModelFile:
         """Another owner of the same finished model (its own descriptor; bytes are shared)."""

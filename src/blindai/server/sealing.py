@@ -1,11 +1,18 @@
 """Sealed files: models at rest, readable only by the same TEE identity.
 
-File layout (one file per model, and one manifest)::
+File layout (one file per model, and one manifest), format 2::
 
-    magic        8   b"BAISEAL1"
+    magic        8   b"BAISEAL2"
     header_len   4   little-endian
-    header       JSON: kind, model_id, metadata, wrapped data key and nonces
-    ciphertext   AES-256-GCM(data_key, data_nonce, plaintext, aad = magic || header)
+    header       JSON: id, metadata, wrapped data key, nonce prefix (7 bytes), chunk size
+    chunks       AES-256-GCM(data_key, prefix || index (4, big-endian) || final (1), chunk,
+                 aad = magic || header_len || header), each chunk `chunk` plaintext bytes
+                 but the last (0..chunk bytes, the only one with final = 1)
+
+A model is sealed and unsealed one chunk at a time (STREAM-style: the nonce carries the
+chunk's index and whether it is the last, so a reordered, repeated, dropped or cut chunk
+fails authentication), so neither direction holds a second copy of the model. Format 1
+(``b"BAISEAL1"``: the whole body one AES-GCM message under a data nonce) is still read.
 
 The data key is random per file and wrapped with AES-256-GCM under the sealing key
 (HKDF-SHA256 of the TEE's key, e.g. Gramine's ``_sgx_mrenclave``), with the model id as
@@ -25,6 +32,7 @@ import os
 import secrets
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +57,19 @@ __all__ = [
     "SealingKey",
     "atomic_write",
     "seal",
+    "seal_to",
     "sealing_key_for",
     "unseal",
+    "unseal_file",
 ]
 
-MAGIC = b"BAISEAL1"
+MAGIC = b"BAISEAL1"  # format 1: the body is one AES-GCM message (still read)
+MAGIC2 = b"BAISEAL2"  # format 2: the body is a sequence of AES-GCM chunks (written)
 MAX_HEADER = 1 << 20
+CHUNK = 4 << 20  # plaintext bytes per chunk (format 2): what a reader holds at once
+MIN_CHUNK, MAX_CHUNK = 4 << 10, 64 << 20  # a header asking for more is refused before reading
+_PREFIX = 7  # bytes of random nonce prefix; with a 4-byte index and a final flag: 12
+_TAG = 16
 _INFO = b"blindai/sealing/v1"
 
 
@@ -95,23 +110,33 @@ def _b64(b: bytes) -> str:
 
 
 def seal(key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes | memoryview) -> bytes:
-    return b"".join(seal_parts(key, ident, metadata, plaintext))
+    """A whole sealed file in memory (the manifest, the store commands); models use `seal_to`."""
+    parts: list[bytes] = []
+    seal_to(parts.append, key, ident, metadata, plaintext)
+    return b"".join(parts)
 
 
-def seal_parts(
-    key: SealingKey, ident: str, metadata: dict[str, Any], plaintext: bytes | memoryview
-) -> tuple[bytes, bytes]:
-    """The sealed file as (header, ciphertext): written one after the other, a model is not copied again."""
+def seal_to(
+    write: Callable[[bytes], object],
+    key: SealingKey,
+    ident: str,
+    metadata: dict[str, Any],
+    plaintext: bytes | memoryview,
+    chunk: int = CHUNK,
+) -> None:
+    """Seal ``plaintext`` (format 2), handing the file to ``write`` piece by piece: the header, then
+    one encrypted chunk at a time, so sealing a model holds one chunk more than the model."""
     data_key = AESGCM.generate_key(256)
     wrap_nonce, wrapped = key.wrap(data_key, ident)
-    data_nonce = secrets.token_bytes(12)
+    prefix = secrets.token_bytes(_PREFIX)
     header = json.dumps(
         {
             "id": ident,
             "meta": metadata,
             "wrap_nonce": _b64(wrap_nonce),
             "wrapped_key": _b64(wrapped),
-            "data_nonce": _b64(data_nonce),
+            "nonce_prefix": _b64(prefix),
+            "chunk": chunk,
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -121,39 +146,139 @@ def seal_parts(
             f"the sealed header of {ident!r} would be {len(header)} bytes, above the {MAX_HEADER} a store reads back"
             + (" (the manifest lists too many models: fewer --max-models)" if ident == "manifest" else "")
         )
-    aad = MAGIC + struct.pack("<I", len(header)) + header
-    return aad, AESGCM(data_key).encrypt(data_nonce, plaintext, aad)
+    aad = MAGIC2 + struct.pack("<I", len(header)) + header
+    write(aad)
+    aead = AESGCM(data_key)
+    with memoryview(plaintext).cast("B") as view:  # released even when a write fails (a full disk)
+        count = max(1, -(-len(view) // chunk))
+        for i in range(count):
+            piece = view[i * chunk : (i + 1) * chunk]
+            try:
+                sealed = aead.encrypt(_chunk_nonce(prefix, i, i == count - 1), piece, aad)
+            finally:
+                piece.release()
+            write(sealed)
 
 
-def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tuple[str, dict[str, Any], bytes]:
-    """Returns (id, metadata, plaintext), or raises SealedFileError saying what is wrong."""
-    if len(blob) < 12 or blob[:8] != MAGIC:
+def _chunk_nonce(prefix: bytes, index: int, final: bool) -> bytes:
+    """STREAM-style nonce: a per-file random prefix, the chunk's index, and whether it is the last,
+    so chunks cannot be reordered, dropped, repeated, or the file cut at a chunk boundary."""
+    return prefix + struct.pack(">IB", index, 1 if final else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    ident: str
+    meta: dict[str, Any]
+    aead: AESGCM
+    aad: bytes
+    version: int  # 1: one AES-GCM message; 2: chunks
+    nonce: bytes  # v1: the data nonce; v2: the chunk nonce prefix
+    chunk: int
+
+
+def _open_header(key: SealingKey, head: bytes, total: int, expected_id: str | None) -> _Opened:
+    """Parse and check a sealed file's header (``head`` holds at least its first 12 + header bytes,
+    ``total`` is the file's size); the header itself is authenticated later, by the first tag."""
+    if len(head) < 12 or head[:8] not in (MAGIC, MAGIC2):
         raise SealedFileError("not a BlindAI sealed file (bad magic)")
-    (hlen,) = struct.unpack_from("<I", blob, 8)
-    if hlen > MAX_HEADER or 12 + hlen > len(blob):
+    (hlen,) = struct.unpack_from("<I", head, 8)
+    if hlen > MAX_HEADER or 12 + hlen > min(len(head), total):
         raise SealedFileError("sealed file truncated in its header")
-    raw = blob[12 : 12 + hlen]
+    v2 = head[:8] == MAGIC2
     try:
-        header = json.loads(raw)
+        header = json.loads(head[12 : 12 + hlen])
         if not isinstance(header, dict):
             raise TypeError("the header is not an object")
         ident = str(header["id"])
         meta = dict(header["meta"])
         wrap_nonce = base64.b64decode(header["wrap_nonce"])
         wrapped = base64.b64decode(header["wrapped_key"])
-        data_nonce = base64.b64decode(header["data_nonce"])
+        nonce = base64.b64decode(header["nonce_prefix" if v2 else "data_nonce"])
+        chunk = header["chunk"] if v2 else 0
+        if v2 and (len(nonce) != _PREFIX or type(chunk) is not int or not MIN_CHUNK <= chunk <= MAX_CHUNK):
+            raise ValueError("bad nonce prefix or chunk size")
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SealedFileError("sealed file header is malformed") from exc
     if expected_id is not None and ident != expected_id:
         raise SealedFileError(f"sealed file holds {ident!r}, not {expected_id!r}")
     data_key = key.unwrap(wrap_nonce, wrapped, ident)
+    return _Opened(ident, meta, AESGCM(data_key), bytes(head[: 12 + hlen]), 2 if v2 else 1, nonce, chunk)
+
+
+def _chunk_sizes(body: int, chunk: int) -> list[int]:
+    """The sealed sizes of a format-2 body's chunks: all full but the last, which holds 0..chunk bytes."""
+    full = chunk + _TAG
+    count = max(1, -(-body // full))
+    last = body - (count - 1) * full
+    if body < _TAG or last < _TAG:
+        raise SealedFileError("sealed file is truncated or tampered with (a chunk is cut short)")
+    return [full] * (count - 1) + [last]
+
+
+def _decrypt(opened: _Opened, index: int, final: bool, data: bytes | memoryview) -> bytes:
+    nonce = opened.nonce if opened.version == 1 else _chunk_nonce(opened.nonce, index, final)
     try:
-        plaintext = AESGCM(data_key).decrypt(data_nonce, blob[12 + hlen :], blob[: 12 + hlen])
+        return opened.aead.decrypt(nonce, data, opened.aad)
     except InvalidTag:
         raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
     except (ValueError, TypeError, OverflowError) as exc:  # an authenticated header cannot get here; fail closed
         raise SealedFileError(f"sealed file header is malformed ({exc})") from None
-    return ident, meta, plaintext
+
+
+def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tuple[str, dict[str, Any], bytes]:
+    """Returns (id, metadata, plaintext) of a whole file (format 1 or 2), or raises SealedFileError."""
+    parts: list[bytes] = []
+    ident, meta = _unseal_view(key, memoryview(blob), expected_id, parts.append)
+    return ident, meta, b"".join(parts)
+
+
+def _unseal_view(
+    key: SealingKey, blob: memoryview, expected_id: str | None, sink: Callable[[bytes], object]
+) -> tuple[str, dict[str, Any]]:
+    opened = _open_header(key, bytes(blob[: 12 + MAX_HEADER]), len(blob), expected_id)
+    body = blob[len(opened.aad) :]
+    if opened.version == 1:
+        sink(_decrypt(opened, 0, True, body))
+        return opened.ident, opened.meta
+    sizes = _chunk_sizes(len(body), opened.chunk)
+    at = 0
+    for i, size in enumerate(sizes):
+        sink(_decrypt(opened, i, i == len(sizes) - 1, body[at : at + size]))
+        at += size
+    return opened.ident, opened.meta
+
+
+def unseal_file(
+    key: SealingKey, path: Path, expected_id: str | None, sink: Callable[[bytes], object], limit: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """Decrypt a sealed file into ``sink`` one chunk at a time (format 2; format 1 files whole).
+
+    Plaintext reaches the sink before the last tag is checked: on any SealedFileError the
+    caller discards what it received. Same guards as `read_regular` (a regular file, at most
+    ``limit`` bytes, an open that never blocks).
+    """
+    limit = limit or MAX_FILE
+    fd = _open_regular(path, limit)
+    try:
+        total = os.fstat(fd).st_size
+        head = os.pread(fd, 12 + MAX_HEADER, 0)
+        if head[:8] != MAGIC2:  # format 1 is one AES-GCM message: read whole, as it always was
+            blob = _read_all(fd, total)
+            return _unseal_view(key, memoryview(blob), expected_id, sink)
+        opened = _open_header(key, head, total, expected_id)
+        del head
+        sizes = _chunk_sizes(total - len(opened.aad), opened.chunk)
+        at = len(opened.aad)
+        for i, size in enumerate(sizes):
+            data = os.pread(fd, size, at)
+            if len(data) != size:
+                raise SealedFileError("sealed file is truncated or tampered with (it changed while read)")
+            sink(_decrypt(opened, i, i == len(sizes) - 1, data))
+            at += size
+        return opened.ident, opened.meta
+    finally:
+        os.close(fd)
 
 
 # The largest sealed file read at start unless the store says otherwise (a 2 GiB model, its header).
@@ -167,6 +292,14 @@ def read_regular(path: Path, limit: int = MAX_FILE) -> bytes:
     file where a model file was: O_NONBLOCK makes the open return, fstat refuses what is not a
     regular file, and the size is checked before anything is read.
     """
+    fd = _open_regular(path, limit)
+    try:
+        return _read_all(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: Path, limit: int) -> int:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
@@ -176,23 +309,28 @@ def read_regular(path: Path, limit: int = MAX_FILE) -> bytes:
             raise SealedFileError(f"{path.name} is not a regular file")
         if st.st_size > limit:
             raise SealedFileError(f"{path.name} holds {st.st_size} bytes, more than a sealed model may ({limit})")
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def header_of(path: Path) -> dict[str, Any] | None:
     """A sealed file's header, unauthenticated (the tag covers it with the body): for refusing, never trusting."""
     try:
         head = read_regular_prefix(path, 12 + MAX_HEADER)
-        if len(head) < 12 or head[:8] != MAGIC:
+        if len(head) < 12 or head[:8] not in (MAGIC, MAGIC2):
             return None
         (hlen,) = struct.unpack_from("<I", head, 8)
         header = json.loads(head[12 : 12 + hlen])
@@ -476,13 +614,16 @@ class SealedDirectory:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    def read(self, model_id: str) -> tuple[dict[str, Any], bytes]:
-        """One listed model, checked against the manifest; raises OSError or SealedFileError."""
+    def read(self, model_id: str, sink: Callable[[bytes], object]) -> dict[str, Any]:
+        """One listed model into ``sink``, checked against the manifest; returns its metadata.
+
+        Raises OSError or SealedFileError; the sink may then hold part of the file: discard it.
+        """
         entry = self.manifest.models.get(model_id)
         if entry is None:
             raise SealedFileError(f"model {model_id} is not in the manifest")
         try:
-            _, meta, data = unseal(self.key, read_regular(self._path(model_id), self.max_file), model_id)
+            _, meta = unseal_file(self.key, self._path(model_id), model_id, sink, self.max_file)
         except (SealedFileError, OSError):
             raise
         except Exception as exc:  # any malformed file is a skipped file, never a failed start
@@ -498,7 +639,7 @@ class SealedDirectory:
             )
         if meta.get("sha256") != entry.sha256:
             raise SealedFileError("the file is not the version the manifest lists (content hash differs)")
-        return meta, data
+        return meta
 
     def save(self, model_id: str, meta: dict[str, Any], data: bytes | memoryview) -> None:
         """Pending file, then the manifest listing it, then the rename: a crash leaves the old state or the new."""
@@ -508,12 +649,10 @@ class SealedDirectory:
         meta = {**meta, "store_id": self.manifest.store_id, "version": version}
         pending = self._pending(model_id, version)
         final = self._path(model_id)
-        head, body = seal_parts(self.key, model_id, meta, data)
         fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(head)
-                f.write(body)
+                seal_to(f.write, self.key, model_id, meta, data)
                 f.flush()
                 os.fsync(f.fileno())
             owner = meta.get("owner_token_hash")
@@ -576,7 +715,7 @@ def check_store(folder: Path, key: SealingKey) -> StoreReport:
             report = StoreReport(f"unusable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
     for model_id in sorted(d.manifest.models):
         try:
-            d.read(model_id)
+            d.read(model_id, lambda _chunk: None)  # authenticated chunk by chunk, nothing kept
             report.listed_ok.append(model_id)
         except (SealedFileError, OSError) as exc:
             report.listed_bad[model_id] = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -181,9 +181,9 @@ class ModelStore:
     def _load_one(self, model_id: str) -> bool:
         assert self.sealed is not None
         try:
-            meta, data = self.sealed.read(model_id)
-            with ModelFile.from_bytes(data, memfd=self.memfd) as model:
-                del data
+            with self.new_model_file() as model:
+                meta = self.sealed.read(model_id, model.write)  # decrypted chunk by chunk into the file
+                model.finish()
                 with model.view() as view:
                     held = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
                 entry = ModelEntry(
