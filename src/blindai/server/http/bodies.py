@@ -350,17 +350,24 @@ class HeldResponse(Response):
         self.headers["content-length"] = str(sum(len(c) for c in self.chunks))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def deliver(message: dict[str, Any]) -> None:
-            await asyncio.wait_for(send(message), self.send_timeout_s)
-
+        loop = asyncio.get_running_loop()
         try:
-            await deliver({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            chunks, self.chunks = self.chunks, []
-            for chunk in chunks:
-                view = memoryview(chunk)
-                for i in range(0, len(view), self.SLICE):
-                    await deliver({"type": "http.response.body", "body": view[i : i + self.SLICE], "more_body": True})
-            await deliver({"type": "http.response.body", "body": b"", "more_body": False})
+            # One timeout, moved before each send (no task per send, as wait_for makes).
+            async with asyncio.timeout(None) as timeout:
+
+                async def deliver(message: dict[str, Any]) -> None:
+                    timeout.reschedule(loop.time() + self.send_timeout_s)
+                    await send(message)
+
+                await deliver({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                chunks, self.chunks = self.chunks, []
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    for i in range(0, len(view), self.SLICE):
+                        await deliver(
+                            {"type": "http.response.body", "body": view[i : i + self.SLICE], "more_body": True}
+                        )
+                await deliver({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
             pass  # an incomplete response: uvicorn closes the connection (and logs it once)
         finally:

@@ -8,19 +8,24 @@ runs it on the engine and holds the response's share of the budget until it is s
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..._version import __version__
-from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response, json_response_bound
+from ...protocol.infer import HEADER_LENGTH, InferRequest, decode_request, encode_response, json_response_bound
 from ...protocol.models import MODEL_SHA256
 from ..errors import InvalidRequest
 from .bodies import HeldResponse, Hold
 from .state import ServerState, held, presented_tokens
 
-__all__ = ["routes"]
+__all__ = ["INLINE_BYTES", "routes"]
+
+# Requests and responses up to this size are decoded and encoded on the event loop: for them a
+# thread hop (tens of microseconds, more under load) costs more than the work, which is bounded.
+INLINE_BYTES = 64 << 10
 
 
 def routes(state: ServerState) -> list[Route]:
@@ -69,11 +74,13 @@ def routes(state: ServerState) -> list[Route]:
         def reserve(n: int) -> None:
             hold.take(n, "decoding this request")
 
-        # Off the event loop, and bounded before it allocates (protocol/infer.py); a TensorError
-        # becomes its status in server/http/errors.py.
-        req = await asyncio.to_thread(
-            decode_request, body, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve
-        )
+        # Bounded before it allocates (protocol/infer.py), and off the event loop unless the body is
+        # small enough that decoding it costs less than the hop to a thread; a TensorError becomes its
+        # status in server/http/errors.py.
+        def decode(data: bytes) -> InferRequest:
+            return decode_request(data, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve)
+
+        req = decode(body) if len(body) <= INLINE_BYTES else await asyncio.to_thread(decode, body)
         pin = req.parameters.get("blindai_model_sha256")
         if pin is not None:
             if not isinstance(pin, str):
@@ -104,7 +111,12 @@ def routes(state: ServerState) -> list[Route]:
         # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
         # Taken without waiting: outputs that waited for room would be memory nobody counts.
         hold.take(sum(a.nbytes for a in outputs.values()) + 3 * json_bound, "this response")
-        chunks, head_len = await asyncio.to_thread(lambda: encode_response(model_id, outputs, binary, request_id=rid))
+
+        def encode() -> tuple[list[Any], int | None]:
+            return encode_response(model_id, outputs, binary, request_id=rid)
+
+        small = not strings and json_bound + sum(a.nbytes for a in outputs.values()) <= INLINE_BYTES
+        chunks, head_len = encode() if small else await asyncio.to_thread(encode)
         if head_len is None:
             return HeldResponse(chunks, hold, "application/json", {}, state.body_limits.idle_timeout_s)
         return HeldResponse(
