@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import mmap
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from blindai.server.errors import CapacityExceeded
 from blindai.server.http.app import ServerState, attested_app
-from blindai.server.http.bodies import BodyLimits, Hold, MemoryBudget, read_body
+from blindai.server.http.bodies import Body, BodyLimits, Hold, MemoryBudget, read_body
 from blindai.server.http.v1 import in_thread
 from blindai.server.inference import InferenceEngine, LoadedModel
 from blindai.server.modelfile import ModelFile, memfd_usable
@@ -137,55 +137,43 @@ def test_store_work_survives_its_request_being_abandoned() -> None:
     assert _memfds() == before
 
 
-async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
-    for p in parts:
-        yield p
-        await asyncio.sleep(0)
+def _read_into(parts: list[bytes], into: Callable[[bytes], None]) -> Body:
+    """The body reader over these chunks, with hashing and a sink (a model upload's settings)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for p in parts:
+            yield p
+            await asyncio.sleep(0)
+
+    hold = Hold(MemoryBudget(1 << 30))
+    try:
+        return asyncio.run(
+            read_body(
+                chunks(), None, max_bytes=1 << 20, limits=BodyLimits(), hold=hold, what="model", sha256=True, into=into
+            )
+        )
+    finally:
+        hold.release()
 
 
 def test_a_body_streams_into_the_file_in_order_with_its_hash() -> None:
     parts = [os.urandom(n) for n in (1, 70_000, 3, 262_144, 5000)]
     data = b"".join(parts)
     with ModelFile(memfd=True) as f:
-        hold = Hold(MemoryBudget(1 << 30))
-        body = asyncio.run(
-            read_body(
-                _chunks(parts),
-                None,
-                max_bytes=1 << 20,
-                limits=BodyLimits(),
-                hold=hold,
-                what="model",
-                sha256=True,
-                into=f.write,
-            )
-        )
+        body = _read_into(parts, f.write)
         f.finish()
         assert body.data == b"" and body.size == len(data)
         assert body.sha256 == hashlib.sha256(data).hexdigest()
         with f.view() as view:
             assert bytes(view) == data
-        hold.release()
 
 
 def test_a_model_the_server_cannot_hold_is_507_not_a_crash() -> None:
     def full(_chunk: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    hold = Hold(MemoryBudget(1 << 30))
     with pytest.raises(CapacityExceeded, match="could not be held"):
-        asyncio.run(
-            read_body(
-                _chunks([b"x" * 1000] * 5),
-                None,
-                max_bytes=1 << 20,
-                limits=BodyLimits(),
-                hold=hold,
-                what="model",
-                sha256=True,
-                into=full,
-            )
-        )
+        _read_into([b"x" * 1000] * 5, full)
 
 
 @pytest.fixture
