@@ -338,6 +338,7 @@ class HeldResponse(Response):
     """
 
     SLICE = 256 << 10
+    ONE_SEND = 64 << 10
 
     def __init__(
         self, chunks: list[Any], hold: Hold, media_type: str, headers: dict[str, str], send_timeout_s: float = 20.0
@@ -361,13 +362,15 @@ class HeldResponse(Response):
 
                 await deliver({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 chunks, self.chunks = self.chunks, []
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    for i in range(0, len(view), self.SLICE):
-                        await deliver(
-                            {"type": "http.response.body", "body": view[i : i + self.SLICE], "more_body": True}
-                        )
-                await deliver({"type": "http.response.body", "body": b"", "more_body": False})
+                slices = [memoryview(c)[i : i + self.SLICE] for c in chunks for i in range(0, len(c), self.SLICE)]
+                # A small body (below the transport's high-water mark, so never more than a connection
+                # buffers anyway) goes out in one send that ends it; a larger one ends with an empty
+                # send, which waits until its last slice has drained.
+                last = len(slices) if sum(len(p) for p in slices) <= self.ONE_SEND else -1
+                for n, piece in enumerate(slices, 1):
+                    await deliver({"type": "http.response.body", "body": piece, "more_body": n != last})
+                if last == -1 or not slices:
+                    await deliver({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
             pass  # an incomplete response: uvicorn closes the connection (and logs it once)
         finally:
