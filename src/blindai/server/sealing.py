@@ -39,6 +39,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -170,6 +171,7 @@ def _chunk_nonce(prefix: bytes, index: int, final: bool) -> bytes:
 class _Opened:
     ident: str
     meta: dict[str, Any]
+    data_key: bytes
     aead: AESGCM
     aad: bytes
     version: int  # 1: one AES-GCM message; 2: chunks
@@ -203,7 +205,9 @@ def _open_header(key: SealingKey, head: bytes, total: int, expected_id: str | No
     if expected_id is not None and ident != expected_id:
         raise SealedFileError(f"sealed file holds {ident!r}, not {expected_id!r}")
     data_key = key.unwrap(wrap_nonce, wrapped, ident)
-    return _Opened(ident, meta, AESGCM(data_key), bytes(head[: 12 + hlen]), 2 if v2 else 1, nonce, chunk)
+    if not v2 and not 8 <= len(nonce) <= 128:
+        raise SealedFileError("sealed file header is malformed (data nonce length)")
+    return _Opened(ident, meta, data_key, AESGCM(data_key), bytes(head[: 12 + hlen]), 2 if v2 else 1, nonce, chunk)
 
 
 def _chunk_sizes(body: int, chunk: int) -> list[int]:
@@ -250,32 +254,63 @@ def _unseal_view(
 
 
 def unseal_file(
-    key: SealingKey, path: Path, expected_id: str | None, sink: Callable[[bytes], object], limit: int = 0
+    key: SealingKey,
+    path: Path,
+    expected_id: str | None,
+    sink: Callable[[bytes], object],
+    limit: int = 0,
+    *,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Decrypt a sealed file into ``sink`` one chunk at a time (format 2; format 1 files whole).
+    """Decrypt a sealed file into ``sink`` at most `CHUNK` bytes at a time, either format.
 
     Plaintext reaches the sink before the last tag is checked: on any SealedFileError the
-    caller discards what it received. Same guards as `read_regular` (a regular file, at most
-    ``limit`` bytes, an open that never blocks).
+    caller discards what it received. ``check`` sees the metadata as the header claims it,
+    before any of the body is read (it may only refuse: nothing is authenticated yet). Same
+    guards as `read_regular` (a regular file, at most ``limit`` bytes, an open that never
+    blocks). Memory stays at one chunk whatever the file says, so a host that rewrites a file
+    as format 1 (one message, authenticated only at its end) gains nothing by it.
     """
     limit = limit or MAX_FILE
     fd = _open_regular(path, limit)
     try:
         total = os.fstat(fd).st_size
-        head = os.pread(fd, 12 + MAX_HEADER, 0)
-        if head[:8] != MAGIC2:  # format 1 is one AES-GCM message: read whole, as it always was
-            blob = _read_all(fd, total)
-            return _unseal_view(key, memoryview(blob), expected_id, sink)
-        opened = _open_header(key, head, total, expected_id)
-        del head
-        sizes = _chunk_sizes(total - len(opened.aad), opened.chunk)
-        at = len(opened.aad)
-        for i, size in enumerate(sizes):
+        opened = _open_header(key, os.pread(fd, 12 + MAX_HEADER, 0), total, expected_id)
+        if check is not None:
+            check(opened.meta)
+        at, body = len(opened.aad), total - len(opened.aad)
+
+        def piece(size: int) -> bytes:
+            nonlocal at
             data = os.pread(fd, size, at)
             if len(data) != size:
                 raise SealedFileError("sealed file is truncated or tampered with (it changed while read)")
-            sink(_decrypt(opened, i, i == len(sizes) - 1, data))
             at += size
+            return data
+
+        if opened.version == 2:
+            sizes = _chunk_sizes(body, opened.chunk)
+            for i, size in enumerate(sizes):
+                sink(_decrypt(opened, i, i == len(sizes) - 1, piece(size)))
+            return opened.ident, opened.meta
+        # Format 1: one AES-GCM message, decrypted as a stream; its tag (the last 16 bytes) is checked at the end.
+        if body < _TAG:
+            raise SealedFileError("sealed file is truncated or tampered with (authentication failed)")
+        tag = os.pread(fd, _TAG, total - _TAG)
+        try:
+            decryptor = Cipher(algorithms.AES(opened.data_key), modes.GCM(opened.nonce, tag)).decryptor()
+        except ValueError as exc:
+            raise SealedFileError(f"sealed file header is malformed ({exc})") from None
+        decryptor.authenticate_additional_data(opened.aad)
+        left = body - _TAG
+        while left:
+            n = min(left, CHUNK)
+            sink(decryptor.update(piece(n)))
+            left -= n
+        try:
+            decryptor.finalize()
+        except InvalidTag:
+            raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
         return opened.ident, opened.meta
     finally:
         os.close(fd)
@@ -622,23 +657,29 @@ class SealedDirectory:
         entry = self.manifest.models.get(model_id)
         if entry is None:
             raise SealedFileError(f"model {model_id} is not in the manifest")
+
+        def listed(meta: dict[str, Any]) -> None:
+            store_id = meta.get("store_id")
+            if self.manifest.store_id and store_id is not None and store_id != self.manifest.store_id:
+                raise SealedFileError("the file belongs to another model store")
+            version = meta.get("version")
+            if entry.version is not None and version != entry.version:
+                raise SealedFileError(
+                    f"the file holds version {version!r}, the manifest lists version {entry.version} "
+                    "(a file from another time: not loaded)"
+                )
+            if meta.get("sha256") != entry.sha256:
+                raise SealedFileError("the file is not the version the manifest lists (content hash differs)")
+
         try:
-            _, meta = unseal_file(self.key, self._path(model_id), model_id, sink, self.max_file)
+            # Checked on the header before the body is read (a rolled-back file costs no decryption),
+            # and again once the tags have authenticated it.
+            _, meta = unseal_file(self.key, self._path(model_id), model_id, sink, self.max_file, check=listed)
         except (SealedFileError, OSError):
             raise
         except Exception as exc:  # any malformed file is a skipped file, never a failed start
             raise SealedFileError(f"sealed file is malformed ({type(exc).__name__})") from None
-        store_id = meta.get("store_id")
-        if self.manifest.store_id and store_id is not None and store_id != self.manifest.store_id:
-            raise SealedFileError("the file belongs to another model store")
-        version = meta.get("version")
-        if entry.version is not None and version != entry.version:
-            raise SealedFileError(
-                f"the file holds version {version!r}, the manifest lists version {entry.version} "
-                "(a file from another time: not loaded)"
-            )
-        if meta.get("sha256") != entry.sha256:
-            raise SealedFileError("the file is not the version the manifest lists (content hash differs)")
+        listed(meta)
         return meta
 
     def save(self, model_id: str, meta: dict[str, Any], data: bytes | memoryview) -> None:

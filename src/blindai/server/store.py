@@ -213,6 +213,12 @@ class ModelStore:
             self._retry_at[model_id] = time.monotonic() + RETRY_S
         return False
 
+    def reload_due(self, ref: str) -> bool:
+        """Whether `get` would now read a listed model that did not load again (a whole file:
+        callers on an event loop run that `get` in a thread)."""
+        with self._lock:
+            return ref in self._unavailable and time.monotonic() >= self._retry_at.get(ref, 0.0)
+
     def _retry(self, model_id: str) -> None:
         """A listed model that did not load is tried again when asked for, at most every RETRY_S."""
         with self._lock:
@@ -314,6 +320,11 @@ class ModelStore:
         entry = build(self._load(model), held)
         with self._write_lock:
             with self._lock:
+                if replacing is not None and self._models.get(replacing.model_id) is not replacing:
+                    raise Conflict(
+                        f"model {replacing.model_id} was deleted or replaced while this replacement was loading; "
+                        "nothing was changed"
+                    )
                 self._check_room(held, replacing=replacing)
                 if public_name is not None:
                     self._check_public_name(public_name)

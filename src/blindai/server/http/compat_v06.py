@@ -110,7 +110,7 @@ def attested_routes(state: ServerState) -> list[Route]:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
         model_id = v06.model_id_field(msg)
         if model_id:  # 0.6 clients send the hash field too (empty) when they name the id
-            entry = store.get(model_id)
+            entry = await state.model(model_id)
         else:
             model_hash = v06.model_hash_field(msg)
             # A content hash is no capability (anyone may know a public checkpoint's): only models
@@ -133,7 +133,7 @@ def attested_routes(state: ServerState) -> list[Route]:
 
     async def delete(request: Request, hold: Hold) -> Response:
         msg = await decode(await read_body(request, hold), hold, CBOR_COST)
-        entry = store.get(v06.model_id_field(msg))
+        entry = await state.model(v06.model_id_field(msg))
         if not entry.hints.get(LEGACY_HINT):
             raise Forbidden("this model is owner-protected: delete it with DELETE /v1/models/{id} and its owner token")
         await asyncio.to_thread(store.delete_unprotected, entry.model_id)

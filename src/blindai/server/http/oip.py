@@ -42,7 +42,7 @@ def routes(state: ServerState) -> list[Route]:
         return JSONResponse({"name": "blindai", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(request: Request) -> Response:
-        entry = store.get(request.path_params["ref"], tokens=presented_tokens(request))
+        entry = await state.model(request.path_params["ref"], tokens=presented_tokens(request))
         return JSONResponse(
             {
                 "name": entry.model_id,
@@ -54,7 +54,7 @@ def routes(state: ServerState) -> list[Route]:
         )
 
     async def model_ready(request: Request) -> Response:
-        entry = store.get(request.path_params["ref"], tokens=presented_tokens(request))
+        entry = await state.model(request.path_params["ref"], tokens=presented_tokens(request))
         return JSONResponse({"name": entry.model_id, "ready": True})
 
     async def infer(request: Request, hold: Hold) -> Response:
@@ -66,7 +66,7 @@ def routes(state: ServerState) -> list[Route]:
             except ValueError:
                 raise InvalidRequest(f"{HEADER_LENGTH} is not an integer") from None
         # The model first: a request for a model that is not there costs neither its body nor decoding.
-        entry = store.get(
+        entry = await state.model(
             request.path_params["ref"], sha256=request.headers.get(MODEL_SHA256), tokens=presented_tokens(request)
         )
         body = (await state.read(request, hold, state.max_request_bytes, "request body")).data

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -15,7 +16,7 @@ from ..errors import InvalidRequest
 from ..evidence import EvidenceService, NonceRateLimiter
 from ..inference import InferenceEngine
 from ..providers import EvidenceProvider
-from ..store import ModelStore
+from ..store import ModelEntry, ModelStore
 from ..tls import TlsIdentity
 from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, Sink, UploadSlots, content_length, read_body
 
@@ -43,6 +44,13 @@ class ServerState:
         self.evidence = EvidenceService(self.provider, self.identity.spki_sha256, self.limiter)
         self.budget = MemoryBudget(self.body_limits.max_inflight_bytes)
         self.uploads = UploadSlots(self.body_limits.max_concurrent_uploads, 2 * self.body_limits.idle_timeout_s)
+
+    async def model(self, ref: str, *, sha256: str | None = None, tokens: Iterable[str] = ()) -> ModelEntry:
+        """``store.get`` for handlers: a due reload of a listed model that did not load (a whole
+        sealed file read and decrypted) runs in a thread, never on the event loop."""
+        if self.store.reload_due(ref):
+            return await asyncio.to_thread(self.store.get, ref, sha256=sha256, tokens=tokens)
+        return self.store.get(ref, sha256=sha256, tokens=tokens)
 
     async def read(
         self, request: Request, hold: Hold, limit: int, what: str, *, sha256: bool = False, into: Sink | None = None

@@ -62,7 +62,9 @@ def routes(state: ServerState) -> list[Route]:
 
     async def replace(request: Request, hold: Hold) -> Response:
         ref = request.path_params["ref"]
-        store.check_owner_early(ref, bearer(request))
+        token = bearer(request)
+        await state.model(ref, tokens=[token] if token else [])  # a due reload happens in a thread
+        store.check_owner_early(ref, token)
         with store.new_model_file() as model:
             sha256 = await receive_model(request, hold, model)
             entry = await in_thread(model, lambda own: store.replace(ref, bearer(request), own, sha256))
@@ -93,7 +95,8 @@ def routes(state: ServerState) -> list[Route]:
         return JSONResponse(encode_model_list([m.info() for m in store.list(presented_tokens(request))]))
 
     async def get_model(request: Request) -> Response:
-        return JSONResponse(store.get(request.path_params["ref"], tokens=presented_tokens(request)).info().to_json())
+        entry = await state.model(request.path_params["ref"], tokens=presented_tokens(request))
+        return JSONResponse(entry.info().to_json())
 
     async def delete_model(request: Request) -> Response:
         entry = await asyncio.to_thread(store.delete, request.path_params["ref"], bearer(request))

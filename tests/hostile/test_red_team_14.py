@@ -1,0 +1,192 @@
+"""Findings of the red-team pass over the rebuilt upload and store path, kept as tests.
+
+- F1: a replacement racing a delete of the same model re-listed the deleted model (and sealed
+  it, and overshot --max-models): the replacement now fails with a 409 and nothing changes.
+- F2: a host that rewrote a sealed file as format 1 (one AES-GCM message, authenticated only
+  at its end) and padded it made the server read and hold the whole padded file, about twice
+  --max-model-bytes, from a 4 KiB sparse file: format 1 is now decrypted as a stream too.
+- F3: the reload of a listed model that did not load (a whole file read and decrypted) ran on
+  the attested event loop from any GET: it now runs in a thread, and a file whose header names
+  another version is refused before its body is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from blindai.server import sealing
+from blindai.server import store as store_module
+from blindai.server.errors import Conflict
+from blindai.server.http.app import ServerState, attested_app
+from blindai.server.inference import InferenceEngine
+from blindai.server.providers import SimulationProvider
+from blindai.server.store import ModelStore, StoreLimits
+from blindai.server.tls import make_identity
+from tests import onnx_models
+
+LOG = logging.getLogger("test")
+
+
+def _model(seed: int) -> bytes:
+    return onnx_models.mlp(in_dim=4, hidden=8, out_dim=2, seed=seed).SerializeToString()
+
+
+def test_f1_a_replacement_racing_a_delete_never_brings_the_model_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = sealing.SealingKey(os.urandom(32), source="test")
+    sealed = sealing.SealedDirectory(tmp_path / "store", key)
+    store = ModelStore(StoreLimits(max_models=1), sealed=sealed, memfd=True)
+    store.load_sealed()
+    first = _model(1)
+    entry, token = store.add(first, hashlib.sha256(first).hexdigest(), name="m")
+
+    loading, go_on = threading.Event(), threading.Event()
+    real_vet = store_module.vet_model
+
+    def slow_vet(*args: object, **kwargs: object) -> int:
+        loading.set()
+        assert go_on.wait(10)
+        return real_vet(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "vet_model", slow_vet)
+    second = _model(2)
+    outcome: list[BaseException | object] = []
+
+    def replace() -> None:
+        try:
+            outcome.append(store.replace(entry.model_id, token, second, hashlib.sha256(second).hexdigest()))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=replace)
+    t.start()
+    assert loading.wait(10)
+    store.delete(entry.model_id, token)  # the owner's delete is acknowledged...
+    monkeypatch.setattr(store_module, "vet_model", real_vet)
+    third = _model(3)
+    store.add(third, hashlib.sha256(third).hexdigest(), name="other tenant")  # ...and its slot reused
+    go_on.set()
+    t.join(10)
+    assert isinstance(outcome[0], Conflict), outcome  # the old code answered 200 and re-listed the model
+    assert entry.model_id not in {m.model_id for m in store.all()}
+    assert len(store.all()) == 1  # --max-models 1 holds
+    again = ModelStore(StoreLimits(max_models=1), sealed=sealing.SealedDirectory(tmp_path / "store", key))
+    assert again.load_sealed() == 1 and entry.model_id not in {m.model_id for m in again.all()}
+
+
+def _as_format_1(blob: bytes, pad_to: int) -> bytes:
+    """What the host can do without the key: relabel a format-2 file as format 1 (adding a data
+    nonce to the header) and pad it; authentication can only fail at the end."""
+    (hlen,) = struct.unpack_from("<I", blob, 8)
+    header = json.loads(blob[12 : 12 + hlen])
+    header["data_nonce"] = base64.b64encode(os.urandom(12)).decode()
+    raw = json.dumps(header).encode()
+    body = blob[12 + hlen :]
+    out = sealing.MAGIC + struct.pack("<I", len(raw)) + raw + body
+    return out + b"\0" * (pad_to - len(out))
+
+
+def test_f2_a_file_relabelled_as_format_1_costs_one_chunk_of_memory(tmp_path: Path) -> None:
+    key = sealing.SealingKey(os.urandom(32), source="test")
+    blob = sealing.seal(key, "abc", {"sha256": "00"}, os.urandom(1000))
+    path = tmp_path / "abc.model.sealed"
+    size = 96 << 20
+    with path.open("wb") as f:  # sparse: the host spends 4 KiB of disk
+        f.write(_as_format_1(blob, 4096))
+        f.truncate(size)
+    received = 0
+
+    def sink(chunk: bytes) -> None:
+        nonlocal received
+        received += len(chunk)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(sealing.SealedFileError):
+            sealing.unseal_file(key, path, "abc", sink, size + 1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * sealing.CHUNK, peak  # the old reader held the whole file, then its plaintext: 192 MiB
+    assert received > 64 << 20  # it was read (and discarded) chunk by chunk: the tag is at the end
+
+
+def test_f3_a_rolled_back_file_is_refused_before_its_body_is_read(tmp_path: Path) -> None:
+    key = sealing.SealingKey(os.urandom(32), source="test")
+    d = sealing.SealedDirectory(tmp_path / "store", key)
+    d.open(LOG)
+    d.save("m1", {"sha256": "aa"}, b"version one" * 1000)
+    old = (tmp_path / "store" / "m1.model.sealed").read_bytes()
+    d.save("m1", {"sha256": "bb"}, b"version two")
+    (tmp_path / "store" / "m1.model.sealed").write_bytes(old)  # the host restores the old file
+    got: list[bytes] = []
+    with pytest.raises(sealing.SealedFileError, match="version"):
+        d.read("m1", got.append)
+    assert got == []  # refused on the header: no chunk decrypted
+
+
+@pytest.fixture
+def broken_store(tmp_path: Path) -> Iterator[tuple[TestClient, str, list[bool]]]:
+    """A server whose one listed model does not load (its file truncated), and a record of whether
+    each reload ran with an event loop running in its thread."""
+    key = sealing.SealingKey(os.urandom(32), source="test")
+    folder = tmp_path / "store"
+    st = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
+    st.load_sealed()
+    data = _model(4)
+    entry, _ = st.add(data, hashlib.sha256(data).hexdigest(), name="m")
+    path = folder / f"{entry.model_id}.model.sealed"
+    path.write_bytes(path.read_bytes()[:-1])
+    store = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
+    assert store.load_sealed() == 0
+    on_loop: list[bool] = []
+    real = store._load_one
+
+    def load_one(model_id: str) -> bool:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(model_id)
+
+    store._load_one = load_one  # type: ignore[method-assign]
+    state = ServerState(
+        provider=SimulationProvider(), identity=make_identity([]), store=store, engine=InferenceEngine()
+    )
+    app = attested_app(state)
+    app.state_ref = state  # type: ignore[attr-defined]
+    with TestClient(app, base_url="https://blindai") as client:
+        yield client, entry.model_id, on_loop
+    state.engine.close()
+
+
+def test_f3_reloads_never_run_on_the_event_loop(
+    broken_store: tuple[TestClient, str, list[bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, model_id, on_loop = broken_store
+    monkeypatch.setattr(store_module, "RETRY_S", 0.0)  # every request is due for a reload
+    store = client.app.state_ref.store  # type: ignore[attr-defined]
+    store._retry_at.clear()  # the first retry was scheduled RETRY_S after the start
+    for path in (f"/v1/models/{model_id}", f"/v2/models/{model_id}", f"/v2/models/{model_id}/ready"):
+        resp = client.get(path)
+        assert resp.status_code == 503, resp.text
+    resp = client.post(f"/v2/models/{model_id}/infer", json={"inputs": []})
+    assert resp.status_code == 503, resp.text
+    resp = client.put(f"/v1/models/{model_id}", content=b"x", headers={"Authorization": "Bearer t"})
+    assert resp.status_code == 503, resp.text
+    assert on_loop and not any(on_loop), on_loop  # the old code reloaded on the loop every time
