@@ -49,6 +49,12 @@ def _memfds() -> set[int]:
     return found
 
 
+def test_where_uploads_are_held_follows_the_tee_row() -> None:
+    assert memfd_usable("simulation") and memfd_usable("tdx") and memfd_usable("sev-snp")
+    assert not memfd_usable("sgx")  # Gramine's memfd emulation is not relied on: bytes
+    assert not memfd_usable("no-such-tee")
+
+
 def test_a_received_model_cannot_be_changed_through_any_descriptor() -> None:
     """The attacker is code in (or a bug of) the server process after the hash was taken."""
     data = _mlp()

@@ -33,6 +33,10 @@ class TeeSpec:
     ``sealing``: how the server seals stored models: ``tee-key`` (a key only this TEE
     identity derives), ``host-key-file`` (simulation: a file the host can read), or
     ``none`` (the TEE offers no sealing key, so a model store is refused).
+    ``model_memory``: where the server holds an uploaded model: ``memfd`` (an anonymous
+    in-memory file onnxruntime loads by path; private wherever all of the process's memory
+    is: a confidential VM, or no TEE at all) or ``bytes`` (SGX under Gramine, whose memfd
+    emulation this project does not rely on).
     """
 
     name: str
@@ -45,6 +49,7 @@ class TeeSpec:
     evidence: str = "dcap"
     provider: str = "gramine"
     sealing: str = "none"
+    model_memory: str = "memfd"
 
 
 TEES: dict[str, TeeSpec] = {
@@ -67,6 +72,7 @@ TEES: dict[str, TeeSpec] = {
         evidence="dcap",
         provider="gramine",
         sealing="tee-key",
+        model_memory="bytes",
     ),
     "tdx": TeeSpec(
         "tdx",

@@ -25,15 +25,11 @@ import os
 import threading
 from collections.abc import Iterator
 
-from ..tees import is_simulation
+from ..tees import TEES
 
 __all__ = ["ModelFile", "memfd_usable"]
 
 log = logging.getLogger("blindai.models")
-
-# The TEEs whose whole memory is private, memfds included; simulation has nothing to protect.
-_MEMFD_TEES = frozenset({"tdx", "sev-snp"})
-
 
 @functools.cache
 def _memfd_works() -> bool:
@@ -54,8 +50,10 @@ def _memfd_works() -> bool:
 
 
 def memfd_usable(tee: str) -> bool:
-    """Whether uploads of a server in this TEE are held in memfds (else as bytes)."""
-    return (is_simulation(tee) or tee in _MEMFD_TEES) and _memfd_works()
+    """Whether uploads of a server in this TEE are held in memfds (its row in tees.py says
+    ``model_memory = "memfd"`` and this system has working memfds), else as bytes."""
+    spec = TEES.get(tee)
+    return spec is not None and spec.model_memory == "memfd" and _memfd_works()
 
 
 class ModelFile:
