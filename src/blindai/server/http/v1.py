@@ -67,7 +67,7 @@ def routes(state: ServerState) -> list[Route]:
         store.check_owner_early(ref, token)
         with store.new_model_file() as model:
             sha256 = await receive_model(request, hold, model)
-            entry = await in_thread(model, lambda own: store.replace(ref, bearer(request), own, sha256))
+            entry = await in_thread(model, lambda own: store.replace(ref, token, own, sha256))
         return JSONResponse(entry.info().to_json())
 
     async def upload(request: Request, hold: Hold) -> Response:
