@@ -31,6 +31,7 @@ __all__ = ["ModelFile", "memfd_usable"]
 
 log = logging.getLogger("blindai.models")
 
+
 @functools.cache
 def _memfd_works() -> bool:
     """Can this process make a memfd, seal it and read it back through ``/proc/self/fd``?"""

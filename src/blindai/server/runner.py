@@ -324,6 +324,29 @@ async def serve(
         log.info("stopped")
 
 
+def forbid_core_dumps() -> bool:
+    """No core file, however the process dies: it would hold every tenant's model and inputs in
+    clear, written where the host can read it (a confidential VM's disk, or a crash handler's
+    pipe). ``RLIMIT_CORE`` 0 stops core files; ``PR_SET_DUMPABLE`` 0 also stops piped dumps
+    (systemd-coredump) and other processes of the same user reading this one's memory.
+    Returns whether both took effect (Linux)."""
+    import ctypes
+    import resource
+
+    ok = True
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        ok = False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_dumpable = 4
+        ok = libc.prctl(pr_set_dumpable, 0, 0, 0, 0) == 0 and ok
+    except (OSError, AttributeError):
+        ok = False
+    return ok
+
+
 def bound_malloc() -> None:
     """Make freed request memory go back to the system (glibc only; elsewhere nothing to do).
 
@@ -365,6 +388,8 @@ def run_server(config: ServerConfig) -> int:
         return 2
     if is_simulation(provider.tee):
         log.warning(SIMULATION_BANNER)
+    elif not forbid_core_dumps():  # in simulation the host reads everything anyway
+        log.warning("core dumps could not be disabled: a crash could write models to a disk the host reads")
     # The key, then the front workers, before any model is loaded: a worker inherits the key and
     # nothing else worth having, and (under Gramine) a small address space to copy.
     identity = make_identity(config.tls_names)

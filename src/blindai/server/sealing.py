@@ -264,12 +264,14 @@ def unseal_file(
 ) -> tuple[str, dict[str, Any]]:
     """Decrypt a sealed file into ``sink`` at most `CHUNK` bytes at a time, either format.
 
-    Plaintext reaches the sink before the last tag is checked: on any SealedFileError the
-    caller discards what it received. ``check`` sees the metadata as the header claims it,
+    Format 2 hands the sink each chunk once its tag has passed, format 1 only once the whole
+    file has (a first pass authenticates, a second decrypts): on a SealedFileError the caller
+    discards what it received, which is never forged bytes. ``check`` sees the metadata as the header claims it,
     before any of the body is read (it may only refuse: nothing is authenticated yet). Same
     guards as `read_regular` (a regular file, at most ``limit`` bytes, an open that never
     blocks). Memory stays at one chunk whatever the file says, so a host that rewrites a file
-    as format 1 (one message, authenticated only at its end) gains nothing by it.
+    as format 1 (one message, authenticated only at its end) gains nothing by it but one read
+    of the file, bounded by ``limit``.
     """
     limit = limit or MAX_FILE
     fd = _open_regular(path, limit)
@@ -293,24 +295,29 @@ def unseal_file(
             for i, size in enumerate(sizes):
                 sink(_decrypt(opened, i, i == len(sizes) - 1, piece(size)))
             return opened.ident, opened.meta
-        # Format 1: one AES-GCM message, decrypted as a stream; its tag (the last 16 bytes) is checked at the end.
+        # Format 1: one AES-GCM message whose tag (the last 16 bytes) covers it all. Authenticated in a
+        # first pass that keeps nothing, then decrypted into the sink: the sink (a model's in-memory
+        # file) never holds bytes a host forged, whatever the file's size.
         if body < _TAG:
             raise SealedFileError("sealed file is truncated or tampered with (authentication failed)")
         tag = os.pread(fd, _TAG, total - _TAG)
-        try:
-            decryptor = Cipher(algorithms.AES(opened.data_key), modes.GCM(opened.nonce, tag)).decryptor()
-        except ValueError as exc:
-            raise SealedFileError(f"sealed file header is malformed ({exc})") from None
-        decryptor.authenticate_additional_data(opened.aad)
-        left = body - _TAG
-        while left:
-            n = min(left, CHUNK)
-            sink(decryptor.update(piece(n)))
-            left -= n
-        try:
-            decryptor.finalize()
-        except InvalidTag:
-            raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
+        for keep in (False, True):
+            try:
+                decryptor = Cipher(algorithms.AES(opened.data_key), modes.GCM(opened.nonce, tag)).decryptor()
+            except ValueError as exc:
+                raise SealedFileError(f"sealed file header is malformed ({exc})") from None
+            decryptor.authenticate_additional_data(opened.aad)
+            at, left = len(opened.aad), body - _TAG
+            while left:
+                n = min(left, CHUNK)
+                plain = decryptor.update(piece(n))
+                if keep:
+                    sink(plain)
+                left -= n
+            try:
+                decryptor.finalize()
+            except InvalidTag:
+                raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
         return opened.ident, opened.meta
     finally:
         os.close(fd)
@@ -605,8 +612,8 @@ class SealedDirectory:
 
     def _pending_ok(self, tmp: Path, model_id: str, entry: Listing) -> str | None:
         """Why a pending file is not the listed version of its model (None when it is)."""
-        try:
-            ident, meta, _ = unseal(self.key, read_regular(tmp, self.max_file), model_id)
+        try:  # authenticated chunk by chunk, nothing kept: a sparse planted file costs no memory
+            ident, meta = unseal_file(self.key, tmp, model_id, lambda _chunk: None, self.max_file)
         except (SealedFileError, OSError) as exc:
             return str(exc)
         except Exception as exc:  # any malformed file is refused, never a failed start
@@ -807,7 +814,7 @@ def recover_store(
     d = SealedDirectory.__new__(SealedDirectory)
     d.folder, d.key = folder, key
     if report.manifest == "ok":
-        d.manifest = Manifest.unseal(key, (folder / MANIFEST).read_bytes())
+        d.manifest = Manifest.unseal(key, read_regular(folder / MANIFEST, MAX_HEADER + 4096))
     else:
         d.manifest = Manifest(secrets.token_hex(16), 0, {})
         if report.manifest != "missing":
@@ -820,7 +827,7 @@ def recover_store(
         path = folder / name
         if adopt_all or model_id in adopt:
             try:
-                _, meta, data = unseal(key, path.read_bytes(), model_id)
+                _, meta, data = unseal(key, read_regular(path), model_id)  # a FIFO or device: refused, never a hang
             except Exception as exc:
                 done.append(f"cannot adopt {name}: {exc}")
             else:

@@ -152,6 +152,7 @@ class ModelStore:
         self._models: dict[str, ModelEntry] = {}
         self._unavailable: dict[str, str] = {}  # listed in the sealed store, not loaded: why
         self._retry_at: dict[str, float] = {}
+        self._reloading: set[str] = set()  # listed models being read again now
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one sealed write at a time keeps the manifest simple
 
@@ -179,7 +180,10 @@ class ModelStore:
         return loaded
 
     def _load_one(self, model_id: str) -> bool:
+        """Read, vet and load one listed model (slow: no store lock is held meanwhile), then list
+        it as loaded under the write lock unless it was deleted in between."""
         assert self.sealed is not None
+        started = time.monotonic()
         try:
             with self.new_model_file() as model:
                 meta = self.sealed.read(model_id, model.write)  # decrypted chunk by chunk into the file
@@ -203,32 +207,50 @@ class ModelStore:
         except (SealedFileError, CoreError, KeyError, TypeError, ValueError) as exc:
             reason = f"{model_id}.model.sealed not loaded: {exc}"
         else:
-            with self._lock:
+            with self._write_lock, self._lock:
+                if model_id not in self.sealed.manifest.models:  # deleted while it loaded: stays deleted
+                    entry.model.close()
+                    self._unavailable.pop(model_id, None)
+                    return False
                 self._models[model_id] = entry
                 self._unavailable.pop(model_id, None)
             return True
         log.error("sealed model %s", reason)
+        # Retried at most every RETRY_S, and never more than a fifth of the time: a file that takes
+        # long to fail (a large one, rewritten by the host) cannot keep the server reading it.
+        wait = max(RETRY_S, 4 * (time.monotonic() - started))
         with self._lock:
-            self._unavailable[model_id] = reason
-            self._retry_at[model_id] = time.monotonic() + RETRY_S
+            if model_id in self.sealed.manifest.models:
+                self._unavailable[model_id] = reason
+                self._retry_at[model_id] = time.monotonic() + wait
         return False
 
     def reload_due(self, ref: str) -> bool:
         """Whether `get` would now read a listed model that did not load again (a whole file:
         callers on an event loop run that `get` in a thread)."""
         with self._lock:
-            return ref in self._unavailable and time.monotonic() >= self._retry_at.get(ref, 0.0)
+            return (
+                ref in self._unavailable
+                and ref not in self._reloading
+                and time.monotonic() >= self._retry_at.get(ref, 0.0)
+            )
 
     def _retry(self, model_id: str) -> None:
         """A listed model that did not load is tried again when asked for, at most every RETRY_S."""
         with self._lock:
-            due = model_id in self._unavailable and time.monotonic() >= self._retry_at.get(model_id, 0.0)
+            due = (
+                model_id in self._unavailable
+                and model_id not in self._reloading
+                and time.monotonic() >= self._retry_at.get(model_id, 0.0)
+            )
             if due:
-                self._retry_at[model_id] = time.monotonic() + RETRY_S
+                self._reloading.add(model_id)
         if due:
-            with self._write_lock:
-                if model_id in self._unavailable:
-                    self._load_one(model_id)
+            try:
+                self._load_one(model_id)  # one reload of a model at a time, without the write lock
+            finally:
+                with self._lock:
+                    self._reloading.discard(model_id)
         with self._lock:
             reason = self._unavailable.get(model_id)
         if reason is not None:
@@ -478,14 +500,17 @@ class ModelStore:
 
         The manifest keeps each model's owner-token hash, so no readable file is needed to check it.
         """
-        with self._lock:
-            if model_id not in self._unavailable or model_id in self._models or self.sealed is None:
-                return None
-        listing = self.sealed.manifest.models.get(model_id)
-        if listing is None or listing.owner is None:  # listed by an older manifest: no owner to check
-            return None
-        self._check_token(listing.owner, token, "deleting")
+        # Decided under the write lock: a reload that lists the model as loaded takes it too, so
+        # either the reload came first (the normal delete below removes the loaded model) or the
+        # delete did (the reload finds the model unlisted and drops what it loaded).
         with self._write_lock:
+            with self._lock:
+                if model_id not in self._unavailable or model_id in self._models or self.sealed is None:
+                    return None
+            listing = self.sealed.manifest.models.get(model_id)
+            if listing is None or listing.owner is None:  # listed by an older manifest: no owner to check
+                return None
+            self._check_token(listing.owner, token, "deleting")
             try:
                 self.sealed.delete(model_id)
             except OSError as exc:

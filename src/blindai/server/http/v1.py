@@ -8,6 +8,7 @@ and upload tokens travel as bearer tokens.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -31,6 +32,8 @@ from .bodies import Hold
 from .state import ServerState, bearer, flag, held, presented_tokens
 
 __all__ = ["routes"]
+
+log = logging.getLogger("blindai.models")
 
 T = TypeVar("T")
 
@@ -89,6 +92,11 @@ def routes(state: ServerState) -> list[Route]:
             entry, token = await in_thread(
                 model, lambda own: store.add(own, sha256, name=name, hints=hints, public=public)
             )
+        if await request.is_disconnected():
+            # The owner token could not reach anyone, so nobody could ever delete or replace this
+            # model: it would hold a slot (and a public name) for good. Withdrawn instead.
+            await asyncio.to_thread(store.delete, entry.model_id, token)
+            log.warning("model %s withdrawn: its uploader left before the answer", entry.model_id)
         return JSONResponse(encode_upload_answer(entry.info(), token), status_code=201)
 
     async def list_models(request: Request) -> Response:
