@@ -23,6 +23,7 @@ import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -44,6 +45,21 @@ def _model(seed: int) -> bytes:
     return onnx_models.mlp(in_dim=4, hidden=8, out_dim=2, seed=seed).SerializeToString()
 
 
+def _gate_vetting(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Vetting (inside a store operation) signals the first event, then waits for the second:
+    the test acts while the operation is half done."""
+    started, go_on = threading.Event(), threading.Event()
+    real_vet = store_module.vet_model
+
+    def slow_vet(*args: object, **kwargs: object) -> int:
+        started.set()
+        assert go_on.wait(10)
+        return real_vet(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "vet_model", slow_vet)
+    return started, go_on
+
+
 def test_f1_a_replacement_racing_a_delete_never_brings_the_model_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -54,15 +70,8 @@ def test_f1_a_replacement_racing_a_delete_never_brings_the_model_back(
     first = _model(1)
     entry, token = store.add(first, hashlib.sha256(first).hexdigest(), name="m")
 
-    loading, go_on = threading.Event(), threading.Event()
     real_vet = store_module.vet_model
-
-    def slow_vet(*args: object, **kwargs: object) -> int:
-        loading.set()
-        assert go_on.wait(10)
-        return real_vet(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store_module, "vet_model", slow_vet)
+    loading, go_on = _gate_vetting(monkeypatch)
     second = _model(2)
     outcome: list[BaseException | object] = []
 
@@ -139,20 +148,28 @@ def test_f3_a_rolled_back_file_is_refused_before_its_body_is_read(tmp_path: Path
     assert got == []  # refused on the header: no chunk decrypted
 
 
+def _store_with_a_broken_model(tmp_path: Path, seed: int) -> tuple[ModelStore, Any, str, bytes]:
+    """A store restarted after its one model's file lost its last byte: listed, not loaded.
+    Returns the store, the model's first entry, its owner token and the file's good bytes."""
+    key = sealing.SealingKey(os.urandom(32), source="test")
+    folder = tmp_path / "store"
+    first = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
+    first.load_sealed()
+    data = _model(seed)
+    entry, token = first.add(data, hashlib.sha256(data).hexdigest(), name="m")
+    path = folder / f"{entry.model_id}.model.sealed"
+    good = path.read_bytes()
+    path.write_bytes(good[:-1])
+    store = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
+    assert store.load_sealed() == 0
+    return store, entry, token, good
+
+
 @pytest.fixture
 def broken_store(tmp_path: Path) -> Iterator[tuple[TestClient, str, list[bool]]]:
     """A server whose one listed model does not load (its file truncated), and a record of whether
     each reload ran with an event loop running in its thread."""
-    key = sealing.SealingKey(os.urandom(32), source="test")
-    folder = tmp_path / "store"
-    st = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
-    st.load_sealed()
-    data = _model(4)
-    entry, _ = st.add(data, hashlib.sha256(data).hexdigest(), name="m")
-    path = folder / f"{entry.model_id}.model.sealed"
-    path.write_bytes(path.read_bytes()[:-1])
-    store = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
-    assert store.load_sealed() == 0
+    store, entry, _token, _good = _store_with_a_broken_model(tmp_path, 4)
     on_loop: list[bool] = []
     real = store._load_one
 
@@ -198,28 +215,11 @@ def test_f3_reloads_never_run_on_the_event_loop(
 def test_r2_a_delete_racing_a_reload_sticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner's DELETE of a listed model that did not load, while a GET reloads it: the
     delete is acknowledged and the model must not be served afterwards (it was, from memory)."""
-    key = sealing.SealingKey(os.urandom(32), source="test")
-    folder = tmp_path / "store"
-    first = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
-    first.load_sealed()
-    data = _model(5)
-    entry, token = first.add(data, hashlib.sha256(data).hexdigest(), name="m")
-    path = folder / f"{entry.model_id}.model.sealed"
-    good = path.read_bytes()
-    path.write_bytes(good[:-1])
-    store = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
-    assert store.load_sealed() == 0
+    store, entry, token, good = _store_with_a_broken_model(tmp_path, 5)
+    path = tmp_path / "store" / f"{entry.model_id}.model.sealed"
     path.write_bytes(good)  # the file reads again: the next GET reloads it
 
-    reading, go_on = threading.Event(), threading.Event()
-    real_vet = store_module.vet_model
-
-    def slow_vet(*args: object, **kwargs: object) -> int:
-        reading.set()
-        assert go_on.wait(10)
-        return real_vet(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store_module, "vet_model", slow_vet)
+    reading, go_on = _gate_vetting(monkeypatch)
     store._retry_at.clear()
     got: list[object] = []
     t = threading.Thread(target=lambda: got.append(_try(lambda: store.get(entry.model_id))))
@@ -236,7 +236,8 @@ def test_r2_a_delete_racing_a_reload_sticks(tmp_path: Path, monkeypatch: pytest.
     assert not isinstance(deleted, BaseException), deleted
     with pytest.raises(Exception, match="no model"):  # not served from memory, not listed on disk
         store.get(entry.model_id)
-    assert entry.model_id not in sealing.SealedDirectory(folder, key).open(LOG)
+    assert store.sealed is not None
+    assert entry.model_id not in sealing.SealedDirectory(tmp_path / "store", store.sealed.key).open(LOG)
 
 
 def _try(fn: Callable[[], object]) -> object:
