@@ -32,6 +32,7 @@ from blindai.server import sealing
 from blindai.server import store as store_module
 from blindai.server.errors import Conflict
 from blindai.server.http.app import ServerState, attested_app
+from blindai.server.http.bodies import BodyLimits
 from blindai.server.inference import InferenceEngine
 from blindai.server.providers import SimulationProvider
 from blindai.server.store import ModelStore, StoreLimits
@@ -367,3 +368,45 @@ def test_r2_core_dumps_are_forbidden_in_a_hardware_tee() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["(0,", "0)", "0"], out
+
+
+def test_r2_finished_uploads_cannot_pile_up_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vetting and loading hold memory no budget counts: they run inside the upload slot, so with
+    one slot a second upload waits while the first is still being vetted (before, the slot was
+    released once the body was in, and any number of uploads could be vetting and loading)."""
+    store = ModelStore(memfd=True)
+    state = ServerState(
+        provider=SimulationProvider(),
+        identity=make_identity([]),
+        store=store,
+        engine=InferenceEngine(),
+        body_limits=BodyLimits(max_concurrent_uploads=1),
+    )
+    vetting, go_on = _gate_vetting(monkeypatch)
+    calls: list[str] = []
+    gated = store_module.vet_model
+
+    def counted(*args: object, **kwargs: object) -> int:
+        calls.append("vet")
+        return gated(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "vet_model", counted)
+    statuses: list[int] = []
+    with TestClient(attested_app(state), base_url="https://blindai") as client:
+
+        def upload(seed: int) -> None:
+            statuses.append(client.post("/v1/models", content=_model(seed)).status_code)
+
+        first = threading.Thread(target=upload, args=(7,))
+        first.start()
+        assert vetting.wait(10)
+        second = threading.Thread(target=upload, args=(8,))
+        second.start()
+        second.join(1.0)
+        seen = list(calls)
+        go_on.set()
+        first.join(10)
+        second.join(10)
+    state.engine.close()
+    assert seen == ["vet"]  # the second upload waited for the slot, not in vetting
+    assert statuses == [201, 201] and len(store.all()) == 2

@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="request bytes held server-wide, bodies and decoding (default: a quarter of the memory)",
     )
-    p.add_argument("--max-concurrent-uploads", type=int, default=4, help="model uploads receiving at once")
+    p.add_argument(
+        "--max-concurrent-uploads", type=int, default=4, help="model uploads received, vetted and loaded at once"
+    )
     p.add_argument("--body-idle-timeout", type=float, default=20.0, help="seconds of silence in a body -> 408")
     p.add_argument("--body-min-rate", type=size, default=16 << 10, help="bytes/s a body must average -> 408")
     p.add_argument("--body-timeout", type=float, default=900.0, help="seconds to receive any one body -> 408")

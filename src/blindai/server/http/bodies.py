@@ -125,10 +125,13 @@ class Hold:
 
 
 class UploadSlots:
-    """At most N model uploads receive at once; the next waits for a slot, not forever.
+    """At most N model uploads are received, vetted and loaded at once; the next waits for a
+    slot, not forever.
 
-    A slot is held by a body that must keep flowing (deadlines above), so a wait of twice
-    the idle timeout outlasts any slot held by a silent client.
+    Vetting and loading hold memory that no budget counts (a parse of the model, onnxruntime's
+    copies), so they stay inside the slot: finished uploads cannot pile up loading. A slot is
+    held by a body that must keep flowing (deadlines above), then by bounded work, so a wait of
+    twice the idle timeout outlasts a silent client's slot.
     """
 
     def __init__(self, limit: int, wait_s: float) -> None:

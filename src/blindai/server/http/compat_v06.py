@@ -92,18 +92,18 @@ def attested_routes(state: ServerState) -> list[Route]:
     async def upload(request: Request, hold: Hold) -> Response:
         store.check_upload_token(None)
         # A CBOR list of byte values takes up to 2 bytes per model byte.
-        async with uploads.slot():
+        async with uploads.slot():  # receiving, decoding, vetting and loading
             raw = await read_body(request, hold, store.limits.max_model_bytes * 2 + (1 << 20))
-        # Checked and decoded without cbor2 building a Python list: the model's bytes, then the small fields.
-        hold.take(v06.upload_cost(raw), "decoding this CBOR message")
-        data, msg = await asyncio.to_thread(v06.read_upload, raw, store.limits.max_model_bytes)
-        del raw
-        name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
-        del msg
-        if not data:
-            raise InvalidRequest("the upload is empty: 'model' holds no bytes")
-        sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        entry, _token = await asyncio.to_thread(store.add, data, sha256, name=name, hints={LEGACY_HINT: True})
+            # Checked and decoded without cbor2 building a Python list: the model's bytes, then the small fields.
+            hold.take(v06.upload_cost(raw), "decoding this CBOR message")
+            data, msg = await asyncio.to_thread(v06.read_upload, raw, store.limits.max_model_bytes)
+            del raw
+            name = msg.get("model_name") if isinstance(msg.get("model_name"), str) else None
+            del msg
+            if not data:
+                raise InvalidRequest("the upload is empty: 'model' holds no bytes")
+            sha256 = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+            entry, _token = await asyncio.to_thread(store.add, data, sha256, name=name, hints={LEGACY_HINT: True})
         return _cbor({"model_id": entry.model_id, "hash": bytes.fromhex(entry.sha256)})
 
     async def run(request: Request, hold: Hold) -> Response:

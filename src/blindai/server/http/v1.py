@@ -55,8 +55,7 @@ def routes(state: ServerState) -> list[Route]:
     store = state.store
 
     async def receive_model(request: Request, hold: Hold, model: ModelFile) -> str:
-        async with state.uploads.slot():
-            body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True, into=model.write)
+        body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True, into=model.write)
         if not body.size:
             raise InvalidRequest("the upload is empty: send the ONNX model bytes as the request body")
         model.finish()
@@ -68,9 +67,11 @@ def routes(state: ServerState) -> list[Route]:
         token = bearer(request)
         await state.model(ref, tokens=[token] if token else [])  # a due reload happens in a thread
         store.check_owner_early(ref, token)
-        with store.new_model_file() as model:
-            sha256 = await receive_model(request, hold, model)
-            entry = await in_thread(model, lambda own: store.replace(ref, token, own, sha256))
+        # The upload slot covers receiving, vetting and loading: each costs memory no budget sees.
+        async with state.uploads.slot():
+            with store.new_model_file() as model:
+                sha256 = await receive_model(request, hold, model)
+                entry = await in_thread(model, lambda own: store.replace(ref, token, own, sha256))
         return JSONResponse(entry.info().to_json())
 
     async def upload(request: Request, hold: Hold) -> Response:
@@ -87,11 +88,12 @@ def routes(state: ServerState) -> list[Route]:
         public = flag(raw_public, MODEL_PUBLIC) if raw_public is not None else bool(hints)
         name = request.headers.get(MODEL_NAME) or request.query_params.get("name")
         # The body streams into an in-memory file; what the store keeps of it, it duplicates.
-        with store.new_model_file() as model:
-            sha256 = await receive_model(request, hold, model)
-            entry, token = await in_thread(
-                model, lambda own: store.add(own, sha256, name=name, hints=hints, public=public)
-            )
+        async with state.uploads.slot():  # receiving, vetting and loading (see replace)
+            with store.new_model_file() as model:
+                sha256 = await receive_model(request, hold, model)
+                entry, token = await in_thread(
+                    model, lambda own: store.add(own, sha256, name=name, hints=hints, public=public)
+                )
         if await request.is_disconnected():
             # The owner token could not reach anyone, so nobody could ever delete or replace this
             # model: it would hold a slot (and a public name) for good. Withdrawn instead.
