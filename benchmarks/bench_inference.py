@@ -30,7 +30,7 @@ from tests import onnx_models
 
 import blindai
 from blindai.demo import cache_dir, export_minilm
-from blindai.testing import LocalServer
+from blindai.testing import LocalServer, held_memory
 
 
 def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
@@ -50,27 +50,8 @@ def status_mb(pid: int, key: str) -> float:
 
 
 def memory_mb(pid: int) -> float:
-    """What the process holds: its RSS, plus its in-memory files (memfds) whether mapped or not.
-
-    The server holds an upload in a memfd; pages of a memfd it has not mapped are in no RSS
-    (VmHWM misses them), so they are counted from the files' allocated blocks instead.
-    """
-    status = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssShmem"):
-            status[key] = int(value.split()[0]) * 1024
-    held = status.get("VmRSS", 0) - status.get("RssShmem", 0)
-    fds = Path(f"/proc/{pid}/fd")
-    files: dict[int, int] = {}  # one memfd may be open under several descriptors
-    for fd in os.listdir(fds):
-        try:
-            if os.readlink(fds / fd).startswith("/memfd:"):
-                st = os.stat(fds / fd)
-                files[st.st_ino] = st.st_blocks * 512
-        except OSError:
-            continue  # closed meanwhile
-    return (held + sum(files.values())) / 2**20
+    """What the process holds, memfds included (`blindai.testing.held_memory`), in MiB."""
+    return held_memory(pid) / 2**20
 
 
 class PeakSampler:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LocalServer"]
+__all__ = ["LocalServer", "held_memory"]
 
 
 class LocalServer:
@@ -106,3 +106,24 @@ class LocalServer:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
         self._tmp.cleanup()
+
+
+def held_memory(pid: int) -> int:
+    """Bytes a process holds: its RSS, plus its in-memory files (memfds: where a server keeps
+    uploads) whether mapped or not, each file once however many descriptors it has. Pages of a
+    memfd the process has not mapped are in no RSS, so VmRSS and VmHWM alone miss them."""
+    status: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssShmem"):
+                status[key] = int(value.split()[0]) * 1024
+    files: dict[int, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                files[st.st_ino] = st.st_blocks * 512
+        except OSError:
+            continue  # closed meanwhile
+    return status.get("VmRSS", 0) - status.get("RssShmem", 0) + sum(files.values())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import socket
 import ssl
@@ -28,7 +27,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import blindai
-from blindai.testing import LocalServer
+from blindai.testing import LocalServer, held_memory
 from tests import onnx_models
 from tests.conftest import sim_connect
 
@@ -54,23 +53,14 @@ HEADER = "Inference-Header-Content-Length"
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, and Held: RSS plus the pages of the in-memory files (memfds) where uploads
-    live, which no RSS counts while they are not mapped (each file once, however many fds)."""
+    """VmRSS, VmHWM, and Held: what the server holds, memfds included (`held_memory`)."""
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssShmem"):
+            if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
-    files: dict[int, int] = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-                files[st.st_ino] = st.st_blocks * 512
-        except OSError:
-            continue
-    out["Held"] = out["VmRSS"] - out.get("RssShmem", 0) + sum(files.values())
+    out["Held"] = held_memory(pid)
     return out
 
 

@@ -221,9 +221,9 @@ def _chunk_sizes(body: int, chunk: int) -> list[int]:
 
 
 def _decrypt(opened: _Opened, index: int, final: bool, data: bytes | memoryview) -> bytes:
-    nonce = opened.nonce if opened.version == 1 else _chunk_nonce(opened.nonce, index, final)
+    """One format-2 chunk, authenticated."""
     try:
-        return opened.aead.decrypt(nonce, data, opened.aad)
+        return opened.aead.decrypt(_chunk_nonce(opened.nonce, index, final), data, opened.aad)
     except InvalidTag:
         raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
     except (ValueError, TypeError, OverflowError) as exc:  # an authenticated header cannot get here; fail closed
@@ -233,24 +233,9 @@ def _decrypt(opened: _Opened, index: int, final: bool, data: bytes | memoryview)
 def unseal(key: SealingKey, blob: bytes, expected_id: str | None = None) -> tuple[str, dict[str, Any], bytes]:
     """Returns (id, metadata, plaintext) of a whole file (format 1 or 2), or raises SealedFileError."""
     parts: list[bytes] = []
-    ident, meta = _unseal_view(key, memoryview(blob), expected_id, parts.append)
+    view = memoryview(blob)
+    ident, meta = _unseal(key, lambda n, at: view[at : at + n], len(blob), expected_id, parts.append)
     return ident, meta, b"".join(parts)
-
-
-def _unseal_view(
-    key: SealingKey, blob: memoryview, expected_id: str | None, sink: Callable[[bytes], object]
-) -> tuple[str, dict[str, Any]]:
-    opened = _open_header(key, bytes(blob[: 12 + MAX_HEADER]), len(blob), expected_id)
-    body = blob[len(opened.aad) :]
-    if opened.version == 1:
-        sink(_decrypt(opened, 0, True, body))
-        return opened.ident, opened.meta
-    sizes = _chunk_sizes(len(body), opened.chunk)
-    at = 0
-    for i, size in enumerate(sizes):
-        sink(_decrypt(opened, i, i == len(sizes) - 1, body[at : at + size]))
-        at += size
-    return opened.ident, opened.meta
 
 
 def unseal_file(
@@ -266,61 +251,71 @@ def unseal_file(
 
     Format 2 hands the sink each chunk once its tag has passed, format 1 only once the whole
     file has (a first pass authenticates, a second decrypts): on a SealedFileError the caller
-    discards what it received, which is never forged bytes. ``check`` sees the metadata as the header claims it,
-    before any of the body is read (it may only refuse: nothing is authenticated yet). Same
-    guards as `read_regular` (a regular file, at most ``limit`` bytes, an open that never
-    blocks). Memory stays at one chunk whatever the file says, so a host that rewrites a file
-    as format 1 (one message, authenticated only at its end) gains nothing by it but one read
-    of the file, bounded by ``limit``.
+    discards what it received, which is never forged bytes. ``check`` sees the metadata as the
+    header claims it, before any of the body is read (it may only refuse: nothing is
+    authenticated yet). Same guards as `read_regular` (a regular file, at most ``limit`` bytes,
+    an open that never blocks). Memory stays at one chunk whatever the file says, so a host that
+    rewrites a file as format 1 (one message, authenticated only at its end) gains nothing by it
+    but one read of the file, bounded by ``limit``.
     """
-    limit = limit or MAX_FILE
-    fd = _open_regular(path, limit)
+    fd = _open_regular(path, limit or MAX_FILE)
     try:
-        total = os.fstat(fd).st_size
-        opened = _open_header(key, os.pread(fd, 12 + MAX_HEADER, 0), total, expected_id)
-        if check is not None:
-            check(opened.meta)
-        at, body = len(opened.aad), total - len(opened.aad)
-
-        def piece(size: int) -> bytes:
-            nonlocal at
-            data = os.pread(fd, size, at)
-            if len(data) != size:
-                raise SealedFileError("sealed file is truncated or tampered with (it changed while read)")
-            at += size
-            return data
-
-        if opened.version == 2:
-            sizes = _chunk_sizes(body, opened.chunk)
-            for i, size in enumerate(sizes):
-                sink(_decrypt(opened, i, i == len(sizes) - 1, piece(size)))
-            return opened.ident, opened.meta
-        # Format 1: one AES-GCM message whose tag (the last 16 bytes) covers it all. Authenticated in a
-        # first pass that keeps nothing, then decrypted into the sink: the sink (a model's in-memory
-        # file) never holds bytes a host forged, whatever the file's size.
-        if body < _TAG:
-            raise SealedFileError("sealed file is truncated or tampered with (authentication failed)")
-        tag = os.pread(fd, _TAG, total - _TAG)
-        for keep in (False, True):
-            try:
-                decryptor = Cipher(algorithms.AES(opened.data_key), modes.GCM(opened.nonce, tag)).decryptor()
-            except ValueError as exc:
-                raise SealedFileError(f"sealed file header is malformed ({exc})") from None
-            decryptor.authenticate_additional_data(opened.aad)
-            at, left = len(opened.aad), body - _TAG
-            while left:
-                n = min(left, CHUNK)
-                plain = decryptor.update(piece(n))
-                if keep:
-                    sink(plain)
-                left -= n
-            try:
-                decryptor.finalize()
-            except InvalidTag:
-                raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
-        return opened.ident, opened.meta
+        return _unseal(key, lambda n, at: os.pread(fd, n, at), os.fstat(fd).st_size, expected_id, sink, check)
     finally:
         os.close(fd)
+
+
+def _unseal(
+    key: SealingKey,
+    pread: Callable[[int, int], bytes | memoryview],
+    total: int,
+    expected_id: str | None,
+    sink: Callable[[bytes], object],
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Both formats over ``pread(size, offset)`` of a file or a blob of ``total`` bytes."""
+    opened = _open_header(key, bytes(pread(12 + MAX_HEADER, 0)), total, expected_id)
+    if check is not None:
+        check(opened.meta)
+    body = total - len(opened.aad)
+
+    def piece(size: int, at: int) -> bytes | memoryview:
+        data = pread(size, at)
+        if len(data) != size:
+            raise SealedFileError("sealed file is truncated or tampered with (it changed while read)")
+        return data
+
+    if opened.version == 2:
+        sizes = _chunk_sizes(body, opened.chunk)
+        at = len(opened.aad)
+        for i, size in enumerate(sizes):
+            sink(_decrypt(opened, i, i == len(sizes) - 1, piece(size, at)))
+            at += size
+        return opened.ident, opened.meta
+    # Format 1: one AES-GCM message whose tag (the last 16 bytes) covers it all. Authenticated in a
+    # first pass that keeps nothing, then decrypted into the sink: the sink (a model's in-memory
+    # file) never holds bytes a host forged, whatever the file's size.
+    if body < _TAG:
+        raise SealedFileError("sealed file is truncated or tampered with (authentication failed)")
+    tag = bytes(piece(_TAG, total - _TAG))
+    for keep in (False, True):
+        try:
+            decryptor = Cipher(algorithms.AES(opened.data_key), modes.GCM(opened.nonce, tag)).decryptor()
+        except ValueError as exc:
+            raise SealedFileError(f"sealed file header is malformed ({exc})") from None
+        decryptor.authenticate_additional_data(opened.aad)
+        at, left = len(opened.aad), body - _TAG
+        while left:
+            n = min(left, CHUNK)
+            plain = decryptor.update(piece(n, at))
+            if keep:
+                sink(plain)
+            at, left = at + n, left - n
+        try:
+            decryptor.finalize()
+        except InvalidTag:
+            raise SealedFileError("sealed file is truncated or tampered with (authentication failed)") from None
+    return opened.ident, opened.meta
 
 
 # The largest sealed file read at start unless the store says otherwise (a 2 GiB model, its header).

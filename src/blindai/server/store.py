@@ -8,6 +8,7 @@ written before it is acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -263,8 +264,12 @@ class ModelStore:
         """Where an upload's body goes (a memfd where this server uses them, else bytes)."""
         return ModelFile(memfd=self.memfd)
 
-    def _own(self, model: ModelFile | bytes) -> ModelFile:
-        return ModelFile.from_bytes(model, memfd=self.memfd) if isinstance(model, bytes) else model.dup()
+    def _own(self, model: ModelFile | bytes) -> contextlib.AbstractContextManager[ModelFile]:
+        """Bytes become a model file this call closes; a caller's file stays the caller's (open
+        for the call: `http.v1.in_thread` gives the store work a descriptor of its own)."""
+        if isinstance(model, bytes):
+            return ModelFile.from_bytes(model, memfd=self.memfd)
+        return contextlib.nullcontext(model)
 
     def _load(self, model: ModelFile) -> LoadedModel:
         concurrency = self.limits.model_concurrency

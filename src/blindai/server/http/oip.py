@@ -110,12 +110,13 @@ def routes(state: ServerState) -> list[Route]:
             )
         # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
         # Taken without waiting: outputs that waited for room would be memory nobody counts.
-        hold.take(sum(a.nbytes for a in outputs.values()) + 3 * json_bound, "this response")
+        out_bytes = sum(a.nbytes for a in outputs.values())
+        hold.take(out_bytes + 3 * json_bound, "this response")
 
         def encode() -> tuple[list[Any], int | None]:
             return encode_response(model_id, outputs, binary, request_id=rid)
 
-        small = not strings and json_bound + sum(a.nbytes for a in outputs.values()) <= INLINE_BYTES
+        small = not strings and json_bound + out_bytes <= INLINE_BYTES
         chunks, head_len = encode() if small else await asyncio.to_thread(encode)
         if head_len is None:
             return HeldResponse(chunks, hold, "application/json", {}, state.body_limits.idle_timeout_s)
