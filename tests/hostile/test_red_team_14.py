@@ -37,6 +37,7 @@ from blindai.server.inference import InferenceEngine
 from blindai.server.providers import SimulationProvider
 from blindai.server.store import ModelStore, StoreLimits
 from blindai.server.tls import make_identity
+from blindai.server.vetting import VettedModel
 from tests import onnx_models
 
 LOG = logging.getLogger("test")
@@ -52,7 +53,7 @@ def _gate_vetting(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thr
     started, go_on = threading.Event(), threading.Event()
     real_vet = store_module.vet_model
 
-    def slow_vet(*args: object, **kwargs: object) -> int:
+    def slow_vet(*args: object, **kwargs: object) -> VettedModel:
         started.set()
         assert go_on.wait(10)
         return real_vet(*args, **kwargs)  # type: ignore[arg-type]
@@ -386,7 +387,7 @@ def test_r2_finished_uploads_cannot_pile_up_loading(monkeypatch: pytest.MonkeyPa
     calls: list[str] = []
     gated = store_module.vet_model
 
-    def counted(*args: object, **kwargs: object) -> int:
+    def counted(*args: object, **kwargs: object) -> VettedModel:
         calls.append("vet")
         return gated(*args, **kwargs)  # type: ignore[arg-type]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from ..protocol.models import TensorInfo
 from ..protocol.tensors import DATATYPES
 from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRequest, Unavailable, UnsupportedModel
 from .modelfile import ModelFile
+from .onnxsplit import LOCATION
 
 __all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype"]
 
@@ -97,15 +99,30 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
 # onnxruntime folds constant subgraphs when it loads a model and keeps the results outside the
 # arena; folding stays on (without it MiniLM ran 1.5x slower: attention fusions need it), and
 # what it will hold is counted before loading instead (models.loaded_size).
-def _load_session(model: ModelFile | bytes, intra_op_threads: int) -> ort.InferenceSession:
-    source: str | bytes | None = model if isinstance(model, bytes) else (model.path or model.data)
-    if source is None:
-        raise ValueError("the model file is closed")
-    session = ort.InferenceSession(source, sess_options=_session_options(intra_op_threads), providers=_providers())
-    if isinstance(source, bytes) and getattr(session, "_model_bytes", None) is not None:
-        # onnxruntime keeps a bytes argument for the session's life, only to rebuild it on an execution
-        # provider fallback this server never asks for: the model would be held twice while served.
-        session._model_bytes = None
+def _load_session(
+    model: ModelFile | bytes, intra_op_threads: int, skeleton: bytes | None = None
+) -> ort.InferenceSession:
+    """A session of the model; with a skeleton (onnxsplit), of the skeleton, its moved weights read
+    from the model's bytes (given to onnxruntime as an in-memory external-data file, copied by it
+    while the session is built; no path is opened)."""
+    opts = _session_options(intra_op_threads)
+    if skeleton is not None:
+        view: contextlib.AbstractContextManager[memoryview] = (
+            model.view() if isinstance(model, ModelFile) else contextlib.nullcontext(memoryview(model))
+        )
+        with view as weights:
+            opts.add_external_initializers_from_files_in_memory([LOCATION], [weights], [len(weights)])
+            session = ort.InferenceSession(skeleton, sess_options=opts, providers=_providers())
+    else:
+        source: str | bytes | None = model if isinstance(model, bytes) else (model.path or model.data)
+        if source is None:
+            raise ValueError("the model file is closed")
+        session = ort.InferenceSession(source, sess_options=opts, providers=_providers())
+    # onnxruntime keeps a bytes argument (and the options, which point into the weights given above)
+    # for the session's life, only to rebuild it on an execution-provider fallback this server never
+    # asks for: the model would be held twice while served, and a rebuild would read freed memory.
+    session.disable_fallback()
+    session._model_bytes = None
     return session
 
 
@@ -126,21 +143,25 @@ class LoadedModel:
     thread count per session, so this is how one model moves between "one request, all
     cores" and "many requests, one core each" (performance.md). The narrow session costs
     about the model's size again in memory; it is built only when concurrency > 1, and in
-    the background after the wide one, so upload-to-ready does not wait for it.
+    the background after the wide one, so upload-to-ready does not wait for it. With a
+    ``skeleton`` (`vetting.VettedModel`), both load the skeleton, reading its moved weights
+    from ``model``.
     """
 
     def __init__(
         self,
         model: ModelFile | bytes,
         *,
+        skeleton: bytes | None = None,
         intra_op_threads: int = 0,
         concurrency: int = 0,
         narrow_now: bool = False,
     ) -> None:
         self.cores = intra_op_threads if intra_op_threads > 0 else machine_cores()
         self.concurrency = concurrency if concurrency > 0 else self.cores
+        self._skeleton = skeleton
         try:
-            self.session = _load_session(model, self.cores)
+            self.session = _load_session(model, self.cores, skeleton)
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise UnsupportedModel(f"onnxruntime cannot load this model: {_short(exc)}") from exc
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
@@ -163,7 +184,7 @@ class LoadedModel:
 
     def _build_narrow(self, model: ModelFile | bytes) -> None:
         try:
-            self.narrow = _load_session(model, 1)
+            self.narrow = _load_session(model, 1, self._skeleton)
         except Exception as exc:  # the wide session loaded: serve with it alone
             log.error("the concurrent (1-thread) session did not load, serving one run at a time: %s", _short(exc))
         finally:

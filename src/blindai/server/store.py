@@ -37,7 +37,7 @@ from .errors import (
 from .inference import LoadedModel
 from .modelfile import ModelFile
 from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
-from .vetting import DEFAULT_DOMAINS, vet_model
+from .vetting import DEFAULT_DOMAINS, VettedModel, vet_model
 
 __all__ = ["ModelEntry", "ModelStore", "StoreLimits", "hash_token", "parse_hints"]
 
@@ -190,7 +190,7 @@ class ModelStore:
                 meta = self.sealed.read(model_id, model.write)  # decrypted chunk by chunk into the file
                 model.finish()
                 with model.view() as view:
-                    held = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+                    vetted = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
                 entry = ModelEntry(
                     model_id=model_id,
                     name=str(meta["name"]),
@@ -198,10 +198,10 @@ class ModelStore:
                     size=model.size,
                     created_at=str(meta["created_at"]),
                     owner_token_hash=str(meta["owner_token_hash"]),
-                    model=self._load(model),
+                    model=self._load(model, vetted),
                     hints=dict(meta.get("hints") or {}),
                     public=meta.get("public") is True,
-                    held_bytes=held,
+                    held_bytes=vetted.held,
                 )
         except OSError as exc:
             reason = f"cannot read {model_id}.model.sealed: {exc.strerror or type(exc).__name__}"
@@ -271,11 +271,13 @@ class ModelStore:
             return ModelFile.from_bytes(model, memfd=self.memfd)
         return contextlib.nullcontext(model)
 
-    def _load(self, model: ModelFile) -> LoadedModel:
+    def _load(self, model: ModelFile, vetted: VettedModel) -> LoadedModel:
         concurrency = self.limits.model_concurrency
         if model.size > self.limits.concurrent_session_max_bytes:
             concurrency = 1
-        return LoadedModel(model, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency)
+        return LoadedModel(
+            model, skeleton=vetted.skeleton, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency
+        )
 
     def check_upload_token(self, token: str | None) -> None:
         if self.upload_token_hashes is None:
@@ -341,10 +343,11 @@ class ModelStore:
             if public_name is not None:
                 self._check_public_name(public_name)
         with model.view() as view:
-            held = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+            vetted = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+        held = vetted.held
         with self._lock:
             self._check_room(held, replacing=replacing)
-        entry = build(self._load(model), held)
+        entry = build(self._load(model, vetted), held)
         with self._write_lock:
             with self._lock:
                 if replacing is not None and self._models.get(replacing.model_id) is not replacing:

@@ -2,17 +2,20 @@
 
 ONNX that parses, no external data, operators only from allowed domains, what it holds
 once loaded (folded constants, dense sparse tensors) counted against the limits, and no
-string tensors that could grow outside the inference memory cap. Pure: bytes in, a size or
-an `UnsupportedModel`/`LimitExceeded` out.
+string tensors that could grow outside the inference memory cap. Pure: bytes in, a
+`VettedModel` (what onnxruntime loads: the upload's skeleton from `onnxsplit`, whose graph
+is what was vetted) or an `UnsupportedModel`/`LimitExceeded` out.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import LimitExceeded, UnsupportedModel
+from .onnxsplit import LOCATION, Moved, split_model
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -21,6 +24,7 @@ __all__ = [
     "check_string_constants",
     "check_string_growth",
     "loaded_size",
+    "VettedModel",
     "vet_model",
 ]
 
@@ -31,25 +35,37 @@ MAX_STRING_VALUE = 1024
 MAX_STRING_TENSORS = 16
 
 
+@dataclass(frozen=True)
+class VettedModel:
+    """What vetting found a model to be: what onnxruntime loads, and what it holds once loaded."""
+
+    # The graph with its large weights pointing into the upload (onnxsplit); None: the upload itself.
+    skeleton: bytes | None
+    held: int  # bytes held once loaded (the store's limits count this)
+
+
 def vet_model(
     data: bytes | memoryview, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max_bytes: int | None = None
-) -> int:
+) -> VettedModel:
     """Refuse anything that is not a self-contained ONNX model of allowed operators.
 
-    External data is refused whatever its path: a model must never make the
-    server open a file, so the check walks every graph, subgraph and tensor
-    attribute, not only the top-level initializers. ``data`` may be a read-only
-    view of the model file (parsed without a copy of the input).
+    External data is refused whatever its path: a model must never make the server open a
+    file, so the check walks every graph, subgraph and tensor attribute, not only the
+    top-level initializers. The only external references allowed are the ones `onnxsplit`
+    wrote into the skeleton (exactly: its location, offsets and lengths), so the bytes vetted
+    here are the bytes onnxruntime loads. ``data`` may be a read-only view of the model file.
     """
     import onnx
     from google.protobuf.message import DecodeError
 
+    split = split_model(data)
+    graph_bytes = data if split.skeleton is None else split.skeleton
     model = onnx.ModelProto()
     try:
-        decoded = model.ParseFromString(data)
+        decoded = model.ParseFromString(graph_bytes)
     except (DecodeError, ValueError, RuntimeError, TypeError) as exc:
         raise UnsupportedModel("the upload is not an ONNX model (protobuf parse failed)") from exc
-    if decoded is not None and decoded != len(data):
+    if decoded is not None and decoded != len(graph_bytes):
         raise UnsupportedModel("the upload is not an ONNX model (protobuf parse stopped early)")
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise UnsupportedModel("the upload is not an ONNX model (no graph)")
@@ -58,12 +74,16 @@ def vet_model(
         if opset.domain not in allowed:
             shown = sorted(d or "ai.onnx" for d in allowed_domains)
             raise UnsupportedModel(f"operator domain {opset.domain!r} is not allowed (allowed: {shown})")
+    moved = {m.index: m for m in split.moved}
+    for i, init in enumerate(model.graph.initializer):
+        if i in moved:
+            _check_moved(init, moved[i])
     # FunctionProto has .node like a graph (and no initializers), so it is walked the same way.
     graphs: list[Any] = [model.graph, *model.functions]
     sparse: list[Any] = []
     while graphs:
         g = graphs.pop()
-        tensors = list(getattr(g, "initializer", []))
+        tensors = [t for i, t in enumerate(getattr(g, "initializer", [])) if g is not model.graph or i not in moved]
         for sp in getattr(g, "sparse_initializer", []):
             tensors += [sp.values, sp.indices]
             sparse.append(sp)
@@ -94,7 +114,26 @@ def vet_model(
             f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
             f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
-    return loaded
+    return VettedModel(split.skeleton, loaded)
+
+
+_NO_EXTERNAL_TYPES = (0, 8)  # UNDEFINED, STRING: onnxruntime reads neither from external data
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _check_moved(t: Any, moved: Moved) -> None:
+    """An initializer `onnxsplit` moved must say exactly what it wrote, and hold nothing else."""
+    import onnx
+
+    entries = [(e.key, e.value) for e in t.external_data]
+    expected = [("location", LOCATION), ("offset", str(moved.offset)), ("length", str(moved.length))]
+    if t.data_location != onnx.TensorProto.EXTERNAL or entries != expected:
+        raise UnsupportedModel(f"initializer {t.name!r}: its data could not be located in the upload")
+    if t.data_type in _NO_EXTERNAL_TYPES or any(len(getattr(t, f)) for f in _DATA_FIELDS):
+        raise UnsupportedModel(
+            f"initializer {t.name!r} has raw_data of type {t.data_type} or data in two fields at once "
+            "(ONNX allows exactly one)"
+        )
 
 
 # Operators onnxruntime never folds at load (their result differs per run).
@@ -124,6 +163,7 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
     it is paid (exporters fold such nodes themselves: the demo, benchmark and Whisper models
     have none).
     """
+    import onnx
     from onnx import shape_inference
 
     total = file_bytes
@@ -134,10 +174,13 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
         total += elements * _itemsize(sp.values.data_type)
     # Shape inference copies the whole model; weights only matter through their dims, which stay
     # (the caller is done with ``model``): 1.8 s -> 0.05 s on a 377 MB wav2vec2.
+    # Initializers onnxsplit moved out point into the upload: onnx would try to read them as files.
     for init in model.graph.initializer:
-        if init.ByteSize() > 4096:
+        if init.ByteSize() > 4096 or init.data_location == onnx.TensorProto.EXTERNAL:
             for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 init.ClearField(name)
+            init.ClearField("external_data")
+            init.ClearField("data_location")
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=False)
     except Exception:  # onnx raises several types on models onnxruntime may still load
