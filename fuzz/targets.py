@@ -121,6 +121,15 @@ def _ratls(data: bytes) -> None:
         ratls.check_ratls_binding(data)
 
 
+def _onnx_split(data: bytes) -> None:
+    """The upload walker (server/onnxsplit.py): refuses framing with its own error, never crashes."""
+    from blindai.server.errors import UnsupportedModel
+    from blindai.server.onnxsplit import split_model
+
+    with contextlib.suppress(UnsupportedModel):
+        split_model(data, min_moved=1)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "dcap_quote": _dcap_quote,
     "snp_report": _snp_report,
@@ -131,4 +140,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "v06_cbor": _v06_cbor,
     "sealed_file": _sealed,
     "ratls_cert": _ratls,
+    "onnx_split": _onnx_split,
 }

@@ -17,6 +17,7 @@ def valid_inputs() -> dict[str, bytes]:
 
     from blindai.attestation import simulation
     from blindai.server import sealing
+    from tests import onnx_models
     from tests.fakes.amd_pki import FakeAmdPki
     from tests.fakes.intel_pki import FakeIntelPki
 
@@ -26,6 +27,7 @@ def valid_inputs() -> dict[str, bytes]:
         "tdx": pki.tdx_quote(mrtd=b"m" * 48, report_data=b"r"),
         "snp": FakeAmdPki().report(report_data=b"r", measurement=b"m" * 48),
         "sim": simulation.SimulationSigner(b"\0" * 48).sign(bytes(64)),
+        "onnx": onnx_models.mlp(in_dim=8, hidden=16, out_dim=2).SerializeToString(),
         "sealed": sealing.seal(sealing.SealingKey(os.urandom(16), source="t"), "id1", {"a": 1}, b"x" * 100),
         "v06": cbor2.dumps(
             {

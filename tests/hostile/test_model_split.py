@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from blindai.server.errors import UnsupportedModel
 from blindai.server.inference import LoadedModel
 from blindai.server.modelfile import ModelFile, memfd_usable
-from blindai.server.onnxsplit import LOCATION, MIN_MOVED, split_model
+from blindai.server.onnxsplit import LOCATION, MAX_FIELDS, MIN_MOVED, split_model
 from blindai.server.vetting import vet_model
 from blindai.testing import LocalServer
 from tests.conftest import sim_connect
@@ -107,6 +107,19 @@ def test_the_served_outputs_are_the_uploaded_models() -> None:
         for session in (loaded.session, loaded.narrow):
             np.testing.assert_array_equal(session.run(None, {"x": x})[0], want)
         loaded.close()
+
+
+def test_the_session_holds_its_own_copy_of_the_weights() -> None:
+    """onnxruntime must copy each moved tensor while the session is built: were it to keep
+    pointers into the upload, the served model would change (or crash) once the upload goes.
+    Here the weights' buffer is zeroed after the load, and the outputs must not move."""
+    data = _weights_model(width=128, seed=5).SerializeToString()
+    weights = bytearray(data)
+    loaded = LoadedModel(weights, skeleton=vet_model(data).skeleton, concurrency=1)  # type: ignore[arg-type]
+    weights[:] = bytes(len(weights))
+    x = np.random.default_rng(6).standard_normal((2, 128)).astype(np.float32)
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(loaded.session.run(None, {"x": x})[0], want)
 
 
 @pytest.mark.skipif(not memfd_usable("simulation"), reason="this system has no usable memfd_create")
@@ -253,6 +266,101 @@ def test_raw_data_of_the_wrong_length_is_a_clear_error_at_load() -> None:
     vetted = vet_model(data)
     with pytest.raises(UnsupportedModel, match="cannot load"):
         LoadedModel(data, skeleton=vetted.skeleton, concurrency=1)
+
+
+def _external(name: str, location: str) -> TensorProto:
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in [("location", location), ("offset", "0"), ("length", "16")]:
+        t.external_data.add(key=key, value=value)
+    return t
+
+
+def test_external_data_in_sparse_tensor_lists_and_training_graphs_is_refused() -> None:
+    """Red team: a ``sparse_tensors`` attribute's external data passed vetting, and onnxruntime's
+    checker stat()ed the location relative to the server's working directory, telling the
+    uploader whether a file exists there. Training graphs are walked too (onnxruntime ignores
+    them today)."""
+    sp = onnx.SparseTensorProto(dims=[4])
+    sp.values.CopyFrom(_external("v", "secret"))
+    sp.indices.CopyFrom(numpy_helper.from_array(np.int64([0, 1, 2, 3]), "i"))
+    node = helper.make_node("Identity", ["x"], ["y"])
+    node.attribute.append(
+        onnx.AttributeProto(name="extra", type=onnx.AttributeProto.SPARSE_TENSORS, sparse_tensors=[sp])
+    )
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    with_attr = helper.make_model(
+        helper.make_graph([node], "g", io[:1], io[1:]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    with pytest.raises(UnsupportedModel, match="external data"):
+        vet_model(with_attr.SerializeToString())
+    training = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    ti = training.training_info.add()
+    ti.initialization.name = "init"
+    ti.initialization.initializer.append(_external("w", "secret"))
+    with pytest.raises(UnsupportedModel, match="external data"):
+        vet_model(training.SerializeToString())
+
+
+def _raw_data_written(model: onnx.ModelProto, key: bytes, length: bytes) -> bytes:
+    """The model with its first initializer's raw_data field written with this tag and length."""
+    init = model.graph.initializer[0]
+    rest = TensorProto()
+    rest.CopyFrom(init)
+    rest.ClearField("raw_data")
+    tensor = rest.SerializeToString() + key + length + init.raw_data
+    graph = model.graph.SerializeToString().replace(_field(5, init.SerializeToString()), _field(5, tensor))
+    return _with_graph(model, graph)
+
+
+def _padded(value: int, size: int) -> bytes:
+    out = bytearray()
+    for i in range(size):
+        out.append((value & 0x7F) | (0x80 if i < size - 1 else 0))
+        value >>= 7
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("key", "length_size"),
+    [(b"\xca\x80\x80\x80\x00", 0), (b"\xca\x00", 0), (b"\x4a", 10), (b"\x4a", 4)],
+    ids=["5-byte-tag", "2-byte-tag", "10-byte-length", "4-byte-length"],
+)
+def test_padded_varints_around_a_moved_field_are_refused(key: bytes, length_size: int) -> None:
+    """Red team: with a raw_data tag or length padded (a 6-byte tag or a 10-byte length, which
+    protobuf refuses; shorter paddings no serializer writes), the walker cut the field out and
+    the server served a model no ONNX tool could open."""
+    model = _weights_model()
+    size = len(model.graph.initializer[0].raw_data)
+    canonical = _raw_data_written(model, b"\x4a", _varint(size))
+    assert _restored(canonical) == _protobuf(canonical)  # the construction itself is sound
+    bad = _raw_data_written(model, key, _padded(size, length_size) if length_size else _varint(size))
+    with pytest.raises(UnsupportedModel, match="minimally encoded"):
+        vet_model(bad)
+
+
+def test_a_model_padded_with_millions_of_tiny_fields_is_not_walked_field_by_field() -> None:
+    """Red team: 16 MiB of 2-byte unknown fields beside one moved initializer cost the walker
+    2.6 GiB and 37 s (a tuple per field). The walk is bounded (MAX_FIELDS) and keeps nothing per
+    field; past the bound the model is vetted and loaded whole, as protobuf parses it."""
+    import tracemalloc
+
+    model = _weights_model()
+    graph = model.graph.SerializeToString() + b"\x18\x00" * (MAX_FIELDS + 10)  # GraphProto field 3: unknown
+    data = _with_graph(model, graph)
+    tracemalloc.start()
+    try:
+        split = split_model(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert split.skeleton is None  # not split: whole
+    assert peak < 1 << 20, peak
+    assert vet_model(data).skeleton is None
+    small = _with_graph(model, model.graph.SerializeToString() + b"\x18\x00" * 1000)
+    assert split_model(small).skeleton is not None  # a few unknown fields do not stop the split
 
 
 # --- the property: whatever the walker accepts restores to protobuf's parse -------------------

@@ -31,6 +31,7 @@ PAIRS = [
     ("v06_cbor", "v06"),
     ("oip_request", "oip"),
     ("detect", "tdx"),
+    ("onnx_split", "onnx"),
 ]
 PAIRS += [("dcap_quote", "phala_tdx"), ("ratls_cert", "ratls")] if "ratls" in SEEDS else []
 

@@ -17,8 +17,11 @@ protobuf meaning is unambiguous, so that the skeleton with each range put back p
 same model as the upload (a parser differential here would let a model's hash stand for one
 graph while another is served): ``graph`` at most once (protobuf would merge repeats),
 ``raw_data`` at most once per initializer (protobuf keeps the last), only the four wire types
-protobuf defines outside groups, and an initializer it moves carries no external-data fields
-of its own. Anything else is refused with the reason, never guessed at.
+protobuf defines outside groups, tags and lengths minimally encoded (protobuf refuses some
+padded varints that the walker would otherwise have cut out, leaving a skeleton that parses),
+and an initializer it moves carries no external-data fields of its own. Anything else is
+refused with the reason, never guessed at. The walk keeps nothing per field and stops after
+`MAX_FIELDS` fields: a model padded with millions of tiny fields is vetted and loaded whole.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from dataclasses import dataclass
 
 from .errors import UnsupportedModel
 
-__all__ = ["LOCATION", "MIN_MOVED", "Moved", "Split", "split_model"]
+__all__ = ["LOCATION", "MAX_FIELDS", "MIN_MOVED", "Moved", "Split", "split_model"]
 
 LOCATION = "blindai-upload"  # the in-memory external-data "file": never a path on any disk
 MIN_MOVED = 4096  # smaller raw_data stays in the skeleton (its copy costs nothing)
+# Fields walked at most (model, graph and initializer levels together): exported graphs have tens
+# of thousands (a node, an input or a value_info is one field); beyond this the walk would cost
+# more than it saves, so the model is vetted and loaded whole, as protobuf parses it.
+MAX_FIELDS = 200_000
 
 # Field numbers of onnx.proto (ModelProto.graph, GraphProto.initializer, TensorProto.*).
 _MODEL_GRAPH = 7
@@ -41,6 +48,8 @@ _TENSOR_DATA_LOCATION = 14
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_MAX_LEN = (1 << 31) - 1  # protobuf refuses longer fields
+_TENSOR_WATCHED = frozenset({_TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION})
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,21 @@ class Split:
     moved: tuple[Moved, ...]
 
 
+class _TooManyFields(Exception):
+    """More fields than any exported model has: split nothing, vet and load the upload whole."""
+
+
 def _bad(why: str) -> UnsupportedModel:
     return UnsupportedModel(f"the upload is not an ONNX model (protobuf framing: {why})")
 
 
 def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    """A varint as protobuf reads it, refused unless minimally encoded: serializers never write
+    padded varints, and the walker must not accept bytes protobuf refuses (a 6-byte tag, a
+    10-byte length), since it re-encodes some of them."""
+    b = buf[pos] if pos < end else -1
+    if 0 <= b < 0x80:
+        return b, pos + 1  # the common case, one byte
     value = shift = 0
     for i in range(10):
         if pos + i >= end:
@@ -73,6 +92,10 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
         b = buf[pos + i]
         value |= (b & 0x7F) << shift
         if b < 0x80:
+            if b == 0 and i > 0:
+                raise _bad("a varint is not minimally encoded")
+            if value >= 1 << 64:
+                raise _bad("a varint above 64 bits")
             return value, pos + i + 1
         shift += 7
     raise _bad("varint longer than 10 bytes")
@@ -94,34 +117,45 @@ def _key(field: int, wire: int) -> bytes:
     return _encode_varint(field << 3 | wire)
 
 
-def _fields(buf: memoryview, pos: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """(field, wire type, field start, value start, field end) of each field in ``buf[pos:end]``."""
-    out = []
-    while pos < end:
-        start = pos
-        key, pos = _varint(buf, pos, end)
-        field, wire = key >> 3, key & 7
-        if field == 0 or key > 0xFFFFFFFF:
-            raise _bad("field number 0 or out of range")
-        if wire == _VARINT:
-            _, pos = _varint(buf, pos, end)
-            out.append((field, wire, start, start, pos))
-            continue
-        if wire == _LEN:
-            length, value = _varint(buf, pos, end)
-            if length > end - value:
-                raise _bad("length beyond the end of its message")
-            pos = value + length
-            out.append((field, wire, start, value, pos))
-            continue
-        if wire in (_I64, _I32):
-            pos += 8 if wire == _I64 else 4
-            if pos > end:
-                raise _bad("truncated fixed-width field")
-            out.append((field, wire, start, start, pos))
-            continue
-        raise _bad(f"wire type {wire} (groups are not ONNX)")
-    return out
+class _Walker:
+    """Walks fields, keeping only those asked for; every field walked counts against a budget,
+    so a model padded with millions of tiny fields costs bounded time and no memory here
+    (protobuf keeps such padding as one blob; a tuple per field made 16 MiB cost 2.6 GiB)."""
+
+    def __init__(self, buf: memoryview, budget: int) -> None:
+        self.buf = buf
+        self.budget = budget
+
+    def fields(self, pos: int, end: int, wanted: frozenset[int]) -> list[tuple[int, int, int, int, int]]:
+        """(field, wire type, field start, value start, field end) of the wanted fields in
+        ``buf[pos:end]``; every other field is checked and skipped."""
+        buf, out = self.buf, []
+        while pos < end:
+            self.budget -= 1
+            if self.budget < 0:
+                raise _TooManyFields
+            start = pos
+            key, pos = _varint(buf, pos, end)
+            field, wire = key >> 3, key & 7
+            if field == 0 or key > 0xFFFFFFFF:
+                raise _bad("field number 0 or out of range")
+            value = pos
+            if wire == _VARINT:
+                _, pos = _varint(buf, pos, end)
+            elif wire == _LEN:
+                length, value = _varint(buf, pos, end)
+                if length > end - value or length > _MAX_LEN:
+                    raise _bad("length beyond the end of its message")
+                pos = value + length
+            elif wire in (_I64, _I32):
+                pos += 8 if wire == _I64 else 4
+                if pos > end:
+                    raise _bad("truncated fixed-width field")
+            else:
+                raise _bad(f"wire type {wire} (groups are not ONNX)")
+            if field in wanted:
+                out.append((field, wire, start, value, pos))
+        return out
 
 
 def _entry(key: str, value: str) -> bytes:
@@ -130,20 +164,21 @@ def _entry(key: str, value: str) -> bytes:
     return _key(_TENSOR_EXTERNAL_DATA, _LEN) + _encode_varint(len(body)) + body
 
 
-def _tensor(buf: memoryview, start: int, end: int, min_moved: int) -> tuple[list[bytes | memoryview], int, int] | None:
+def _tensor(walk: _Walker, start: int, end: int, min_moved: int) -> tuple[list[bytes | memoryview], int, int] | None:
     """The tensor re-encoded with its raw_data as an external reference, or None to keep it as is."""
-    fields = _fields(buf, start, end)
+    buf = walk.buf
+    fields = walk.fields(start, end, _TENSOR_WATCHED)
     raw = [f for f in fields if f[0] == _TENSOR_RAW_DATA]
     if len(raw) > 1:
         raise _bad("an initializer has raw_data twice")
     if not raw or raw[0][4] - raw[0][3] < min_moved:
         return None
-    _, wire, _, value, stop = raw[0]
+    _, wire, cut, value, stop = raw[0]
     if wire != _LEN:
         raise _bad("an initializer's raw_data is not length-delimited")
-    if any(f[0] in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION) for f in fields):
+    if len(fields) > 1:
         raise _bad("an initializer has both raw_data and external-data fields")
-    body: list[bytes | memoryview] = [buf[f[2] : f[4]] for f in fields if f[0] != _TENSOR_RAW_DATA]
+    body: list[bytes | memoryview] = [buf[start:cut], buf[stop:end]]
     body += [_entry("location", LOCATION), _entry("offset", str(value)), _entry("length", str(stop - value))]
     body.append(_key(_TENSOR_DATA_LOCATION, _VARINT) + _encode_varint(_EXTERNAL))
     return body, value, stop - value
@@ -153,15 +188,24 @@ def _framed(field: int, pieces: list[bytes | memoryview]) -> list[bytes | memory
     return [_key(field, _LEN) + _encode_varint(sum(len(p) for p in pieces)), *pieces]
 
 
-def split_model(data: bytes | memoryview, min_moved: int = MIN_MOVED) -> Split:
+def split_model(data: bytes | memoryview, min_moved: int = MIN_MOVED, max_fields: int = MAX_FIELDS) -> Split:
     """Cut the large raw_data of the top-level initializers out of a serialized ModelProto.
 
     Raises `UnsupportedModel` on framing that is not plain protobuf (see the module's
-    docstring); the skeleton itself is parsed and vetted by the caller.
+    docstring); the skeleton itself is parsed and vetted by the caller. A model with more
+    than ``max_fields`` fields at the levels walked is not split (vetted and loaded whole).
     """
     buf = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
-    top = _fields(buf, 0, len(buf))
-    graphs = [f for f in top if f[0] == _MODEL_GRAPH]
+    walk = _Walker(buf, max_fields)
+    try:
+        return _split(walk, min_moved)
+    except _TooManyFields:
+        return Split(None, ())
+
+
+def _split(walk: _Walker, min_moved: int) -> Split:
+    buf = walk.buf
+    graphs = walk.fields(0, len(buf), frozenset({_MODEL_GRAPH}))
     if len(graphs) > 1:
         raise _bad("the graph field appears twice")
     if not graphs:
@@ -169,25 +213,22 @@ def split_model(data: bytes | memoryview, min_moved: int = MIN_MOVED) -> Split:
     if graphs[0][1] != _LEN:
         raise _bad("the graph field is not length-delimited")
     _, _, gstart, gvalue, gend = graphs[0]
-    # Pieces are views of the upload until the one join: a model whose bulk is not in initializers
-    # (constants in nodes) costs one copy of that bulk, as parsing it did.
+    # Pieces are views of the upload until the one join, and runs of fields kept as they are stay
+    # one piece: a model whose bulk is not in initializers (constants in nodes) costs one copy of
+    # that bulk, as parsing it did.
     graph: list[bytes | memoryview] = []
     moved: list[Moved] = []
-    index = 0
-    for field, wire, start, value, stop in _fields(buf, gvalue, gend):
-        if field != _GRAPH_INITIALIZER:
-            graph.append(buf[start:stop])
-            continue
+    kept = gvalue  # start of the run of graph bytes not yet added
+    for index, (_, wire, start, value, stop) in enumerate(walk.fields(gvalue, gend, frozenset({_GRAPH_INITIALIZER}))):
         if wire != _LEN:
             raise _bad("an initializer is not length-delimited")
-        rewritten = _tensor(buf, value, stop, min_moved)
-        if rewritten is None:
-            graph.append(buf[start:stop])
-        else:
+        rewritten = _tensor(walk, value, stop, min_moved)
+        if rewritten is not None:
             body, offset, length = rewritten
-            graph += _framed(_GRAPH_INITIALIZER, body)
+            graph += [buf[kept:start], *_framed(_GRAPH_INITIALIZER, body)]
+            kept = stop
             moved.append(Moved(index, offset, length))
-        index += 1
     if not moved:
         return Split(None, ())
+    graph.append(buf[kept:gend])
     return Split(b"".join([buf[:gstart], *_framed(_MODEL_GRAPH, graph), buf[gend:]]), tuple(moved))

@@ -79,7 +79,9 @@ def vet_model(
         if i in moved:
             _check_moved(init, moved[i])
     # FunctionProto has .node like a graph (and no initializers), so it is walked the same way.
-    graphs: list[Any] = [model.graph, *model.functions]
+    # Training graphs too: onnxruntime ignores them today, and a checker walking them would stat paths.
+    training = [g for ti in model.training_info for g in (ti.initialization, ti.algorithm)]
+    graphs: list[Any] = [model.graph, *model.functions, *training]
     sparse: list[Any] = []
     while graphs:
         g = graphs.pop()
@@ -97,7 +99,9 @@ def vet_model(
                 if attr.HasField("sparse_tensor"):
                     tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
                     sparse.append(attr.sparse_tensor)
-                sparse.extend(attr.sparse_tensors)
+                for sp in attr.sparse_tensors:
+                    tensors += [sp.values, sp.indices]
+                    sparse.append(sp)
                 if attr.HasField("g"):
                     graphs.append(attr.g)
                 graphs.extend(attr.graphs)
@@ -291,7 +295,9 @@ def check_string_constants(model: Any) -> None:
                 f"the model's string constants exceed {MAX_STRING_CONSTANTS} bytes in all (see docs/models.md)"
             )
 
-    graphs: list[Any] = [model.graph, *model.functions]
+    # Training graphs too: onnxruntime ignores them today, and a checker walking them would stat paths.
+    training = [g for ti in model.training_info for g in (ti.initialization, ti.algorithm)]
+    graphs: list[Any] = [model.graph, *model.functions, *training]
     while graphs:
         g = graphs.pop()
         for t in getattr(g, "initializer", []):
