@@ -86,7 +86,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
-FUZZ_TARGETS := dcap_quote snp_report detect simulation oip_request oip_json v06_cbor sealed_file ratls_cert
+FUZZ_TARGETS := dcap_quote snp_report detect simulation oip_request oip_json v06_cbor sealed_file ratls_cert onnx_split
 FUZZ_SECONDS ?= 300
 
 # Long fuzzing: FUZZ_SECONDS per target (default 5 minutes), corpora kept in fuzz/corpus/.

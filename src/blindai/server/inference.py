@@ -159,7 +159,6 @@ class LoadedModel:
     ) -> None:
         self.cores = intra_op_threads if intra_op_threads > 0 else machine_cores()
         self.concurrency = concurrency if concurrency > 0 else self.cores
-        self._skeleton = skeleton
         try:
             self.session = _load_session(model, self.cores, skeleton)
         except Exception as exc:  # onnxruntime raises several unrelated types
@@ -177,14 +176,16 @@ class LoadedModel:
         if self.concurrency > 1:
             # On a descriptor of its own: the caller closes its file once this returns.
             own = model.dup() if isinstance(model, ModelFile) else model
+            # The skeleton is held only until then: kept, it would be one more uncounted copy of a
+            # model whose bulk is in its graph (Constant nodes).
             if narrow_now:
-                self._build_narrow(own)
+                self._build_narrow(own, skeleton)
             else:
-                self._narrow_ready = self.pool.submit(self._build_narrow, own)
+                self._narrow_ready = self.pool.submit(self._build_narrow, own, skeleton)
 
-    def _build_narrow(self, model: ModelFile | bytes) -> None:
+    def _build_narrow(self, model: ModelFile | bytes, skeleton: bytes | None) -> None:
         try:
-            self.narrow = _load_session(model, 1, self._skeleton)
+            self.narrow = _load_session(model, 1, skeleton)
         except Exception as exc:  # the wide session loaded: serve with it alone
             log.error("the concurrent (1-thread) session did not load, serving one run at a time: %s", _short(exc))
         finally:
