@@ -14,6 +14,7 @@ import gc
 import os
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from blindai.server.errors import UnsupportedModel
 from blindai.server.inference import LoadedModel
 from blindai.server.modelfile import ModelFile, memfd_usable
-from blindai.server.onnxsplit import LOCATION, MAX_FIELDS, MIN_MOVED, split_model
+from blindai.server.onnxsplit import LOCATION, MAX_FIELDS, MIN_MOVED, Split, split_model
 from blindai.server.vetting import vet_model
 from blindai.testing import LocalServer
 from tests.conftest import sim_connect
@@ -362,21 +363,23 @@ def test_padded_varints_around_a_moved_field_are_refused(key: bytes, length_size
         vet_model(bad)
 
 
+def _split_traced(data: bytes) -> tuple[Split, int]:
+    """The split, and the most memory Python held while it ran."""
+    tracemalloc.start()
+    try:
+        split = split_model(data)
+        return split, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_model_padded_with_millions_of_tiny_fields_is_not_walked_field_by_field() -> None:
     """Red team: 16 MiB of 2-byte unknown fields beside one moved initializer cost the walker
     2.6 GiB and 37 s (a tuple per field). The walk is bounded (MAX_FIELDS) and keeps nothing per
     field; past the bound the model is vetted and loaded whole, as protobuf parses it."""
-    import tracemalloc
-
     model = _weights_model()
-    graph = model.graph.SerializeToString() + b"\x18\x00" * (MAX_FIELDS + 10)  # GraphProto field 3: unknown
-    data = _with_graph(model, graph)
-    tracemalloc.start()
-    try:
-        split = split_model(data)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    data = _with_graph(model, model.graph.SerializeToString() + b"\x18\x00" * (MAX_FIELDS + 10))  # unknown field 3
+    split, peak = _split_traced(data)
     assert split.skeleton is None  # not split: whole
     assert peak < 1 << 20, peak
     assert vet_model(data).skeleton is None
@@ -385,12 +388,7 @@ def test_a_model_padded_with_millions_of_tiny_fields_is_not_walked_field_by_fiel
     # Fields the walker looks at cost nothing kept either (red team round 2: 199,900 empty
     # initializers made a 416 KB upload cost 28 MiB, a tuple each).
     empties = _with_graph(model, model.graph.SerializeToString() + b"\x2a\x00" * (MAX_FIELDS // 2))
-    tracemalloc.start()
-    try:
-        split = split_model(empties)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    split, peak = _split_traced(empties)
     assert split.skeleton is not None and len(split.moved) == 3
     assert peak < len(empties) + (1 << 20), peak  # the skeleton itself, and little else
 
