@@ -19,7 +19,9 @@ graph while another is served): ``graph`` at most once (protobuf would merge rep
 ``raw_data`` at most once per initializer (protobuf keeps the last), only the four wire types
 protobuf defines outside groups, tags and lengths minimally encoded (protobuf refuses some
 padded varints that the walker would otherwise have cut out, leaving a skeleton that parses),
-and an initializer it moves carries no external-data fields of its own. Anything else is
+and an initializer it moves carries no external-data fields of its own (an explicit
+``data_location`` DEFAULT, which ``onnx.load`` writes after reading external data, is kept
+before the EXTERNAL the walker appends, so protobuf's last-one-wins gives EXTERNAL). Anything else is
 refused with the reason, never guessed at. The walk keeps nothing per field it skips, and
 stops after `MAX_FIELDS` fields (at most about 0.4 s of Python on the 2-core box, for the
 costliest fields): a model padded with more tiny fields is vetted and loaded whole.
@@ -47,7 +49,7 @@ _GRAPH_INITIALIZER = 5
 _TENSOR_RAW_DATA = 9
 _TENSOR_EXTERNAL_DATA = 13
 _TENSOR_DATA_LOCATION = 14
-_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_DEFAULT, _EXTERNAL = 0, 1  # TensorProto.DataLocation
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _MAX_LEN = (1 << 31) - 1  # protobuf refuses longer fields
@@ -171,6 +173,10 @@ def _tensor(walk: _Walker, start: int, end: int, min_moved: int) -> tuple[list[b
     raw: tuple[int, int, int, int, int] | None = None
     external = False
     for f in walk.fields(start, end, _TENSOR_WATCHED):
+        if f[0] == _TENSOR_DATA_LOCATION and f[1] == _VARINT and buf[f[3] : f[4]] == bytes([_DEFAULT]):
+            # An explicit data_location DEFAULT (onnx.load writes it into every tensor it read from
+            # external data): kept as it is; the EXTERNAL appended after it is the value protobuf keeps.
+            continue
         if f[0] != _TENSOR_RAW_DATA:
             external = True
         elif raw is not None:
