@@ -8,12 +8,14 @@ key (``attestation/channel.py``), so a reconnection cannot land on another serve
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import h11
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +48,7 @@ from ..protocol.models import (
     decode_upload_answer,
 )
 from ..protocol.tensors import TensorError, cast_exact
+from .wire import PinnedHTTP, Reply
 
 __all__ = ["Connection", "ModelInfo", "RunResult", "TensorInfo"]
 
@@ -97,10 +100,32 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
 
 def raise_for_status(resp: httpx.Response) -> None:
     """Turn an error answer into the typed `ServerError` for its status."""
-    if resp.status_code < 400:
+    raise_for_status_code(resp.status_code, resp.content, resp.reason_phrase)
+
+
+def raise_for_status_code(status: int, content: bytes, reason: str) -> None:
+    """`raise_for_status` from the parts of an answer (the httpx-free hot path has no Response)."""
+    if status < 400:
         return
-    message = decode_error(resp.content, resp.reason_phrase or f"status {resp.status_code}")
-    raise _STATUS_ERRORS.get(resp.status_code, ServerError)(message, status=resp.status_code)
+    message = decode_error(content, reason or f"status {status}")
+    raise _STATUS_ERRORS.get(status, ServerError)(message, status=status)
+
+
+def _transport_error(method: str, url: str, exc: BaseException) -> BlindAIError:
+    """A failed exchange, typed: a refused key is a BindingError (nothing was sent)."""
+    if is_pin_failure(exc):
+        return BindingError(
+            "the attested port presented a TLS key that is not the one bound in the evidence "
+            "(another server, or someone in between): nothing was sent",
+            check=Check.TLS_PIN,
+        )
+    return TransportError(f"{method} {url} failed: {exc}")
+
+
+# Model ids and names sent as they are on the hot path (httpx would leave them unchanged too);
+# anything else, dot segments included, goes through httpx as before.
+_PLAIN_ID = re.compile(r"(?=.*[A-Za-z0-9])[A-Za-z0-9._~-]{1,512}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def host_for_url(host: str) -> str:
@@ -149,6 +174,7 @@ class Connection:
         self._upload_token = upload_token
         self._owner_tokens: dict[str, str] = {}
         self._metadata: dict[str, ModelInfo] = {}
+        self._wire: PinnedHTTP | None = None  # made on the first run_model
 
     # -- plumbing
 
@@ -157,13 +183,22 @@ class Connection:
         try:
             return self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
-            if is_pin_failure(exc):
-                raise BindingError(
-                    "the attested port presented a TLS key that is not the one bound in the evidence "
-                    "(another server, or someone in between): nothing was sent",
-                    check=Check.TLS_PIN,
-                ) from exc
-            raise TransportError(f"{method} {url} failed: {exc}") from exc
+            raise _transport_error(method, url, exc) from exc
+
+    def _exchange(self, target: str, headers: list[tuple[str, str]], body: bytes) -> Reply:
+        """A POST on the inference hot path (`wire.PinnedHTTP`): same channel, same typed errors."""
+        if self._wire is None:
+            ctx = pinned_context(load_certificate(self.certificate_pem))
+            timeout = self._http.timeout
+            self._wire = PinnedHTTP(
+                self.host, self.attested_port, ctx, connect_timeout=timeout.connect, timeout=timeout.read
+            )
+        try:
+            reply = self._wire.exchange("POST", target, headers, body)
+        except (OSError, h11.ProtocolError) as exc:  # ssl errors and timeouts are OSErrors
+            raise _transport_error("POST", target, exc) from exc
+        raise_for_status_code(reply.status, reply.body, reply.reason)
+        return reply
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         resp = self.request_raw(method, url, **kwargs)
@@ -181,6 +216,8 @@ class Connection:
     def close(self) -> None:
         """Close the pinned HTTP pool. Models stay on the server; owner tokens kept here are forgotten."""
         self._http.close()
+        if self._wire is not None:
+            self._wire.close()
 
     def __enter__(self) -> Connection:
         return self
@@ -324,10 +361,15 @@ class Connection:
         headers = {HEADER_LENGTH: str(head_len), "Content-Type": "application/octet-stream"}
         if model_sha256 is not None:
             headers[MODEL_SHA256] = model_sha256
-        resp = self._request("POST", f"/v2/models/{model_id}/infer", content=b"".join(chunks), headers=headers)
-        raw_len = resp.headers.get(HEADER_LENGTH.lower())
+        target, body = f"/v2/models/{model_id}/infer", b"".join(chunks)
+        if _PLAIN_ID.fullmatch(model_id) and (model_sha256 is None or _SHA256.fullmatch(model_sha256)):
+            reply = self._exchange(target, list(headers.items()), body)
+            raw_len, content = reply.headers.get(HEADER_LENGTH.lower()), reply.body
+        else:  # a name httpx would percent-encode, or a malformed pin: as before, through httpx
+            resp = self._request("POST", target, content=body, headers=headers)
+            raw_len, content = resp.headers.get(HEADER_LENGTH.lower()), resp.content
         try:
-            out = decode_response(resp.content, int(raw_len) if raw_len is not None else None)
+            out = decode_response(content, int(raw_len) if raw_len is not None else None)
         except ValueError as exc:
             raise BlindAIError(f"the server's response could not be decoded: {exc}") from exc
         return RunResult(out)

@@ -1,0 +1,200 @@
+"""The SDK's inference hot path (client/wire.py): bare HTTP/1.1 on the pinned channel.
+
+The attacker is the network (a key swapped in after connect), or a server that closes or cuts
+connections. What must hold: a changed key is refused inside the handshake with nothing sent; a
+socket the server closed while idle is replaced once, silently, while an answer cut short is an
+error, never a silent retry; threads never share a socket or see each other's answers; and the
+real server answers the hot path exactly as it answers httpx.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import h11
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import blindai
+from blindai.attestation.binding import load_certificate
+from blindai.attestation.channel import is_pin_failure, pinned_context
+from blindai.client.wire import PinnedHTTP
+from blindai.server.tls import TlsIdentity, make_identity
+from blindai.testing import LocalServer
+from tests import onnx_models
+from tests.conftest import sim_connect
+
+
+@dataclass
+class FakeServer:
+    """A TLS server test double: echoes each request body; ``mode`` says how it misbehaves.
+
+    ``keep``: keep-alive, like the real server; ``close``: closes every connection after its
+    answer without saying so (an idle timeout, seen by the next request); ``cut``: announces 100
+    bytes, sends 10 and closes.
+    """
+
+    identity: TlsIdentity
+    mode: str = "keep"
+    connections: int = 0
+    requests: int = 0
+    bytes_received: int = 0
+    _sock: socket.socket = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._ctx = self.identity.ssl_context()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            with self._ctx.wrap_socket(raw, server_side=True) as sock:
+                conn = h11.Connection(h11.SERVER)
+                body = b""
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        data = sock.recv(65536)
+                        self.bytes_received += len(data)
+                        if not data:
+                            return
+                        conn.receive_data(data)
+                    elif isinstance(event, h11.Request):
+                        self.requests += 1
+                        body = b""
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        if self.mode == "cut":
+                            head = conn.send(h11.Response(status_code=200, headers=[("Content-Length", "100")]))
+                            sock.sendall((head or b"") + b"0123456789")
+                            return
+                        out = conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body)))]))
+                        sock.sendall((out or b"") + body)
+                        conn.send(h11.Data(data=body))
+                        conn.send(h11.EndOfMessage())
+                        if self.mode == "close":
+                            return
+                        conn.start_next_cycle()
+        except (OSError, h11.ProtocolError):
+            return
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture()
+def identity() -> TlsIdentity:
+    return make_identity(["127.0.0.1"])
+
+
+def _client(identity: TlsIdentity, port: int) -> PinnedHTTP:
+    ctx = pinned_context(load_certificate(identity.certificate_pem))
+    return PinnedHTTP("127.0.0.1", port, ctx, connect_timeout=5, timeout=5)
+
+
+@pytest.fixture()
+def server(identity: TlsIdentity) -> Iterator[FakeServer]:
+    srv = FakeServer(identity)
+    yield srv
+    srv.close()
+
+
+def test_answers_come_back_on_one_kept_alive_socket(identity: TlsIdentity, server: FakeServer) -> None:
+    client = _client(identity, server.port)
+    for i in range(5):
+        assert client.exchange("POST", "/x", [], b"hello %d" % i).body == b"hello %d" % i
+    assert server.connections == 1 and server.requests == 5
+    client.close()
+
+
+def test_a_socket_closed_while_idle_is_replaced_once(identity: TlsIdentity, server: FakeServer) -> None:
+    server.mode = "close"
+    client = _client(identity, server.port)
+    for i in range(3):
+        assert client.exchange("POST", "/x", [], b"again %d" % i).body == b"again %d" % i
+    assert server.requests == 3  # each request answered once: no request was sent twice to be answered twice
+    client.close()
+
+
+def test_an_answer_cut_short_is_an_error_never_a_retry(identity: TlsIdentity, server: FakeServer) -> None:
+    server.mode = "cut"
+    client = _client(identity, server.port)
+    with pytest.raises((OSError, h11.ProtocolError)):
+        client.exchange("POST", "/x", [], b"once")
+    assert server.requests == 1
+    client.close()
+
+
+def test_a_changed_key_is_refused_in_the_handshake_with_nothing_sent(identity: TlsIdentity) -> None:
+    """The network swaps in another key after connect: the pinned context refuses it inside the
+    handshake; the request's bytes never reach the impostor."""
+    impostor = FakeServer(make_identity(["127.0.0.1"]))
+    try:
+        client = _client(identity, impostor.port)  # pinned to ``identity``, talking to the impostor
+        with pytest.raises(ssl.SSLError) as err:
+            client.exchange("POST", "/secret", [], b"PRIVATE-MEDICAL-AUDIO" * 100)
+        assert is_pin_failure(err.value)
+        assert impostor.requests == 0
+        assert (
+            impostor.bytes_received == 0
+        )  # not one byte of the request (the handshake's own bytes are the TLS layer's)
+    finally:
+        impostor.close()
+
+
+def test_threads_never_see_each_others_answers(identity: TlsIdentity, server: FakeServer) -> None:
+    client = _client(identity, server.port)
+    wrong: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            payload = f"thread {n} call {i}".encode() * (1 + i % 7)
+            if client.exchange("POST", "/x", [], payload).body != payload:
+                wrong.append(f"{n}/{i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not wrong
+    assert server.requests == 320
+    client.close()
+    with pytest.raises(ConnectionError):
+        client.exchange("POST", "/x", [], b"after close")
+
+
+def test_the_real_server_answers_the_hot_path_as_it_answers_httpx() -> None:
+    model = onnx_models.mlp(in_dim=16, hidden=32, out_dim=4)
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    with LocalServer() as srv, sim_connect(srv) as conn:
+        info = conn.upload_model(model)
+        fast = conn.run_model(info.model_id, x).output
+        assert conn._wire is not None and conn._wire._idle  # the hot path was taken, and kept its socket
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+            0
+        ]
+        np.testing.assert_allclose(fast, want, rtol=1e-6)
+        with pytest.raises(blindai.InvalidInputError):  # a malformed pin goes through httpx, as before: 400
+            conn.run_model(info.model_id, x, model_sha256="not-a-hash")
+        with pytest.raises(blindai.ModelNotFoundError):
+            conn.run_model("no-such-model", {"x": x})  # a dict: no metadata lookup, the hot path answers 404
+        with pytest.raises(blindai.ModelHashMismatchError):
+            conn.run_model(info.model_id, x, model_sha256="0" * 64)
+        np.testing.assert_array_equal(conn.run_model(info.model_id, x, model_sha256=info.sha256).output, fast)
