@@ -124,7 +124,8 @@ def test_the_served_outputs_are_the_uploaded_models() -> None:
     assert vetted.skeleton is not None
     x = np.random.default_rng(1).standard_normal((3, 96)).astype(np.float32)
     want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    for source in (data, ModelFile.from_bytes(data, memfd=memfd_usable("simulation"))):
+    files = [ModelFile.from_bytes(data, memfd=m) for m in {False, memfd_usable("simulation")}]  # bytes (SGX), memfd
+    for source in (data, *files):
         loaded = LoadedModel(source, skeleton=vetted.skeleton, concurrency=2, narrow_now=True)
         if isinstance(source, ModelFile):
             source.close()  # onnxruntime copied the weights: the upload can go
