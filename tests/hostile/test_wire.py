@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -36,11 +37,13 @@ class FakeServer:
 
     ``keep``: keep-alive, like the real server; ``close``: closes every connection after its
     answer without saying so (an idle timeout, seen by the next request); ``cut``: announces 100
-    bytes, sends 10 and closes.
+    bytes, sends 10 and closes; ``swallow``: reads the request and closes without answering;
+    ``extra``: sends a second, unrequested answer after each real one.
     """
 
     identity: TlsIdentity
     mode: str = "keep"
+    delay: float = 0.0
     connections: int = 0
     requests: int = 0
     bytes_received: int = 0
@@ -80,6 +83,9 @@ class FakeServer:
                     elif isinstance(event, h11.Data):
                         body += event.data
                     elif isinstance(event, h11.EndOfMessage):
+                        time.sleep(self.delay)
+                        if self.mode == "swallow":  # took the request in, then the connection went
+                            return
                         if self.mode == "cut":
                             head = conn.send(h11.Response(status_code=200, headers=[("Content-Length", "100")]))
                             sock.sendall((head or b"") + b"0123456789")
@@ -90,6 +96,8 @@ class FakeServer:
                         conn.send(h11.EndOfMessage())
                         if self.mode == "close":
                             return
+                        if self.mode == "extra":  # an answer nobody asked for, after the real one
+                            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE")
                         conn.start_next_cycle()
         except (OSError, h11.ProtocolError):
             return
@@ -141,6 +149,49 @@ def test_an_answer_cut_short_is_an_error_never_a_retry(identity: TlsIdentity, se
     client.close()
 
 
+def test_several_idle_sockets_closed_by_the_server_do_not_fail_the_next_call(
+    identity: TlsIdentity, server: FakeServer
+) -> None:
+    """Red team (F1): after concurrent calls and the server's keep-alive timeout, two dead idle
+    sockets in a row made the next call fail (the retry took another dead one)."""
+    server.mode, server.delay = "close", 0.2
+    client = _client(identity, server.port)
+    threads = [threading.Thread(target=client.exchange, args=("POST", "/x", [], b"warm")) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(client._idle) >= 2  # all closed by the server by now
+    server.delay = 0.0
+    assert client.exchange("POST", "/x", [], b"after the idle timeout").body == b"after the idle timeout"
+    assert server.requests == 4
+    client.close()
+
+
+def test_a_request_taken_in_is_never_sent_again(identity: TlsIdentity, server: FakeServer) -> None:
+    """Red team (F2): the server (or a relay cutting the answer) takes a request in on a reused
+    socket and the connection goes: the first version sent it again on a fresh socket, so the
+    server ran it twice and the caller saw success. It is an error for the caller now."""
+    client = _client(identity, server.port)
+    client.exchange("POST", "/x", [], b"first")  # leaves a kept-alive socket
+    server.mode = "swallow"
+    with pytest.raises((OSError, h11.ProtocolError)):
+        client.exchange("POST", "/x", [], b"RUN-ONCE")
+    assert server.requests == 2  # "first" and one "RUN-ONCE"
+    client.close()
+
+
+def test_bytes_nobody_asked_for_are_never_read_as_the_next_answer(identity: TlsIdentity, server: FakeServer) -> None:
+    """Red team (F3): an unrequested answer left on an idle socket was returned to the next caller
+    (another thread's, perhaps). Such a socket is not reused."""
+    server.mode = "extra"
+    client = _client(identity, server.port)
+    assert client.exchange("POST", "/x", [], b"mine").body == b"mine"
+    time.sleep(0.2)  # the stray answer arrives while the socket is idle
+    assert client.exchange("POST", "/x", [], b"mine too").body == b"mine too"
+    client.close()
+
+
 def test_a_changed_key_is_refused_in_the_handshake_with_nothing_sent(identity: TlsIdentity) -> None:
     """The network swaps in another key after connect: the pinned context refuses it inside the
     handshake; the request's bytes never reach the impostor."""
@@ -186,7 +237,7 @@ def test_the_real_server_answers_the_hot_path_as_it_answers_httpx() -> None:
     with LocalServer() as srv, sim_connect(srv) as conn:
         info = conn.upload_model(model)
         fast = conn.run_model(info.model_id, x).output
-        assert conn._wire is not None and conn._wire._idle  # the hot path was taken, and kept its socket
+        assert conn._wire._idle  # the hot path was taken, and kept its socket
         want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
             0
         ]
@@ -198,3 +249,13 @@ def test_the_real_server_answers_the_hot_path_as_it_answers_httpx() -> None:
         with pytest.raises(blindai.ModelHashMismatchError):
             conn.run_model(info.model_id, x, model_sha256="0" * 64)
         np.testing.assert_array_equal(conn.run_model(info.model_id, x, model_sha256=info.sha256).output, fast)
+    # Red team (F4): run_model after close() opened a new socket nobody would close.
+    with LocalServer() as srv:
+        conn = sim_connect(srv)
+        info = conn.upload_model(model)
+        conn.close()
+        with pytest.raises(blindai.TransportError, match="closed"):
+            conn.run_model(info.model_id, x)
+        with pytest.raises(blindai.TransportError, match="closed"):
+            conn.list_models()
+        assert not conn._wire._idle

@@ -174,12 +174,22 @@ class Connection:
         self._upload_token = upload_token
         self._owner_tokens: dict[str, str] = {}
         self._metadata: dict[str, ModelInfo] = {}
-        self._wire: PinnedHTTP | None = None  # made on the first run_model
+        timeout = http.timeout
+        # The inference hot path (client/wire.py): no I/O until the first run_model.
+        self._wire = PinnedHTTP(
+            host,
+            attested_port,
+            pinned_context(load_certificate(certificate_pem)),
+            connect_timeout=timeout.connect,
+            timeout=timeout.read,
+        )
 
     # -- plumbing
 
     def request_raw(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request over the pinned channel, transport errors typed (a refused key is a BindingError)."""
+        if self._http.is_closed:
+            raise TransportError(f"{method} {url}: the connection is closed")
         try:
             return self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
@@ -187,12 +197,8 @@ class Connection:
 
     def _exchange(self, target: str, headers: list[tuple[str, str]], body: bytes) -> Reply:
         """A POST on the inference hot path (`wire.PinnedHTTP`): same channel, same typed errors."""
-        if self._wire is None:
-            ctx = pinned_context(load_certificate(self.certificate_pem))
-            timeout = self._http.timeout
-            self._wire = PinnedHTTP(
-                self.host, self.attested_port, ctx, connect_timeout=timeout.connect, timeout=timeout.read
-            )
+        if self._http.is_closed:
+            raise TransportError(f"POST {target}: the connection is closed")
         try:
             reply = self._wire.exchange("POST", target, headers, body)
         except (OSError, h11.ProtocolError) as exc:  # ssl errors and timeouts are OSErrors
@@ -216,8 +222,7 @@ class Connection:
     def close(self) -> None:
         """Close the pinned HTTP pool. Models stay on the server; owner tokens kept here are forgotten."""
         self._http.close()
-        if self._wire is not None:
-            self._wire.close()
+        self._wire.close()
 
     def __enter__(self) -> Connection:
         return self

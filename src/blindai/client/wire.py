@@ -11,16 +11,20 @@ on httpx.
 Nothing about trust changes: sockets come from the same context (`pinned_context`: one
 trusted certificate, the attested key checked again inside every handshake, so a changed key
 fails before a byte is sent), with the connection's timeouts, and h11 frames the messages (no
-hand-written HTTP parsing). An idle socket the server has closed meanwhile (its keep-alive
-timeout) is detected when nothing of the answer arrived on it, and the request is sent once
-more on a fresh one; inference has no side effects to repeat.
+hand-written HTTP parsing). A request is written at most once: an idle socket is reused only
+if it has nothing to read (not closed by the server, no stray bytes that would pass for the
+next answer) and has been idle less than 15 s; if a reused socket refuses the write itself,
+the request goes once on a fresh socket; once written, any failure is the caller's error
+(an attacker who cuts an answer cannot make the server run a request twice).
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 import h11
@@ -30,6 +34,7 @@ __all__ = ["PinnedHTTP", "Reply"]
 _RECV = 1 << 16
 _ONE_SEND = 1 << 16  # head and body in one send up to this size (two syscalls cost more than a copy)
 _MAX_IDLE = 8  # idle sockets kept for reuse (a client with more threads opens more, and closes the rest)
+_IDLE_S = 15.0  # an idle socket older than this is not reused (the server closes them after 30 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +48,20 @@ class Reply:
 
 
 class _Stale(Exception):
-    """A reused idle socket turned out closed before any of the answer arrived."""
+    """A reused idle socket refused the request's bytes: the server had closed it."""
+
+
+def _readable(sock: ssl.SSLSocket) -> bool:
+    """Whether an idle socket has anything to read: the server's close, or bytes nobody asked for."""
+    return sock.pending() > 0 or bool(select.select([sock], [], [], 0)[0])
 
 
 class PinnedHTTP:
     """A small pool of keep-alive HTTP/1.1 sockets to one attested port; thread-safe.
 
     Each exchange holds one socket alone; sockets go back to the pool only after a complete,
-    keep-alive answer. Raises OSError (ssl errors, timeouts and refused keys included) or
-    ``h11.ProtocolError``; the caller types them.
+    keep-alive answer with nothing left over. Raises OSError (ssl errors, timeouts and refused
+    keys included) or ``h11.ProtocolError``; the caller types them.
     """
 
     def __init__(
@@ -62,40 +72,45 @@ class PinnedHTTP:
         self._context = context
         self._connect_timeout = connect_timeout
         self._timeout = timeout
-        self._idle: list[tuple[ssl.SSLSocket, h11.Connection]] = []
+        self._idle: list[tuple[ssl.SSLSocket, h11.Connection, float]] = []  # with when each went idle
         self._lock = threading.Lock()
         self._closed = False
 
     def exchange(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Reply:
-        """One request and its whole answer."""
-        for _ in range(2):
-            sock, conn, reused = self._take()
-            try:
-                reply = self._once(sock, conn, method, target, headers, body, reused)
-            except _Stale:
-                sock.close()
-                continue  # the fresh socket of the next turn never raises _Stale
-            except BaseException:
-                sock.close()
-                raise
-            self._give_back(sock, conn)
-            return reply
-        raise ConnectionResetError("the server closed the connection before answering")  # pragma: no cover
+        """One request and its whole answer; the request is written at most once (module docstring)."""
+        sock, conn, reused = self._take(fresh=False)
+        try:
+            return self._finish(sock, conn, self._once(sock, conn, method, target, headers, body, reused))
+        except _Stale:
+            sock.close()
+        except BaseException:
+            sock.close()
+            raise
+        sock, conn, _ = self._take(fresh=True)
+        try:
+            return self._finish(sock, conn, self._once(sock, conn, method, target, headers, body, False))
+        except BaseException:
+            sock.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for sock, _ in idle:
+        for sock, _, _ in idle:
             sock.close()
 
-    def _take(self) -> tuple[ssl.SSLSocket, h11.Connection, bool]:
-        with self._lock:
-            if self._closed:
-                raise ConnectionError("the connection is closed")
-            if self._idle:
-                sock, conn = self._idle.pop()
+    def _take(self, *, fresh: bool) -> tuple[ssl.SSLSocket, h11.Connection, bool]:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ConnectionError("the connection is closed")
+                if fresh or not self._idle:
+                    break
+                sock, conn, since = self._idle.pop()
+            if time.monotonic() - since < _IDLE_S and not _readable(sock):
                 return sock, conn, True
+            sock.close()
         raw = socket.create_connection(self._address, timeout=self._connect_timeout)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -106,14 +121,17 @@ class PinnedHTTP:
         sock.settimeout(self._timeout)
         return sock, h11.Connection(h11.CLIENT), False
 
-    def _give_back(self, sock: ssl.SSLSocket, conn: h11.Connection) -> None:
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+    def _finish(self, sock: ssl.SSLSocket, conn: h11.Connection, reply: Reply) -> Reply:
+        """Pool the socket if the exchange ended cleanly with nothing left over; else close it."""
+        clean = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        if clean and not conn.trailing_data[0] and not sock.pending():
             conn.start_next_cycle()
             with self._lock:
                 if not self._closed and len(self._idle) < _MAX_IDLE:
-                    self._idle.append((sock, conn))
-                    return
+                    self._idle.append((sock, conn, time.monotonic()))
+                    return reply
         sock.close()
+        return reply
 
     def _once(
         self,
@@ -144,23 +162,13 @@ class PinnedHTTP:
                     sock.sendall(piece)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError) as exc:
             if reused:
-                raise _Stale from exc
+                raise _Stale from exc  # refused on write: the server had closed it
             raise
         status, reason, answer_headers, parts = 0, "", {}, []
-        received = False
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                try:
-                    data = sock.recv(_RECV)
-                except (ConnectionResetError, ssl.SSLEOFError) as exc:
-                    if reused and not received:
-                        raise _Stale from exc
-                    raise
-                if not data and reused and not received:
-                    raise _Stale
-                received = received or bool(data)
-                conn.receive_data(data)
+                conn.receive_data(sock.recv(_RECV))
             elif isinstance(event, h11.Response):
                 status, reason = event.status_code, event.reason.decode("latin-1")
                 answer_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
@@ -169,5 +177,5 @@ class PinnedHTTP:
             elif isinstance(event, h11.EndOfMessage):
                 return Reply(status, reason, answer_headers, b"".join(parts))
             elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionResetError("the server closed the connection in the middle of its answer")
+                raise ConnectionResetError("the server closed the connection before its answer was complete")
             # h11.InformationalResponse (1xx): nothing to do, the final answer follows
