@@ -9,12 +9,15 @@ real server answers the hot path exactly as it answers httpx.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
 import numpy as np
@@ -24,6 +27,7 @@ import pytest
 import blindai
 from blindai.attestation.binding import load_certificate
 from blindai.attestation.channel import is_pin_failure, pinned_context
+from blindai.client import wire
 from blindai.client.wire import PinnedHTTP
 from blindai.server.tls import TlsIdentity, make_identity
 from blindai.testing import LocalServer
@@ -38,7 +42,8 @@ class FakeServer:
     ``keep``: keep-alive, like the real server; ``close``: closes every connection after its
     answer without saying so (an idle timeout, seen by the next request); ``cut``: announces 100
     bytes, sends 10 and closes; ``swallow``: reads the request and closes without answering;
-    ``extra``: sends a second, unrequested answer after each real one.
+    ``extra``: sends a second, unrequested answer after each real one; ``early``: answers 413
+    from the head and closes; ``drip``: one byte every 0.2 s; ``unframed``: no length.
     """
 
     identity: TlsIdentity
@@ -80,11 +85,30 @@ class FakeServer:
                     elif isinstance(event, h11.Request):
                         self.requests += 1
                         body = b""
+                        if self.mode == "early":  # refused from the head, the body then drained unread
+                            answer = h11.Response(
+                                status_code=413, headers=[("Content-Length", "8"), ("Connection", "close")]
+                            )
+                            out = conn.send(answer)
+                            sock.sendall((out or b"") + b"too big!")
+                            sock.settimeout(1.0)
+                            with contextlib.suppress(OSError):
+                                while sock.recv(1 << 16):
+                                    pass
+                            return
                     elif isinstance(event, h11.Data):
                         body += event.data
                     elif isinstance(event, h11.EndOfMessage):
                         time.sleep(self.delay)
                         if self.mode == "swallow":  # took the request in, then the connection went
+                            return
+                        if self.mode == "drip":  # a valid answer, one byte at a time
+                            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                                sock.sendall(bytes([byte]))
+                                time.sleep(0.2)
+                            return
+                        if self.mode == "unframed":  # no length: its end would be the connection's
+                            sock.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
                             return
                         if self.mode == "cut":
                             head = conn.send(h11.Response(status_code=200, headers=[("Content-Length", "100")]))
@@ -154,14 +178,24 @@ def test_several_idle_sockets_closed_by_the_server_do_not_fail_the_next_call(
 ) -> None:
     """Red team (F1): after concurrent calls and the server's keep-alive timeout, two dead idle
     sockets in a row made the next call fail (the retry took another dead one)."""
-    server.mode, server.delay = "close", 0.2
+    server.mode, server.delay = "close", 0.5
     client = _client(identity, server.port)
-    threads = [threading.Thread(target=client.exchange, args=("POST", "/x", [], b"warm")) for _ in range(3)]
+    together = threading.Barrier(3)
+
+    def warm() -> None:
+        together.wait(10)
+        client.exchange("POST", "/x", [], b"warm")
+
+    threads = [threading.Thread(target=warm) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert len(client._idle) >= 2  # all closed by the server by now
+    assert len(client._idle) >= 2, "the three calls did not overlap: the test proves nothing"
+    deadline = time.monotonic() + 10
+    while not all(wire._readable(sock) for sock, _, _ in client._idle):  # the server's closes have arrived
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     server.delay = 0.0
     assert client.exchange("POST", "/x", [], b"after the idle timeout").body == b"after the idle timeout"
     assert server.requests == 4
@@ -189,6 +223,108 @@ def test_bytes_nobody_asked_for_are_never_read_as_the_next_answer(identity: TlsI
     assert client.exchange("POST", "/x", [], b"mine").body == b"mine"
     time.sleep(0.2)  # the stray answer arrives while the socket is idle
     assert client.exchange("POST", "/x", [], b"mine too").body == b"mine too"
+    client.close()
+
+
+def _forked(fn: Callable[[], bytes]) -> bytes:
+    """``fn()`` run in a forked child; what it returned."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.write(w, fn())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_a_forked_child_never_uses_its_parents_sockets(identity: TlsIdentity, server: FakeServer) -> None:
+    """Red team round 2: a child inherited the pool and shared the parent's TLS session on one
+    descriptor; with answers in flight each could read the other's (the child's secret, read
+    by the parent). The child now opens its own."""
+    client = _client(identity, server.port)
+    client.exchange("POST", "/x", [], b"parent warms")
+    assert server.connections == 1
+    assert _forked(lambda: client.exchange("POST", "/x", [], b"CHILD-SECRET").body) == b"CHILD-SECRET"
+    assert server.connections == 2  # the child's own connection
+    assert client.exchange("POST", "/x", [], b"parent again").body == b"parent again"
+    assert server.connections == 2  # the parent's socket, untouched by the child
+    client.close()
+
+
+def test_an_answer_sent_before_the_body_was_read_is_the_answer(identity: TlsIdentity, server: FakeServer) -> None:
+    """Red team round 2: a 413 sent from the head (the server draining the body without
+    reading it, as servers do) must be the answer, and the request must not go again. (Where the
+    server closes without draining, the kernel may discard the answer on the reset: then the
+    caller gets a TransportError; the body never reached any handler either way.)"""
+    client = _client(identity, server.port)
+    client.exchange("POST", "/x", [], b"warm")  # a reused socket for the next call
+    server.mode = "early"
+    for _ in range(2):  # reused, then fresh
+        reply = client.exchange("POST", "/x", [], bytes(8 << 20))
+        assert (reply.status, reply.body) == (413, b"too big!")
+    assert server.requests == 3
+    client.close()
+
+
+def test_the_timeout_bounds_the_whole_answer(identity: TlsIdentity, server: FakeServer) -> None:
+    server.mode = "drip"  # 40 bytes at 0.2 s each: 8 s, each read well within the 1 s timeout
+    ctx = pinned_context(load_certificate(identity.certificate_pem))
+    client = PinnedHTTP("127.0.0.1", server.port, ctx, connect_timeout=5, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.exchange("POST", "/x", [], b"x")
+    assert time.monotonic() - started < 3
+    client.close()
+
+
+def test_an_answer_without_length_is_refused(identity: TlsIdentity, server: FakeServer) -> None:
+    server.mode = "unframed"
+    client = _client(identity, server.port)
+    with pytest.raises(ConnectionError, match="no length"):
+        client.exchange("POST", "/x", [], b"x")
+    client.close()
+
+
+def test_close_during_a_connect_leaves_no_socket(
+    identity: TlsIdentity, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team round 2: close() while another thread opened a socket let that socket carry a
+    request after close() had returned."""
+    client = _client(identity, server.port)
+    real = socket.create_connection
+
+    def connect_then_close(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = real(*args, **kwargs)
+        client.close()  # another thread's close, while this one connects
+        return sock
+
+    monkeypatch.setattr(wire.socket, "create_connection", connect_then_close)
+    with pytest.raises(ConnectionError, match="closed"):
+        client.exchange("POST", "/x", [], b"after close")
+    assert server.requests == 0
+
+
+def test_an_interrupt_after_pooling_leaves_a_usable_pool(identity: TlsIdentity, server: FakeServer) -> None:
+    """Red team round 2: a KeyboardInterrupt just after the socket went back to the pool closed
+    it behind the pool, and the next call failed with an untyped ValueError."""
+    client = _client(identity, server.port)
+    finish = client._finish
+
+    def finish_then_interrupt(sock: ssl.SSLSocket, conn: h11.Connection) -> None:
+        finish(sock, conn)
+        raise KeyboardInterrupt
+
+    client._finish = finish_then_interrupt  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        client.exchange("POST", "/x", [], b"one")
+    client._finish = finish  # type: ignore[method-assign]
+    assert client.exchange("POST", "/x", [], b"two").body == b"two"
+    assert server.connections == 1  # the pooled socket was fine, and reused
     client.close()
 
 

@@ -12,14 +12,19 @@ Nothing about trust changes: sockets come from the same context (`pinned_context
 trusted certificate, the attested key checked again inside every handshake, so a changed key
 fails before a byte is sent), with the connection's timeouts, and h11 frames the messages (no
 hand-written HTTP parsing). A request is written at most once: an idle socket is reused only
-if it has nothing to read (not closed by the server, no stray bytes that would pass for the
-next answer) and has been idle less than 15 s; if a reused socket refuses the write itself,
-the request goes once on a fresh socket; once written, any failure is the caller's error
-(an attacker who cuts an answer cannot make the server run a request twice).
+if, when taken from the pool, it has nothing to read (not closed by the server, no stray bytes
+that would pass for the next answer; bytes a misbehaving server sends later than that are not
+detected, as with httpx) and has been idle less than 15 s; if a reused socket refuses the write
+itself and no early answer (a 413 from the head) is waiting, the request goes once on a fresh
+socket; once written, any failure is the caller's error (an attacker who cuts an answer cannot
+make the server run a request twice). The timeout bounds the whole answer, not each read (a
+peer dripping bytes cannot stretch it); an answer must carry its length or be chunked (a cut
+stream must not pass for a complete answer); sockets are never shared with a forked child.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -35,6 +40,7 @@ _RECV = 1 << 16
 _ONE_SEND = 1 << 16  # head and body in one send up to this size (two syscalls cost more than a copy)
 _MAX_IDLE = 8  # idle sockets kept for reuse (a client with more threads opens more, and closes the rest)
 _IDLE_S = 15.0  # an idle socket older than this is not reused (the server closes them after 30 s)
+_EARLY_S = 0.2  # after a refused write, how long an answer already sent (an early 413) is waited for
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +59,16 @@ class _Stale(Exception):
 
 def _readable(sock: ssl.SSLSocket) -> bool:
     """Whether an idle socket has anything to read: the server's close, or bytes nobody asked for."""
-    return sock.pending() > 0 or bool(select.select([sock], [], [], 0)[0])
+    return sock.fileno() < 0 or sock.pending() > 0 or bool(select.select([sock], [], [], 0)[0])
 
 
 class PinnedHTTP:
     """A small pool of keep-alive HTTP/1.1 sockets to one attested port; thread-safe.
 
     Each exchange holds one socket alone; sockets go back to the pool only after a complete,
-    keep-alive answer with nothing left over. Raises OSError (ssl errors, timeouts and refused
-    keys included) or ``h11.ProtocolError``; the caller types them.
+    keep-alive answer with nothing left over, and are used by the process that opened them only
+    (a forked child never touches its parent's TLS sessions). Raises OSError (ssl errors,
+    timeouts and refused keys included) or ``h11.ProtocolError``; the caller types them.
     """
 
     def __init__(
@@ -75,23 +82,29 @@ class PinnedHTTP:
         self._idle: list[tuple[ssl.SSLSocket, h11.Connection, float]] = []  # with when each went idle
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
 
     def exchange(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Reply:
         """One request and its whole answer; the request is written at most once (module docstring)."""
         sock, conn, reused = self._take(fresh=False)
         try:
-            return self._finish(sock, conn, self._once(sock, conn, method, target, headers, body, reused))
+            reply = self._once(sock, conn, method, target, headers, body, reused)
         except _Stale:
             sock.close()
         except BaseException:
             sock.close()
             raise
+        else:
+            self._finish(sock, conn)  # outside the handlers: a pooled socket is never closed behind the pool
+            return reply
         sock, conn, _ = self._take(fresh=True)
         try:
-            return self._finish(sock, conn, self._once(sock, conn, method, target, headers, body, False))
+            reply = self._once(sock, conn, method, target, headers, body, False)
         except BaseException:
             sock.close()
             raise
+        self._finish(sock, conn)
+        return reply
 
     def close(self) -> None:
         with self._lock:
@@ -105,6 +118,8 @@ class PinnedHTTP:
             with self._lock:
                 if self._closed:
                     raise ConnectionError("the connection is closed")
+                if os.getpid() != self._pid:  # forked: the parent's sockets are the parent's
+                    self._idle, self._pid = [], os.getpid()
                 if fresh or not self._idle:
                     break
                 sock, conn, since = self._idle.pop()
@@ -118,20 +133,24 @@ class PinnedHTTP:
         except BaseException:
             raw.close()
             raise
+        with self._lock:
+            closed = self._closed  # close() ran while this socket was being opened
+        if closed:
+            sock.close()
+            raise ConnectionError("the connection is closed")
         sock.settimeout(self._timeout)
         return sock, h11.Connection(h11.CLIENT), False
 
-    def _finish(self, sock: ssl.SSLSocket, conn: h11.Connection, reply: Reply) -> Reply:
+    def _finish(self, sock: ssl.SSLSocket, conn: h11.Connection) -> None:
         """Pool the socket if the exchange ended cleanly with nothing left over; else close it."""
         clean = conn.our_state is h11.DONE and conn.their_state is h11.DONE
         if clean and not conn.trailing_data[0] and not sock.pending():
             conn.start_next_cycle()
             with self._lock:
-                if not self._closed and len(self._idle) < _MAX_IDLE:
+                if not self._closed and len(self._idle) < _MAX_IDLE and os.getpid() == self._pid:
                     self._idle.append((sock, conn, time.monotonic()))
-                    return reply
+                    return
         sock.close()
-        return reply
 
     def _once(
         self,
@@ -161,20 +180,41 @@ class PinnedHTTP:
                 for piece in framed:
                     sock.sendall(piece)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError) as exc:
+            # The server may have answered before the end of the body (a 413 from the head) and
+            # closed: that answer is the answer. Else a reused socket had been closed while idle.
+            try:
+                return self._answer(sock, conn, _EARLY_S)
+            except (OSError, h11.ProtocolError):
+                pass
             if reused:
-                raise _Stale from exc  # refused on write: the server had closed it
+                raise _Stale from exc
             raise
+        return self._answer(sock, conn, self._timeout)
+
+    def _answer(self, sock: ssl.SSLSocket, conn: h11.Connection, timeout: float | None) -> Reply:
+        """The whole answer, within ``timeout`` in all (a peer dripping bytes does not extend it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         status, reason, answer_headers, parts = 0, "", {}, []
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"no complete answer within {timeout} s")
+                    sock.settimeout(left)
                 conn.receive_data(sock.recv(_RECV))
             elif isinstance(event, h11.Response):
                 status, reason = event.status_code, event.reason.decode("latin-1")
                 answer_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+                framing = answer_headers.get("transfer-encoding", "").lower()
+                if "content-length" not in answer_headers and framing != "chunked":
+                    # Its end would be the connection's: a cut stream would pass for a complete answer.
+                    raise ConnectionError("the answer has no length and is not chunked")
             elif isinstance(event, h11.Data):
                 parts.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
+                sock.settimeout(self._timeout)
                 return Reply(status, reason, answer_headers, b"".join(parts))
             elif isinstance(event, h11.ConnectionClosed):
                 raise ConnectionResetError("the server closed the connection before its answer was complete")
