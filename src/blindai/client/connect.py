@@ -204,6 +204,7 @@ def connect(
         certificate_pem=cert_pem,
         http=http,
         upload_token=upload_token,
+        context=ctx,
     )
     try:
         # Carries nothing secret: fails early, with a BindingError, when the attested port is not the attested key.

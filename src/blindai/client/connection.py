@@ -161,6 +161,7 @@ class Connection:
         certificate_pem: str,
         http: httpx.Client,
         upload_token: str | None = None,
+        context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         """The server's host name or address, as given to ``connect``."""
@@ -179,7 +180,7 @@ class Connection:
         self._wire = PinnedHTTP(
             host,
             attested_port,
-            pinned_context(load_certificate(certificate_pem)),
+            context or pinned_context(load_certificate(certificate_pem)),  # connect() passes httpx's own
             connect_timeout=timeout.connect,
             timeout=timeout.read,
         )

@@ -54,24 +54,27 @@ def routes(state: ServerState) -> list[Route]:
     """The ``/v1/models`` routes over ``state.store``."""
     store = state.store
 
-    async def receive_model(request: Request, hold: Hold, model: ModelFile) -> str:
-        body = await state.read(request, hold, store.limits.max_model_bytes, "model", sha256=True, into=model.write)
-        if not body.size:
-            raise InvalidRequest("the upload is empty: send the ONNX model bytes as the request body")
-        model.finish()
-        assert body.sha256 is not None
-        return body.sha256
+    async def receive_and_store(request: Request, hold: Hold, work: Callable[[ModelFile, str], T]) -> T:
+        """The body into an in-memory file (hashed as it arrives), then ``work(file, sha256)`` in a
+        thread. The upload slot covers receiving, vetting and loading: each costs memory no budget sees."""
+        async with state.uploads.slot():
+            with store.new_model_file() as model:
+                body = await state.read(
+                    request, hold, store.limits.max_model_bytes, "model", sha256=True, into=model.write
+                )
+                if not body.size:
+                    raise InvalidRequest("the upload is empty: send the ONNX model bytes as the request body")
+                model.finish()
+                sha256 = body.sha256
+                assert sha256 is not None
+                return await in_thread(model, lambda own: work(own, sha256))
 
     async def replace(request: Request, hold: Hold) -> Response:
         ref = request.path_params["ref"]
         token = bearer(request)
         await state.model(ref, tokens=[token] if token else [])  # a due reload happens in a thread
         store.check_owner_early(ref, token)
-        # The upload slot covers receiving, vetting and loading: each costs memory no budget sees.
-        async with state.uploads.slot():
-            with store.new_model_file() as model:
-                sha256 = await receive_model(request, hold, model)
-                entry = await in_thread(model, lambda own: store.replace(ref, token, own, sha256))
+        entry = await receive_and_store(request, hold, lambda own, sha256: store.replace(ref, token, own, sha256))
         return JSONResponse(entry.info().to_json())
 
     async def upload(request: Request, hold: Hold) -> Response:
@@ -87,13 +90,9 @@ def routes(state: ServerState) -> list[Route]:
         raw_public = request.headers.get(MODEL_PUBLIC)
         public = flag(raw_public, MODEL_PUBLIC) if raw_public is not None else bool(hints)
         name = request.headers.get(MODEL_NAME) or request.query_params.get("name")
-        # The body streams into an in-memory file; what the store keeps of it, it duplicates.
-        async with state.uploads.slot():  # receiving, vetting and loading (see replace)
-            with store.new_model_file() as model:
-                sha256 = await receive_model(request, hold, model)
-                entry, token = await in_thread(
-                    model, lambda own: store.add(own, sha256, name=name, hints=hints, public=public)
-                )
+        entry, token = await receive_and_store(
+            request, hold, lambda own, sha256: store.add(own, sha256, name=name, hints=hints, public=public)
+        )
         if await request.is_disconnected():
             # The owner token could not reach anyone, so nobody could ever delete or replace this
             # model: it would hold a slot (and a public name) for good. Withdrawn instead.
