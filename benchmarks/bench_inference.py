@@ -256,7 +256,7 @@ def throughput(
     return out
 
 
-def upload(path: Path, rounds: int) -> dict[str, Any]:
+def upload(path: Path, rounds: int, server_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """upload_model(path) until ready vs InferenceSession(path); peak server RSS on a fresh server."""
     size_mb = path.stat().st_size / 2**20
     raw = timeit(
@@ -264,7 +264,7 @@ def upload(path: Path, rounds: int) -> dict[str, Any]:
     )
     secure, peaks, hwms, served = [], [], [], []
     for _ in range(rounds):
-        with LocalServer(log_level="WARNING") as srv:
+        with LocalServer(*server_args, log_level="WARNING") as srv:
             assert srv.proc is not None
             conn = connect(srv)
             base = status_mb(srv.proc.pid, "VmRSS")

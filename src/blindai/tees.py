@@ -33,10 +33,10 @@ class TeeSpec:
     ``sealing``: how the server seals stored models: ``tee-key`` (a key only this TEE
     identity derives), ``host-key-file`` (simulation: a file the host can read), or
     ``none`` (the TEE offers no sealing key, so a model store is refused).
-    ``model_memory``: where the server holds an uploaded model: ``memfd`` (an anonymous
-    in-memory file onnxruntime loads by path; private wherever all of the process's memory
-    is: a confidential VM, or no TEE at all) or ``bytes`` (SGX under Gramine, whose memfd
-    emulation this project does not rely on).
+    ``model_memory``: where the server holds an uploaded model: ``file`` (an in-memory file
+    onnxruntime reads by path: an unnamed tmpfs file where possible, else a sealed memfd;
+    private wherever all of the process's memory is: a confidential VM, or no TEE at all) or
+    ``bytes`` (SGX under Gramine, whose emulation of both this project does not rely on).
     """
 
     name: str
@@ -49,7 +49,7 @@ class TeeSpec:
     evidence: str = "dcap"
     provider: str = "gramine"
     sealing: str = "none"
-    model_memory: str = "memfd"
+    model_memory: str = "file"
 
 
 TEES: dict[str, TeeSpec] = {

@@ -108,22 +108,39 @@ class LocalServer:
         self._tmp.cleanup()
 
 
+def _in_memory_file(link: str) -> bool:
+    return link.startswith(("/memfd:", "/dev/shm/"))
+
+
 def held_memory(pid: int) -> int:
-    """Bytes a process holds: its RSS, plus its in-memory files (memfds: where a server keeps
-    uploads) whether mapped or not, each file once however many descriptors it has. Pages of a
-    memfd the process has not mapped are in no RSS, so VmRSS and VmHWM alone miss them."""
+    """Bytes a process holds: its RSS less its shared-memory pages, plus each in-memory file it has
+    open or mapped (memfds and tmpfs files: where a server keeps uploads, and whose pages are the
+    weights onnxruntime maps) once, at its allocated size, however many descriptors and mappings
+    it has. Pages of such a file the process has not mapped are in no RSS, so VmRSS and VmHWM
+    alone miss them; a file mapped twice is in VmRSS twice."""
     status: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "RssShmem"):
                 status[key] = int(value.split()[0]) * 1024
-    files: dict[int, int] = {}
+    files: dict[tuple[int, int], int] = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+            if _in_memory_file(os.readlink(f"/proc/{pid}/fd/{fd}")):
                 st = os.stat(f"/proc/{pid}/fd/{fd}")
-                files[st.st_ino] = st.st_blocks * 512
+                files[(st.st_dev, st.st_ino)] = st.st_blocks * 512
         except OSError:
             continue  # closed meanwhile
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            if len(parts) < 6 or not _in_memory_file(parts[5]):
+                continue
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{parts[0]}")
+                files.setdefault((st.st_dev, st.st_ino), st.st_blocks * 512)
+            except OSError:  # unmapped meanwhile, or map_files not readable here: count the mapping
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                files[(-1, hash(parts[0]))] = hi - lo
     return status.get("VmRSS", 0) - status.get("RssShmem", 0) + sum(files.values())

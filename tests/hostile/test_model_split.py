@@ -28,11 +28,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from blindai.server.errors import UnsupportedModel
 from blindai.server.inference import LoadedModel
-from blindai.server.modelfile import ModelFile, memfd_usable
+from blindai.server.modelfile import ModelFile, model_memory
 from blindai.server.onnxsplit import LOCATION, MAX_FIELDS, MIN_MOVED, Split, split_model
 from blindai.server.vetting import vet_model
 from blindai.testing import LocalServer
 from tests.conftest import sim_connect
+
+
+def _usable(kind: str) -> bool:
+    try:
+        return model_memory("simulation", kind) == kind
+    except ValueError:
+        return False
 
 
 def _weights_model(width: int = 64, layers: int = 3, seed: int = 0) -> onnx.ModelProto:
@@ -124,11 +131,13 @@ def test_the_served_outputs_are_the_uploaded_models() -> None:
     assert vetted.skeleton is not None
     x = np.random.default_rng(1).standard_normal((3, 96)).astype(np.float32)
     want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    files = [ModelFile.from_bytes(data, memfd=m) for m in {False, memfd_usable("simulation")}]  # bytes (SGX), memfd
+    kinds = [k for k in ("tmpfs", "memfd", "bytes") if _usable(k)]
+    assert "bytes" in kinds
+    files = [ModelFile.from_bytes(data, memory=k) for k in kinds]
     for source in (data, *files):
         loaded = LoadedModel(source, skeleton=vetted.skeleton, concurrency=2, narrow_now=True)
         if isinstance(source, ModelFile):
-            source.close()  # onnxruntime copied the weights: the upload can go
+            source.close()  # copied, or mapped (tmpfs: the last close punches out all but the mapped ranges)
         assert loaded.narrow is not None
         for session in (loaded.session, loaded.narrow):
             np.testing.assert_array_equal(session.run(None, {"x": x})[0], want)
@@ -167,12 +176,13 @@ def test_no_session_keeps_the_skeleton(narrow_now: bool) -> None:
     loaded.close()
 
 
-@pytest.mark.skipif(not memfd_usable("simulation"), reason="this system has no usable memfd_create")
+@pytest.mark.skipif(not _usable("memfd"), reason="this system has no usable memfd_create")
 def test_no_mapping_of_the_upload_outlives_the_load() -> None:
-    """onnxruntime is given the upload's mapping while the session is built; it must not keep
-    it (a kept view would hold the whole upload for the model's life, uncounted)."""
+    """onnxruntime is given a memfd upload's mapping while the session is built; it must not keep
+    it (a kept view would hold the whole upload for the model's life, uncounted). (A tmpfs
+    upload is mapped by design: test_model_file.py checks what of it stays.)"""
     data = _weights_model(width=256).SerializeToString()
-    f = ModelFile.from_bytes(data, memfd=True)
+    f = ModelFile.from_bytes(data, memory="memfd")
     loaded = LoadedModel(f, skeleton=vet_model(data).skeleton, concurrency=1)
     f.close()
     with open(f"/proc/{os.getpid()}/maps") as maps:

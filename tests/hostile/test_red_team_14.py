@@ -34,6 +34,7 @@ from blindai.server.errors import Conflict
 from blindai.server.http.app import ServerState, attested_app
 from blindai.server.http.bodies import BodyLimits
 from blindai.server.inference import InferenceEngine
+from blindai.server.modelfile import model_memory
 from blindai.server.providers import SimulationProvider
 from blindai.server.store import ModelStore, StoreLimits
 from blindai.server.tls import make_identity
@@ -67,7 +68,7 @@ def test_f1_a_replacement_racing_a_delete_never_brings_the_model_back(
 ) -> None:
     key = sealing.SealingKey(os.urandom(32), source="test")
     sealed = sealing.SealedDirectory(tmp_path / "store", key)
-    store = ModelStore(StoreLimits(max_models=1), sealed=sealed, memfd=True)
+    store = ModelStore(StoreLimits(max_models=1), sealed=sealed, memory=model_memory("simulation"))
     store.load_sealed()
     first = _model(1)
     entry, token = store.add(first, hashlib.sha256(first).hexdigest(), name="m")
@@ -155,14 +156,14 @@ def _store_with_a_broken_model(tmp_path: Path, seed: int) -> tuple[ModelStore, A
     Returns the store, the model's first entry, its owner token and the file's good bytes."""
     key = sealing.SealingKey(os.urandom(32), source="test")
     folder = tmp_path / "store"
-    first = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
+    first = ModelStore(sealed=sealing.SealedDirectory(folder, key), memory=model_memory("simulation"))
     first.load_sealed()
     data = _model(seed)
     entry, token = first.add(data, hashlib.sha256(data).hexdigest(), name="m")
     path = folder / f"{entry.model_id}.model.sealed"
     good = path.read_bytes()
     path.write_bytes(good[:-1])
-    store = ModelStore(sealed=sealing.SealedDirectory(folder, key), memfd=True)
+    store = ModelStore(sealed=sealing.SealedDirectory(folder, key), memory=model_memory("simulation"))
     assert store.load_sealed() == 0
     return store, entry, token, good
 
@@ -320,7 +321,7 @@ def test_r2_store_recover_refuses_a_fifo_instead_of_hanging(tmp_path: Path) -> N
 
 def test_r2_an_upload_whose_client_left_is_withdrawn() -> None:
     """Nobody got the owner token, so nobody could ever delete the model: it is not kept."""
-    store = ModelStore(memfd=True)
+    store = ModelStore(memory=model_memory("simulation"))
     state = ServerState(
         provider=SimulationProvider(), identity=make_identity([]), store=store, engine=InferenceEngine()
     )
@@ -375,7 +376,7 @@ def test_r2_finished_uploads_cannot_pile_up_loading(monkeypatch: pytest.MonkeyPa
     """Vetting and loading hold memory no budget counts: they run inside the upload slot, so with
     one slot a second upload waits while the first is still being vetted (before, the slot was
     released once the body was in, and any number of uploads could be vetting and loading)."""
-    store = ModelStore(memfd=True)
+    store = ModelStore(memory=model_memory("simulation"))
     state = ServerState(
         provider=SimulationProvider(),
         identity=make_identity([]),

@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="processes terminating TLS on the attested port (default 0: 1 below 8 cores, else cores/4, at most 8)",
     )
+    p.add_argument(
+        "--model-memory",
+        choices=("auto", "tmpfs", "memfd", "bytes"),
+        default="auto",
+        help="where uploads are held (default auto: tmpfs, where onnxruntime maps their weights, else a sealed "
+        "memfd; see docs/performance.md)",
+    )
     p.add_argument("--max-batch-rows", type=int, default=64, help="rows of one dynamic batch at most")
     p.add_argument("--inference-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("--pccs-url", help="fetch Intel collateral from this PCCS (or Intel PCS) and serve it")

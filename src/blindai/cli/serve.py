@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sealing_key_file=Path(args.sealing_key_file) if args.sealing_key_file else None,
         upload_tokens_file=Path(args.upload_tokens) if args.upload_tokens else None,
         max_inference_memory=args.max_inference_memory,
+        model_memory=args.model_memory,
         v06_routes=not args.no_v06_routes,
         max_output_bytes=args.max_output_bytes,
     )

@@ -96,6 +96,9 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     return opts
 
 
+_WEIGHTS_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
 # onnxruntime folds constant subgraphs when it loads a model and keeps the results outside the
 # arena; folding stays on (without it MiniLM ran 1.5x slower: attention fusions need it), and
 # what it will hold is counted before loading instead (models.loaded_size).
@@ -103,15 +106,22 @@ def _load_session(
     model: ModelFile | bytes, intra_op_threads: int, skeleton: bytes | None = None
 ) -> ort.InferenceSession:
     """A session of the model; with a skeleton (onnxsplit), of the skeleton, its moved weights read
-    from the model's bytes (given to onnxruntime as an in-memory external-data file, copied by it
-    while the session is built; no path is opened)."""
+    from the model's bytes: mapped from its file where it is a tmpfs file (`ModelFile.weights_folder`:
+    the upload's pages become the session's weights), else given to onnxruntime as an in-memory
+    external-data file, which it copies while the session is built."""
     opts = _session_options(intra_op_threads)
     if skeleton is not None:
-        view: contextlib.AbstractContextManager[memoryview] = (
-            model.view() if isinstance(model, ModelFile) else contextlib.nullcontext(memoryview(model))
-        )
-        with view as weights:
-            opts.add_external_initializers_from_files_in_memory([LOCATION], [weights], [len(weights)])
+        with contextlib.ExitStack() as stack:
+            folder = model.weights_folder() if isinstance(model, ModelFile) else None
+            if folder is not None:
+                # Every external-data location resolves inside this folder, whose one file is the upload
+                # (vetting lets no other location through: a planted one could name nothing else).
+                opts.add_session_config_entry(_WEIGHTS_FOLDER, folder)
+            else:
+                weights = stack.enter_context(
+                    model.view() if isinstance(model, ModelFile) else contextlib.nullcontext(memoryview(model))
+                )
+                opts.add_external_initializers_from_files_in_memory([LOCATION], [weights], [len(weights)])
             session = ort.InferenceSession(skeleton, sess_options=opts, providers=_providers())
     else:
         source: str | bytes | None = model if isinstance(model, bytes) else (model.path or model.data)

@@ -1,35 +1,144 @@
-"""An uploaded model in TEE memory, as one anonymous in-memory file that onnxruntime loads by path.
+"""An uploaded model in TEE memory, as one in-memory file that onnxruntime reads without a copy.
 
 Why not ``bytes``: ``InferenceSession(bytes)`` copies its argument into a C++ string, parses
 that, and the Python session object keeps the argument for its whole life, so a model held
 as bytes costs its size twice for as long as it is served, and three to four times while it
 loads (measured with a 360 MiB wav2vec2-base: peak 1,130 MB from bytes, 552 MB from a path).
-An upload instead streams into a ``memfd`` (anonymous memory, never on a disk: guest-private
-memory in a confidential VM, like the rest of the process), is sealed against writes once
-received, so the bytes hashed are the bytes loaded and stored, and onnxruntime opens it as
-``/proc/self/fd/N``. Vetting and sealing read it through a read-only mapping, without a copy.
+An upload instead streams into an in-memory file (never on a disk: guest-private memory in a
+confidential VM, like the rest of the process); vetting and sealing read it through a read-only
+mapping, and onnxruntime reads it by path. Three kinds (`MEMORY_KINDS`), best first:
 
-Where memfds cannot be trusted to stay inside the TEE or are missing (SGX through Gramine,
-whose emulation differs between versions; systems without ``memfd_create``), the same
-interface holds plain bytes and onnxruntime loads from them (`memfd_usable`).
+``tmpfs``
+    An unnamed file (``O_TMPFILE``) on the ``/dev/shm`` tmpfs. onnxruntime *maps* the weights
+    that `onnxsplit` moved out of the graph instead of copying them, so the upload's own pages
+    become the session's weights, shared by the model's two sessions: for wav2vec2-base, load
+    time 1.03 -> 0.51 s, peak 2.5x -> 1.9x and steady memory 1.5x -> 1.04x the model
+    (performance.md). onnxruntime opens external data only by a path that canonicalises inside
+    a folder, which a memfd's ``/proc/self/fd`` link never does, hence a tmpfs file: it gets a
+    name, in a private (0700) folder, from its first session build until its last owner closes
+    it (`weights_folder`; the load and sealing of an upload), so a server killed mid-upload
+    leaves nothing behind (one killed in that window leaves the folder, which the next start
+    removes: `sweep_stale`). Once the last owner closes it, every range no session maps is
+    punched out, so only the weights onnxruntime kept mapped stay in memory.
+    Received, it is read-only (mode 0400, no writable descriptor in the process); unlike a
+    memfd it cannot be sealed, so code that deliberately reopens it for writing as root could
+    change it, as that code could change the process's memory.
+``memfd``
+    A ``memfd``, sealed against writes, growth and shrinking once received, so the bytes
+    hashed are the bytes loaded and stored whatever runs in the process; onnxruntime copies the
+    moved weights out of it. Used where ``/dev/shm`` is no tmpfs, or is full (an upload that
+    fills it moves to a memfd and goes on: Docker's default ``/dev/shm`` is 64 MiB).
+``bytes``
+    Where in-memory files cannot be trusted to stay inside the TEE or are missing (SGX through
+    Gramine, whose emulation of both differs between versions and may reach the host).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import functools
 import logging
 import mmap
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 
 from ..tees import TEES
+from .onnxsplit import LOCATION
 
-__all__ = ["ModelFile", "memfd_usable"]
+__all__ = ["MEMORY_KINDS", "ModelFile", "model_memory", "sweep_stale"]
 
 log = logging.getLogger("blindai.models")
+
+MEMORY_KINDS = ("tmpfs", "memfd", "bytes")
+TMPFS_ROOT = "/dev/shm"
+_LOAD_PREFIX = "blindai-load-"  # folders naming a model while a session is built: blindai-load-<pid>-*
+
+_AT_FDCWD = -100
+_AT_SYMLINK_FOLLOW = 0x400
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _linkat(fd: int, dest: str) -> None:
+    """Give an unnamed (``O_TMPFILE``) file a name. Python's ``os.link`` cannot: it does not
+    follow the ``/proc/self/fd`` link, and linking the link itself crosses file systems."""
+    libc = _libc()
+    if libc is None:
+        raise OSError(errno.ENOSYS, "no C library to call linkat")
+    if libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(dest), _AT_SYMLINK_FOLLOW) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _punch(fd: int, start: int, end: int) -> None:
+    """Free the file's pages in [start, end) (they read as zeros afterwards)."""
+    libc = _libc()
+    if libc is None or end <= start:
+        return
+    mode = _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE
+    if libc.fallocate(fd, mode, ctypes.c_int64(start), ctypes.c_int64(end - start)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _on_tmpfs(path: str) -> bool:
+    """Whether ``path`` is on a tmpfs (RAM), by the longest mount point above it."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                point = parts[1].replace("\\040", " ")
+                if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best, fstype = point, parts[2]
+    except OSError:
+        return False
+    return fstype == "tmpfs"
+
+
+@functools.cache
+def _tmpfs_works() -> bool:
+    """Can this process make an unnamed file on the tmpfs, name it, read it by name and punch it?"""
+    if not _on_tmpfs(TMPFS_ROOT) or not hasattr(os, "O_TMPFILE"):
+        return False
+    try:
+        fd = os.open(TMPFS_ROOT, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        os.write(fd, b"b" * 8192)
+        folder = tempfile.mkdtemp(prefix=f"{_LOAD_PREFIX}{os.getpid()}-", dir=TMPFS_ROOT)
+        try:
+            name = os.path.join(folder, LOCATION)
+            _linkat(fd, name)
+            with open(name, "rb") as f:
+                ok = f.read() == b"b" * 8192
+            os.unlink(name)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        _punch(fd, 0, 4096)
+        return ok and os.pread(fd, 2, 4095) == b"\0b"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @functools.cache
@@ -50,39 +159,96 @@ def _memfd_works() -> bool:
         os.close(fd)
 
 
-def memfd_usable(tee: str) -> bool:
-    """Whether uploads of a server in this TEE are held in memfds (its row in tees.py says
-    ``model_memory = "memfd"`` and this system has working memfds), else as bytes."""
+def model_memory(tee: str, choice: str = "auto") -> str:
+    """Where a server in this TEE holds uploads: one of `MEMORY_KINDS`.
+
+    ``auto`` takes the best kind that works here among those the TEE's row in tees.py allows
+    (``model_memory = "file"``: any; ``"bytes"``: bytes only). Asking for a kind that is not
+    allowed or does not work here is a `ValueError` naming why, never a silent downgrade.
+    """
     spec = TEES.get(tee)
-    return spec is not None and spec.model_memory == "memfd" and _memfd_works()
+    files = spec is not None and spec.model_memory == "file"
+    works = {"tmpfs": files and _tmpfs_works(), "memfd": files and _memfd_works(), "bytes": True}
+    if choice == "auto":
+        return next(kind for kind in MEMORY_KINDS if works[kind])
+    if choice not in works:
+        raise ValueError(f"model memory must be auto or one of {', '.join(MEMORY_KINDS)}, not {choice!r}")
+    if not files and choice != "bytes":
+        raise ValueError(f"a {tee} server holds models as bytes only (tees.py), not in a {choice} file")
+    if not works[choice]:
+        where = f"an unnamed file on a tmpfs at {TMPFS_ROOT}" if choice == "tmpfs" else "a sealed memfd"
+        raise ValueError(f"model memory {choice}: this system cannot make {where}")
+    return choice
+
+
+def sweep_stale() -> int:
+    """Remove the naming folders of servers that died while building a session (their one file is
+    a plaintext model in RAM); returns how many. Only this user's, only of dead processes."""
+    removed = 0
+    try:
+        names = os.listdir(TMPFS_ROOT)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(_LOAD_PREFIX):
+            continue
+        pid_text = name[len(_LOAD_PREFIX) :].split("-", 1)[0]
+        path = os.path.join(TMPFS_ROOT, name)
+        try:
+            if not pid_text.isdigit() or os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)
+            continue  # alive (or a reused pid): not ours to remove
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+class _Shared:
+    """What the owners of one file share: how many still hold it, and the folder naming it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owners = 1
+        self.folder: str | None = None
 
 
 class ModelFile:
-    """One model's bytes: a sealed memfd, or bytes where memfds are not used.
+    """One model's bytes: an in-memory file (`MEMORY_KINDS`), or bytes.
 
     Thread-safe: the body reader writes from its worker thread while the request may be
     abandoned on the event loop; a write after `close` is refused, never sent to whatever
     file reuses the descriptor number. `dup` gives a second owner (the background session
-    build) its own descriptor, so each closes its own.
+    build) its own descriptor, so each closes its own; the last one to close frees the pages
+    no session maps (tmpfs).
     """
 
-    def __init__(self, *, memfd: bool) -> None:
+    def __init__(self, *, memory: str) -> None:
+        if memory not in MEMORY_KINDS:
+            raise ValueError(f"model memory must be one of {', '.join(MEMORY_KINDS)}, not {memory!r}")
         self._lock = threading.Lock()
         self._fd = -1
         self._chunks: list[bytes] | None = None
         self._data: bytes | None = None
         self.size = 0
         self._sealed = False
-        self._memfd = memfd
-        if memfd:
-            self._fd = os.memfd_create("blindai-model", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.memory = memory
+        self._shared = _Shared()
+        if memory == "tmpfs":
+            self._fd = os.open(TMPFS_ROOT, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        elif memory == "memfd":
+            self._fd = _new_memfd()
         else:
             self._chunks = []
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, memfd: bool) -> ModelFile:
-        """A model that arrived whole (0.6 uploads, the sealed store): one copy into a memfd."""
-        f = cls(memfd=memfd)
+    def from_bytes(cls, data: bytes, *, memory: str) -> ModelFile:
+        """A model that arrived whole (0.6 uploads, the sealed store): one copy into a file."""
+        f = cls(memory=memory)
         try:
             f.write(data)
             f.finish()
@@ -90,10 +256,6 @@ class ModelFile:
             f.close()
             raise
         return f
-
-    @property
-    def in_memfd(self) -> bool:
-        return self._memfd
 
     def write(self, chunk: bytes | memoryview) -> None:
         """Append (the body reader's thread); refused once finished or closed."""
@@ -105,11 +267,37 @@ class ModelFile:
             else:
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(self._fd, view) :]
+                    try:
+                        view = view[os.write(self._fd, view) :]
+                    except OSError as exc:
+                        if self.memory != "tmpfs" or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                            raise
+                        self._spill()
             self.size += len(chunk)
 
+    def _spill(self) -> None:
+        """The tmpfs is full: go on in a memfd, which only the machine's memory bounds (lock held)."""
+        fd = _new_memfd()
+        try:
+            written = os.lseek(self._fd, 0, os.SEEK_CUR)  # this chunk's part that went in counts too
+            done = 0
+            while done < written:
+                piece = os.pread(self._fd, min(written - done, 1 << 20), done)
+                if not piece:
+                    raise OSError(errno.EIO, "copying a model out of the full tmpfs stopped short")
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
+                done += len(piece)
+        except BaseException:
+            os.close(fd)
+            raise
+        log.warning("%s is full: an upload goes on in a memfd (onnxruntime will copy its weights)", TMPFS_ROOT)
+        os.close(self._fd)
+        self._fd, self.memory = fd, "memfd"
+
     def finish(self) -> None:
-        """No more bytes: seal the memfd against any write, growth or shrinking."""
+        """No more bytes: nothing in the process can write the file from now on."""
         with self._lock:
             if self._sealed:
                 return
@@ -117,8 +305,18 @@ class ModelFile:
             if self._chunks is not None:
                 self._data = b"".join(self._chunks)
                 self._chunks = None
-            elif self._fd >= 0:
+            elif self._fd >= 0 and self.memory == "memfd":
                 fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
+            elif self._fd >= 0:
+                # tmpfs files cannot be sealed: keep a read-only descriptor only, mode 0400.
+                ro = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+                os.fchmod(ro, 0o400)
+                os.close(self._fd)
+                self._fd = ro
+
+    @property
+    def in_memfd(self) -> bool:
+        return self.memory == "memfd"
 
     @property
     def path(self) -> str | None:
@@ -129,6 +327,25 @@ class ModelFile:
     def data(self) -> bytes | None:
         """The bytes, where the model is held as bytes."""
         return self._data
+
+    def weights_folder(self) -> str | None:
+        """A private folder where this (tmpfs) file is named `onnxsplit.LOCATION`, for onnxruntime to
+        map moved weights from while a session is built; ``None`` for the other kinds. Named at the
+        first session build (an unnamed file can be named once only), unnamed when the last owner
+        closes it."""
+        if not self._sealed or self._fd < 0 or self.memory != "tmpfs":
+            return None
+        shared = self._shared
+        with shared.lock:
+            if shared.folder is None:
+                folder = tempfile.mkdtemp(prefix=f"{_LOAD_PREFIX}{os.getpid()}-", dir=TMPFS_ROOT)
+                try:
+                    _linkat(self._fd, os.path.join(folder, LOCATION))
+                except BaseException:
+                    os.rmdir(folder)
+                    raise
+                shared.folder = folder
+            return shared.folder
 
     @contextlib.contextmanager
     def view(self) -> Iterator[memoryview]:
@@ -164,8 +381,11 @@ class ModelFile:
         other._data = self._data
         other.size = self.size
         other._sealed = True
-        other._memfd = self._memfd
-        other._fd = os.dup(self._fd) if self._fd >= 0 else -1
+        other.memory = self.memory
+        other._shared = self._shared
+        with self._shared.lock:
+            other._fd = os.dup(self._fd) if self._fd >= 0 else -1
+            self._shared.owners += 1
         return other
 
     def close(self) -> None:
@@ -173,7 +393,18 @@ class ModelFile:
             fd, self._fd = self._fd, -1
             self._chunks = None
             self._data = None
-        if fd >= 0:
+        if fd < 0:
+            return
+        try:
+            with self._shared.lock:
+                self._shared.owners -= 1
+                last = self._shared.owners == 0
+                folder, self._shared.folder = (self._shared.folder, None) if last else (None, self._shared.folder)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            if last and self.memory == "tmpfs" and self._sealed:
+                _free_unmapped(fd, self.size)
+        finally:
             os.close(fd)
 
     def __del__(self) -> None:  # an owner that never ran (a cancelled hand-off) still frees its descriptor
@@ -185,3 +416,45 @@ class ModelFile:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _new_memfd() -> int:
+    return os.memfd_create("blindai-model", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def _mapped_ranges(fd: int) -> list[tuple[int, int]]:
+    """File ranges [start, end) of ``fd``'s file that this process maps (/proc/self/maps)."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            if len(parts) < 5 or parts[3] != dev or parts[4] != str(st.st_ino):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            offset = int(parts[2], 16)
+            ranges.append((offset, offset + hi - lo))
+    return sorted(ranges)
+
+
+def _free_unmapped(fd: int, size: int) -> None:
+    """The last owner is closing: punch out every range no session maps. Safe because nothing can
+    map the file any more (only an owner builds sessions from it, and it has no name now); a
+    session's mapping keeps its pages. Best effort: a failure only leaves memory in use."""
+    try:
+        ranges = _mapped_ranges(fd)
+        if not ranges:
+            return  # nothing maps it: closing the last descriptor frees the whole file
+        os.fchmod(fd, 0o600)  # punching needs a writable descriptor; the file is read-only (finish)
+        writable = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            pos = 0
+            for start, end in ranges:
+                _punch(writable, pos, start)
+                pos = max(pos, end)
+            _punch(writable, pos, size)
+        finally:
+            os.close(writable)
+    except OSError as exc:
+        log.warning("could not free the unmapped part of a model file: %s", exc.strerror or exc)

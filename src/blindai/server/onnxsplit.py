@@ -7,9 +7,11 @@ file once more, copying them again. Here the file is walked at the protobuf wire
 its top-level initializers only; each large ``raw_data`` field is cut out and replaced by an
 external-data reference to its byte range in the upload itself, leaving a *skeleton* of a few
 hundred kilobytes. Vetting parses the skeleton, and onnxruntime loads the same skeleton bytes
-with the upload given as an in-memory external-data file
-(``SessionOptions.add_external_initializers_from_files_in_memory``), copying each tensor once
-from the upload's read-only mapping into its own memory. No path is ever opened.
+with its weights read from the upload: where the upload is a tmpfs file (modelfile.py),
+onnxruntime maps each tensor from that file, named `LOCATION` in a private folder for the
+session build, so the upload's pages are the weights; otherwise the upload is given as an
+in-memory external-data file (``SessionOptions.add_external_initializers_from_files_in_memory``)
+and each tensor is copied once from its read-only mapping. No other path is ever opened.
 
 What onnxruntime sees is therefore exactly what vetting parsed: the skeleton's bytes, plus
 byte ranges of the sealed upload read as tensor data. The walk accepts only framing whose
@@ -36,7 +38,7 @@ from .errors import UnsupportedModel
 
 __all__ = ["LOCATION", "MAX_FIELDS", "MIN_MOVED", "Moved", "Split", "split_model"]
 
-LOCATION = "blindai-upload"  # the in-memory external-data "file": never a path on any disk
+LOCATION = "blindai-upload"  # the moved weights' "file": in memory, or the upload named in a private tmpfs folder
 MIN_MOVED = 4096  # smaller raw_data stays in the skeleton (its copy costs nothing)
 # Fields walked at most (model, graph and initializer levels together): exported graphs have tens
 # of thousands (a node, an input or a value_info is one field); beyond this the walk would cost

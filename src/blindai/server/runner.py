@@ -35,7 +35,7 @@ from .http.bodies import BodyLimits
 from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
 from .http.serving import http_servers, run_loop, serve_in_own_loop
 from .inference import InferenceEngine, limit_inference_memory, machine_cores
-from .modelfile import memfd_usable
+from .modelfile import TMPFS_ROOT, model_memory, sweep_stale
 from .providers import (
     EvidenceProvider,
     FileCollateral,
@@ -94,6 +94,7 @@ class ServerConfig:
     sealing_key_file: Path | None = None
     upload_tokens_file: Path | None = None
     max_inference_memory: int | None = None
+    model_memory: str = "auto"  # modelfile.MEMORY_KINDS, or auto: the best this TEE and system allow
     v06_routes: bool = True
     body_limits: BodyLimits | None = None  # None, or max_inflight_bytes 0: the in-flight budget sized to the machine
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
@@ -167,6 +168,13 @@ def load_upload_tokens(path: Path) -> frozenset[str]:
     return frozenset(hash_token(t) for t in tokens)
 
 
+_HELD = {
+    "tmpfs": f"in unnamed files on the {TMPFS_ROOT} tmpfs (onnxruntime maps their weights)",
+    "memfd": "in sealed memfds (onnxruntime copies their weights)",
+    "bytes": "as bytes (onnxruntime copies their weights)",
+}
+
+
 def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
     sealed = None
     if config.model_store is not None:
@@ -180,9 +188,14 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
     tokens = load_upload_tokens(config.upload_tokens_file) if config.upload_tokens_file else None
     if config.inference_workers and not config.limits.model_concurrency:
         config.limits = dataclasses.replace(config.limits, model_concurrency=config.inference_workers)
-    memfd = memfd_usable(provider.tee)
-    log.info("models held in %s", "sealed in-memory files (memfd), loaded by path" if memfd else "bytes")
-    store = ModelStore(config.limits, sealed=sealed, upload_token_hashes=tokens, memfd=memfd)
+    try:
+        memory = model_memory(provider.tee, config.model_memory)
+    except ValueError as exc:
+        raise ConfigurationError(f"--model-memory: {exc}") from None
+    if memory == "tmpfs" and (stale := sweep_stale()):
+        log.warning("removed %d model file(s) left in %s by a server that died while loading", stale, TMPFS_ROOT)
+    log.info("models held %s", _HELD[memory])
+    store = ModelStore(config.limits, sealed=sealed, upload_token_hashes=tokens, memory=memory)
     store.load_sealed()
     return store
 

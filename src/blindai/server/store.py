@@ -144,10 +144,11 @@ class ModelStore:
         *,
         sealed: SealedDirectory | None = None,
         upload_token_hashes: frozenset[str] | None = None,
-        memfd: bool = False,
+        memory: str = "bytes",
     ) -> None:
         self.limits = limits or StoreLimits()
-        self.memfd = memfd  # models held in sealed memfds and loaded by path (modelfile.py)
+        self.memory = memory  # where uploads are held: one of modelfile.MEMORY_KINDS
+
         self.sealed = sealed
         self.upload_token_hashes = upload_token_hashes
         self._models: dict[str, ModelEntry] = {}
@@ -261,14 +262,14 @@ class ModelStore:
             )
 
     def new_model_file(self) -> ModelFile:
-        """Where an upload's body goes (a memfd where this server uses them, else bytes)."""
-        return ModelFile(memfd=self.memfd)
+        """Where an upload's body goes (an in-memory file where this server uses them, else bytes)."""
+        return ModelFile(memory=self.memory)
 
     def _own(self, model: ModelFile | bytes) -> contextlib.AbstractContextManager[ModelFile]:
         """Bytes become a model file this call closes; a caller's file stays the caller's (open
         for the call: `http.v1.in_thread` gives the store work a descriptor of its own)."""
         if isinstance(model, bytes):
-            return ModelFile.from_bytes(model, memfd=self.memfd)
+            return ModelFile.from_bytes(model, memory=self.memory)
         return contextlib.nullcontext(model)
 
     def _load(self, model: ModelFile, vetted: VettedModel) -> LoadedModel:
