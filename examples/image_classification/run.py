@@ -46,27 +46,31 @@ def main() -> int:
     else:
         model = resnet_classifier(**RESNET50)  # type: ignore[arg-type]
     print(f"model: ResNet from a transformers config, {'small' if args.small else 'ResNet-50'}, RANDOM WEIGHTS")
-    path = Path(tempfile.mkdtemp(prefix="blindai-resnet-")) / "resnet.onnx"
-    export_onnx(
-        model,
-        (torch.zeros(1, 3, 224, 224),),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-        path=path,
-    )
-    image = synthetic_image()
-    with LocalServer(log_level="WARNING") as server:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            conn = blindai.connect(
-                "127.0.0.1", simulation=True, attested_port=server.attested_port, unattested_port=server.unattested_port
-            )
-        with conn:
-            a = conn.attestation
-            print(f"attested: tee={a.tee} (SIMULATION: no hardware protection), TLS key bound to the evidence")
-            info = conn.upload_model(path, name="resnet")
-            logits = conn.run_model(info.model_id, image, model_sha256=info.sha256).output[0]
+    with tempfile.TemporaryDirectory(prefix="blindai-resnet-") as tmp:
+        path = Path(tmp) / "resnet.onnx"
+        export_onnx(
+            model,
+            (torch.zeros(1, 3, 224, 224),),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+            path=path,
+        )
+        image = synthetic_image()
+        with LocalServer(log_level="WARNING") as server:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                conn = blindai.connect(
+                    "127.0.0.1",
+                    simulation=True,
+                    attested_port=server.attested_port,
+                    unattested_port=server.unattested_port,
+                )
+            with conn:
+                a = conn.attestation
+                print(f"attested: tee={a.tee} (SIMULATION: no hardware protection), TLS key bound to the evidence")
+                info = conn.upload_model(path, name="resnet")
+                logits = conn.run_model(info.model_id, image, model_sha256=info.sha256).output[0]
     with torch.no_grad():
         local = model(torch.from_numpy(image))[0].numpy()
     top = np.argsort(-logits)[:5]

@@ -55,48 +55,52 @@ def main() -> int:
         from transformers import Wav2Vec2Processor
 
         processor = Wav2Vec2Processor.from_pretrained(HUB_ID)
-    tmp = Path(tempfile.mkdtemp(prefix="blindai-w2v-"))
-    processor = processor or wav2vec2_processor(tmp)
-    label = (
-        f"real {HUB_ID} weights"
-        if real
-        else (
-            "RANDOM WEIGHTS (no model hub reachable"
-            + (", --small" if args.small else "")
-            + "): the text is meaningless"
-        )
-    )
-    print(f"model: Wav2Vec2ForCTC + argmax, {label}")
-
-    audio = load_wav(args.audio)
-    input_values = processor(audio, sampling_rate=16000, return_tensors="pt", padding="longest").input_values
-    onnx_path = (tmp if not real else cache_dir()) / ("wav2vec2_hello_world.onnx")
-    export_wav2vec2(full_model, onnx_path, samples=input_values.shape[1])
-
-    # 2. A local simulation server, attested; then the tutorial's client code.
-    with LocalServer(log_level="WARNING") as server:
-        client = BlindAiClient()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            client.connect_server(
-                "127.0.0.1", simulation=True, untrusted_port=server.unattested_port, attested_port=server.attested_port
+    with tempfile.TemporaryDirectory(prefix="blindai-w2v-") as tmp_name:
+        tmp = Path(tmp_name)
+        processor = processor or wav2vec2_processor(tmp)
+        label = (
+            f"real {HUB_ID} weights"
+            if real
+            else (
+                "RANDOM WEIGHTS (no model hub reachable"
+                + (", --small" if args.small else "")
+                + "): the text is meaningless"
             )
-        a = client.connection.attestation
-        print(
-            f"attested: tee={a.tee} (SIMULATION: no hardware protection), "
-            f"measurement={a.measurements['measurement'][:24]}..., TLS key bound to the evidence"
         )
-        client.upload_model(
-            model=str(onnx_path), shape=input_values.shape, dtype=ModelDatumType.F32, dtype_out=ModelDatumType.I64
-        )
-        response = client.run_model(input_values.flatten().tolist())
-        transcription = processor.batch_decode(torch.tensor(response.output).unsqueeze(0))
-        client.close()
-    with torch.no_grad():
-        local = full_model(input_values)[0].tolist()
-    print(f"transcription: {transcription[0]!r}")
-    print(f"same ids as local PyTorch: {response.output == local}")
-    return 0 if response.output == local else 1
+        print(f"model: Wav2Vec2ForCTC + argmax, {label}")
+
+        audio = load_wav(args.audio)
+        input_values = processor(audio, sampling_rate=16000, return_tensors="pt", padding="longest").input_values
+        onnx_path = (tmp if not real else cache_dir()) / ("wav2vec2_hello_world.onnx")
+        export_wav2vec2(full_model, onnx_path, samples=input_values.shape[1])
+
+        # 2. A local simulation server, attested; then the tutorial's client code.
+        with LocalServer(log_level="WARNING") as server:
+            client = BlindAiClient()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                client.connect_server(
+                    "127.0.0.1",
+                    simulation=True,
+                    untrusted_port=server.unattested_port,
+                    attested_port=server.attested_port,
+                )
+            a = client.connection.attestation
+            print(
+                f"attested: tee={a.tee} (SIMULATION: no hardware protection), "
+                f"measurement={a.measurements['measurement'][:24]}..., TLS key bound to the evidence"
+            )
+            client.upload_model(
+                model=str(onnx_path), shape=input_values.shape, dtype=ModelDatumType.F32, dtype_out=ModelDatumType.I64
+            )
+            response = client.run_model(input_values.flatten().tolist())
+            transcription = processor.batch_decode(torch.tensor(response.output).unsqueeze(0))
+            client.close()
+        with torch.no_grad():
+            local = full_model(input_values)[0].tolist()
+        print(f"transcription: {transcription[0]!r}")
+        print(f"same ids as local PyTorch: {response.output == local}")
+        return 0 if response.output == local else 1
 
 
 if __name__ == "__main__":
