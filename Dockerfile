@@ -22,7 +22,7 @@ RUN groupadd --system --gid 10001 blindai \
  && useradd --system --uid 10001 --gid blindai --home-dir /home/blindai --create-home blindai \
  && mkdir -p /var/lib/blindai && chown blindai:blindai /var/lib/blindai
 COPY --from=build /opt/blindai /opt/blindai
-ENV PATH=/opt/blindai/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+ENV PATH=/opt/blindai/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1
 USER 10001:10001
 WORKDIR /home/blindai
 EXPOSE 50051 50052

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Test processes load models with onnxruntime too: none of them may phone home (server/__init__.py).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 import blindai
 from blindai.testing import LocalServer
 

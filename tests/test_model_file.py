@@ -19,6 +19,7 @@ import os
 import stat
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -441,3 +442,32 @@ def test_a_dead_servers_load_folder_is_swept_and_a_live_ones_is_not(tmp_path: Pa
                 for child in folder.iterdir():
                     child.unlink()
                 folder.rmdir()
+
+
+def test_a_deleted_model_is_freed_at_once_not_by_the_cycle_collector(kind: str) -> None:
+    """Red team: once a model had run, it and its run scheduler referred to each other, so a
+    deleted model's sessions (and the upload pages a tmpfs model maps) stayed until Python's
+    cycle collector happened to run, while the store already counted that memory as free."""
+    store = ModelStore(StoreLimits(), memory=kind)
+    engine = InferenceEngine()
+    data = _mlp()
+    entry, token = store.add(data, hashlib.sha256(data).hexdigest(), name="m")
+    model = entry.model
+    model.wait_narrow()
+    feed = {model.inputs[0].name: np.ones((1, 4), np.float32)}
+
+    async def runs(m: LoadedModel) -> None:
+        await asyncio.gather(*(engine.infer(m, feed, None) for _ in range(4)))
+
+    asyncio.run(runs(model))
+    freed = weakref.ref(model)
+    model_id = entry.model_id
+    del entry, model
+    gc.collect()
+    gc.disable()
+    try:
+        store.delete(model_id, token)
+        assert freed() is None, "the deleted model is still alive (a reference cycle)"
+    finally:
+        gc.enable()
+        engine.close()

@@ -9,12 +9,17 @@ GIL) and a timer can terminate a run that takes too long.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,9 @@ from .onnxsplit import LOCATION
 __all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype"]
 
 log = logging.getLogger("blindai.inference")
+# Belt and braces for an embedding that started onnxruntime before importing the server (whose
+# package turns telemetry off before onnxruntime starts): no session or model events at least.
+ort.disable_telemetry_events()
 
 _ORT_TO_OIP = {
     "tensor(bool)": "BOOL",
@@ -102,6 +110,20 @@ _WEIGHTS_FOLDER = "session.model_external_initializers_file_folder_path"
 # onnxruntime folds constant subgraphs when it loads a model and keeps the results outside the
 # arena; folding stays on (without it MiniLM ran 1.5x slower: attention fusions need it), and
 # what it will hold is counted before loading instead (models.loaded_size).
+@functools.cache
+def _empty_folder() -> str:
+    """A private (0700) folder that stays empty, removed at exit by the process that made it."""
+    folder = tempfile.mkdtemp(prefix="blindai-no-files-")
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not a forked front worker exiting
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    return folder
+
+
 def _load_session(
     model: ModelFile | bytes, intra_op_threads: int, skeleton: bytes | None = None
 ) -> ort.InferenceSession:
@@ -110,14 +132,14 @@ def _load_session(
     the upload's pages become the session's weights), else given to onnxruntime as an in-memory
     external-data file, which it copies while the session is built."""
     opts = _session_options(intra_op_threads)
+    # Every external-data location resolves inside this folder: the upload's own (its one file is the
+    # upload), else an empty one. Vetting lets no other location through; were it to miss one, it
+    # could name nothing (never a file of the working directory, where onnxruntime would look).
+    folder = model.weights_folder() if isinstance(model, ModelFile) and skeleton is not None else None
+    opts.add_session_config_entry(_WEIGHTS_FOLDER, folder or _empty_folder())
     if skeleton is not None:
         with contextlib.ExitStack() as stack:
-            folder = model.weights_folder() if isinstance(model, ModelFile) else None
-            if folder is not None:
-                # Every external-data location resolves inside this folder, whose one file is the upload
-                # (vetting lets no other location through: a planted one could name nothing else).
-                opts.add_session_config_entry(_WEIGHTS_FOLDER, folder)
-            else:
+            if folder is None:
                 weights = stack.enter_context(
                     model.view() if isinstance(model, ModelFile) else contextlib.nullcontext(memoryview(model))
                 )
@@ -347,13 +369,20 @@ class _Scheduler:
     """
 
     def __init__(self, model: LoadedModel) -> None:
-        self.model = model
+        # Weak: the model holds its scheduler, and a cycle would keep a deleted model's sessions (and
+        # the upload pages they map) until the cycle collector happened to run.
+        self._model = weakref.ref(model)
+        self.concurrency = model.concurrency
         self.wide = 0
         self.narrow = 0
         self.waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
 
+    def _has_narrow(self) -> bool:
+        model = self._model()
+        return model is not None and model.narrow is not None
+
     def _narrow_free(self) -> bool:
-        return self.model.narrow is not None and self.wide == 0 and self.narrow < self.model.concurrency
+        return self._has_narrow() and self.wide == 0 and self.narrow < self.concurrency
 
     def _take(self, wide: bool) -> bool:
         if wide:
@@ -394,7 +423,7 @@ class _Scheduler:
                 self.waiters.popleft()
                 continue
             idle = self.wide == 0 and self.narrow == 0
-            if idle and (len(self.waiters) == 1 or self.model.narrow is None):
+            if idle and (len(self.waiters) == 1 or not self._has_narrow()):
                 grant = True
             elif self._narrow_free():
                 grant = False

@@ -315,10 +315,6 @@ class ModelFile:
                 self._fd = ro
 
     @property
-    def in_memfd(self) -> bool:
-        return self.memory == "memfd"
-
-    @property
     def path(self) -> str | None:
         """What onnxruntime opens (``None`` when the model is held as bytes)."""
         return f"/proc/self/fd/{self._fd}" if self._fd >= 0 and self._sealed else None
@@ -333,10 +329,10 @@ class ModelFile:
         map moved weights from while a session is built; ``None`` for the other kinds. Named at the
         first session build (an unnamed file can be named once only), unnamed when the last owner
         closes it."""
-        if not self._sealed or self._fd < 0 or self.memory != "tmpfs":
-            return None
         shared = self._shared
-        with shared.lock:
+        with self._lock, shared.lock:  # the descriptor stays ours while it is linked
+            if not self._sealed or self._fd < 0 or self.memory != "tmpfs":
+                return None
             if shared.folder is None:
                 folder = tempfile.mkdtemp(prefix=f"{_LOAD_PREFIX}{os.getpid()}-", dir=TMPFS_ROOT)
                 try:
@@ -383,7 +379,9 @@ class ModelFile:
         other._sealed = True
         other.memory = self.memory
         other._shared = self._shared
-        with self._shared.lock:
+        with self._lock, self._shared.lock:  # not racing close(): a closed file has no second owner
+            if self._fd < 0 and self._data is None:
+                raise ValueError("the model file is closed")
             other._fd = os.dup(self._fd) if self._fd >= 0 else -1
             self._shared.owners += 1
         return other

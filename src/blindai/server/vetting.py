@@ -9,8 +9,9 @@ is what was vetted) or an `UnsupportedModel`/`LimitExceeded` out.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,39 +79,22 @@ def vet_model(
     for i, init in enumerate(model.graph.initializer):
         if i in moved:
             _check_moved(init, moved[i])
-    # FunctionProto has .node like a graph (and no initializers), so it is walked the same way.
-    # Training graphs too: onnxruntime ignores them today, and a checker walking them would stat paths.
-    training = [g for ti in model.training_info for g in (ti.initialization, ti.algorithm)]
-    graphs: list[Any] = [model.graph, *model.functions, *training]
+    # Every message at any depth, not a list of known places (a list missed functions' default
+    # attributes, whose external data onnxruntime read): graphs, functions and their defaults,
+    # subgraphs, training graphs, sparse tensors. Only the moved top-level initializers may (and
+    # must, exactly) point outside, into the upload: checked above.
     sparse: list[Any] = []
-    while graphs:
-        g = graphs.pop()
-        tensors = [t for i, t in enumerate(getattr(g, "initializer", [])) if g is not model.graph or i not in moved]
-        for sp in getattr(g, "sparse_initializer", []):
-            tensors += [sp.values, sp.indices]
-            sparse.append(sp)
-        for node in g.node:
-            if node.domain not in allowed:
-                raise UnsupportedModel(f"operator {node.op_type!r} of domain {node.domain!r} is not allowed")
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    tensors.append(attr.t)
-                tensors.extend(attr.tensors)
-                if attr.HasField("sparse_tensor"):
-                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
-                    sparse.append(attr.sparse_tensor)
-                for sp in attr.sparse_tensors:
-                    tensors += [sp.values, sp.indices]
-                    sparse.append(sp)
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-                raise UnsupportedModel(
-                    f"tensor {t.name!r} uses external data; only self-contained models are accepted "
-                    "(save with onnx.save_model(..., save_as_external_data=False))"
-                )
+    for msg in walk(model, skip_initializers=frozenset(moved)):
+        kind = msg.DESCRIPTOR.full_name
+        if kind == "onnx.NodeProto" and msg.domain not in allowed:
+            raise UnsupportedModel(f"operator {msg.op_type!r} of domain {msg.domain!r} is not allowed")
+        if kind == "onnx.SparseTensorProto":
+            sparse.append(msg)
+        if kind == "onnx.TensorProto" and (msg.data_location == onnx.TensorProto.EXTERNAL or len(msg.external_data)):
+            raise UnsupportedModel(
+                f"tensor {msg.name!r} uses external data; only self-contained models are accepted "
+                "(save with onnx.save_model(..., save_as_external_data=False))"
+            )
     check_string_growth(model)
     loaded = loaded_size(model, len(data), sparse)
     if max_bytes is not None and loaded > max_bytes:
@@ -119,6 +103,37 @@ def vet_model(
             f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
     return VettedModel(split.skeleton, loaded)
+
+
+@functools.cache
+def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of a message type's message-typed fields."""
+    out = []
+    for f in descriptor.fields:
+        if f.message_type is not None:
+            repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == 3  # protobuf < 5.28
+            out.append((f.name, bool(repeated)))
+    return tuple(out)
+
+
+def walk(model: Any, skip_initializers: frozenset[int] = frozenset()) -> Iterator[Any]:
+    """Every protobuf message in ``model`` at any depth, the model itself included, but the
+    top-level graph's initializers at the indices in ``skip_initializers``. Scalar fields are
+    never read, so a tensor's data is never touched (nor copied)."""
+    stack: list[tuple[Any, bool]] = [(model, False)]
+    while stack:
+        msg, top_graph = stack.pop()
+        yield msg
+        is_model = msg is model
+        for name, repeated in _message_fields(msg.DESCRIPTOR):
+            if repeated:
+                items = getattr(msg, name)
+                if top_graph and name == "initializer":
+                    stack.extend((m, False) for i, m in enumerate(items) if i not in skip_initializers)
+                else:
+                    stack.extend((m, False) for m in items)
+            elif msg.HasField(name):
+                stack.append((getattr(msg, name), is_model and name == "graph"))
 
 
 _NO_EXTERNAL_TYPES = (0, 8)  # UNDEFINED, STRING: onnxruntime reads neither from external data
@@ -295,22 +310,14 @@ def check_string_constants(model: Any) -> None:
                 f"the model's string constants exceed {MAX_STRING_CONSTANTS} bytes in all (see docs/models.md)"
             )
 
-    # Training graphs too: onnxruntime ignores them today, and a checker walking them would stat paths.
-    training = [g for ti in model.training_info for g in (ti.initialization, ti.algorithm)]
-    graphs: list[Any] = [model.graph, *model.functions, *training]
-    while graphs:
-        g = graphs.pop()
-        for t in getattr(g, "initializer", []):
-            check(t.string_data, f"initializer {t.name!r}")
-        for node in g.node:
-            for attr in node.attribute:
-                where = f"attribute {attr.name!r} of operator {node.op_type!r}"
-                check([attr.s, *attr.strings], where)
-                for t in [attr.t, *attr.tensors]:
-                    check(t.string_data, where)
-                if attr.HasField("g"):
-                    graphs.append(attr.g)
-                graphs.extend(attr.graphs)
+    # Every tensor and attribute at any depth (functions' default attributes and sparse tensors
+    # too), training graphs included: onnxruntime ignores them today.
+    for msg in walk(model):
+        kind = msg.DESCRIPTOR.full_name
+        if kind == "onnx.TensorProto":
+            check(msg.string_data, f"tensor {msg.name!r}")
+        elif kind == "onnx.AttributeProto":
+            check([msg.s, *msg.strings], f"attribute {msg.name!r}")
 
 
 def _skeleton(model: Any) -> Any:
