@@ -105,27 +105,61 @@ def vet_model(
     return VettedModel(split.skeleton, loaded)
 
 
+# What vetting inspects; a walk descends only into messages that are, or can hold, one of these.
+_INSPECTED = frozenset({"onnx.TensorProto", "onnx.SparseTensorProto", "onnx.NodeProto", "onnx.AttributeProto"})
+
+
+def _children(descriptor: Any) -> list[Any]:
+    return [f.message_type for f in descriptor.fields if f.message_type is not None]
+
+
 @functools.cache
-def _message_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
-    """(name, repeated) of a message type's message-typed fields."""
+def _holding(root: Any) -> frozenset[str]:
+    """Message types under ``root`` that are, or can hold at any depth, an inspected type: found
+    from the descriptors (a future onnx that puts a tensor somewhere new is walked there too)."""
+    found: dict[str, Any] = {}
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        if d.full_name not in found:
+            found[d.full_name] = d
+            stack.extend(_children(d))
+    holding = set(_INSPECTED) & set(found)
+    changed = True
+    while changed:
+        changed = False
+        for name, d in found.items():
+            if name not in holding and any(c.full_name in holding for c in _children(d)):
+                holding.add(name)
+                changed = True
+    return frozenset(holding)
+
+
+@functools.cache
+def _message_fields(descriptor: Any, root: Any) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of a message type's fields that can lead to an inspected type."""
+    holding = _holding(root)
     out = []
     for f in descriptor.fields:
-        if f.message_type is not None:
+        if f.message_type is not None and f.message_type.full_name in holding:
             repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == 3  # protobuf < 5.28
             out.append((f.name, bool(repeated)))
     return tuple(out)
 
 
 def walk(model: Any, skip_initializers: frozenset[int] = frozenset()) -> Iterator[Any]:
-    """Every protobuf message in ``model`` at any depth, the model itself included, but the
-    top-level graph's initializers at the indices in ``skip_initializers``. Scalar fields are
-    never read, so a tensor's data is never touched (nor copied)."""
+    """Every tensor, sparse tensor, node and attribute in ``model`` at any depth (and the messages
+    on the way to them: graphs, functions, training info, the model itself), but the top-level
+    graph's initializers at the indices in ``skip_initializers``. Not a list of known places: the
+    fields to follow come from the protobuf descriptors. Scalar fields are never read, so a
+    tensor's data is never touched (nor copied)."""
+    root = model.DESCRIPTOR
     stack: list[tuple[Any, bool]] = [(model, False)]
     while stack:
         msg, top_graph = stack.pop()
         yield msg
         is_model = msg is model
-        for name, repeated in _message_fields(msg.DESCRIPTOR):
+        for name, repeated in _message_fields(msg.DESCRIPTOR, root):
             if repeated:
                 items = getattr(msg, name)
                 if top_graph and name == "initializer":
