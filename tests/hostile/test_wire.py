@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import threading
@@ -253,6 +254,43 @@ def test_a_forked_child_never_uses_its_parents_sockets(identity: TlsIdentity, se
     assert server.connections == 2  # the child's own connection
     assert client.exchange("POST", "/x", [], b"parent again").body == b"parent again"
     assert server.connections == 2  # the parent's socket, untouched by the child
+    client.close()
+
+
+def test_a_fork_while_another_thread_holds_the_pool_does_not_hang_the_child(
+    identity: TlsIdentity, server: FakeServer
+) -> None:
+    """A process forked while one of its threads was inside the pool's lock gave the child a lock
+    nobody would ever release: its first call hung forever. The child now starts with its own."""
+    client = _client(identity, server.port)
+    client.exchange("POST", "/x", [], b"parent warms")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with client._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.write(w, client.exchange("POST", "/x", [], b"CHILD").body)
+        finally:
+            os._exit(0)
+    os.close(w)
+    release.set()
+    t.join()
+    answered = select.select([r], [], [], 10)[0]
+    if not answered:
+        os.kill(pid, 9)
+    with os.fdopen(r, "rb") as f:
+        out = f.read() if answered else b""
+    os.waitpid(pid, 0)
+    assert out == b"CHILD", "the forked child hung on a lock its parent's thread held"
     client.close()
 
 

@@ -30,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import h11
@@ -62,6 +63,23 @@ def _readable(sock: ssl.SSLSocket) -> bool:
     return sock.fileno() < 0 or sock.pending() > 0 or bool(select.select([sock], [], [], 0)[0])
 
 
+_POOLS: weakref.WeakSet[PinnedHTTP] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread was inside a pool's lock would inherit it held, and
+    hang on its first call: each pool starts the child with a lock of its own and no sockets
+    (the parent's TLS sessions are the parent's)."""
+    for pool in list(_POOLS):
+        pool._lock = threading.Lock()
+        pool._idle = []
+        pool._pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class PinnedHTTP:
     """A small pool of keep-alive HTTP/1.1 sockets to one attested port; thread-safe.
 
@@ -83,6 +101,7 @@ class PinnedHTTP:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        _POOLS.add(self)
 
     def exchange(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> Reply:
         """One request and its whole answer; the request is written at most once (module docstring)."""
