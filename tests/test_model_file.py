@@ -19,6 +19,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -430,18 +431,37 @@ def test_a_dead_servers_load_folder_is_swept_and_a_live_ones_is_not(tmp_path: Pa
         folder.mkdir()
         (folder / "blindai-upload").write_bytes(b"a model in plaintext")
         made.append(folder)
+    empty_of_dead = Path(tempfile.gettempdir(), f"blindai-no-files-{dead_pid}-test{os.getpid()}")
+    empty_of_dead.mkdir()  # the empty folder a killed server leaves (red team round 2)
     unrelated = Path(TMPFS_ROOT, f"not-blindai-{os.getpid()}")
     unrelated.mkdir()
     try:
-        assert sweep_stale() >= 1
-        assert not made[0].exists()
+        assert sweep_stale() >= 2
+        assert not made[0].exists() and not empty_of_dead.exists()
         assert made[1].exists() and unrelated.exists()
     finally:
-        for folder in (*made, unrelated):
+        for folder in (*made, empty_of_dead, unrelated):
             if folder.exists():
                 for child in folder.iterdir():
                     child.unlink()
                 folder.rmdir()
+
+
+@needs_tmpfs
+def test_a_starting_server_sweeps_its_own_pids_folders() -> None:
+    """In a container the server is pid 1 at every start: a folder a killed pid-1 server left
+    carries the new server's own pid. A starting server has made none yet: they are stale."""
+    code = (
+        "import os, pathlib, sys\n"
+        "from blindai.server.modelfile import TMPFS_ROOT, sweep_stale\n"
+        "f = pathlib.Path(TMPFS_ROOT, f'blindai-load-{os.getpid()}-left')\n"
+        "f.mkdir(); (f / 'blindai-upload').write_bytes(b'model')\n"
+        "kept = sweep_stale() == 0 and f.exists()\n"
+        "swept = sweep_stale(starting=True) >= 1 and not f.exists()\n"
+        "print(kept, swept)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
 
 
 def test_a_deleted_model_is_freed_at_once_not_by_the_cycle_collector(kind: str) -> None:

@@ -35,10 +35,16 @@ def test_a_serving_server_writes_no_telemetry(tmp_path: Path) -> None:
     assert not [f for f in _written(home) if "Microsoft" in f], _written(home)
 
 
-@pytest.mark.parametrize("module", ["blindai.server.inference", "blindai.server.runner"])
-def test_importing_the_server_turns_telemetry_off_before_onnxruntime_starts(module: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "preset"),
+    [("blindai.server.inference", None), ("blindai.server.runner", None), ("blindai.server.inference", "")],
+)
+def test_importing_the_server_turns_telemetry_off_before_onnxruntime_starts(
+    module: str, preset: str | None, tmp_path: Path
+) -> None:
     """An embedding of the server (the tests, a custom launcher) gets the same: the switch is
-    set when the server package is imported, before onnxruntime is."""
+    set when the server package is imported, before onnxruntime is; an empty value counts as
+    unset (onnxruntime would read it as telemetry on)."""
     code = (
         f"import {module}, onnxruntime as ort, numpy as np\n"
         "from tests import onnx_models\n"
@@ -46,6 +52,8 @@ def test_importing_the_server_turns_telemetry_off_before_onnxruntime_starts(modu
         "s.run(None, {'x': np.ones((1, 16), np.float32)})\n"
     )
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    if preset is not None:
+        env["ORT_DISABLE_TELEMETRY"] = preset
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not _written(tmp_path), _written(tmp_path)

@@ -9,4 +9,5 @@ when it starts); an operator who sets ``ORT_DISABLE_TELEMETRY`` themselves decid
 
 import os
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+if not os.environ.get("ORT_DISABLE_TELEMETRY"):  # unset or empty: off
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"

@@ -9,15 +9,11 @@ GIL) and a timer can terminate a run that takes too long.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
-import shutil
-import tempfile
 import time
 import weakref
 from collections.abc import Mapping
@@ -31,7 +27,7 @@ import onnxruntime as ort
 from ..protocol.models import TensorInfo
 from ..protocol.tensors import DATATYPES
 from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRequest, Unavailable, UnsupportedModel
-from .modelfile import ModelFile
+from .modelfile import ModelFile, empty_folder
 from .onnxsplit import LOCATION
 
 __all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype"]
@@ -101,6 +97,9 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     # Threads spin during a run (fast parallel sections) but stop as soon as it returns, so
     # they do not take the cores the event loop and TLS need between runs (performance.md).
     opts.add_session_config_entry("session.force_spinning_stop", "1")
+    # Bytes are read as ONNX, never as onnxruntime's own format (which it would detect first):
+    # what vetting parsed is what runs.
+    opts.add_session_config_entry("session.load_model_format", "ONNX")
     return opts
 
 
@@ -110,20 +109,6 @@ _WEIGHTS_FOLDER = "session.model_external_initializers_file_folder_path"
 # onnxruntime folds constant subgraphs when it loads a model and keeps the results outside the
 # arena; folding stays on (without it MiniLM ran 1.5x slower: attention fusions need it), and
 # what it will hold is counted before loading instead (models.loaded_size).
-@functools.cache
-def _empty_folder() -> str:
-    """A private (0700) folder that stays empty, removed at exit by the process that made it."""
-    folder = tempfile.mkdtemp(prefix="blindai-no-files-")
-    owner = os.getpid()
-
-    def remove() -> None:
-        if os.getpid() == owner:  # not a forked front worker exiting
-            shutil.rmtree(folder, ignore_errors=True)
-
-    atexit.register(remove)
-    return folder
-
-
 def _load_session(
     model: ModelFile | bytes, intra_op_threads: int, skeleton: bytes | None = None
 ) -> ort.InferenceSession:
@@ -136,7 +121,7 @@ def _load_session(
     # upload), else an empty one. Vetting lets no other location through; were it to miss one, it
     # could name nothing (never a file of the working directory, where onnxruntime would look).
     folder = model.weights_folder() if isinstance(model, ModelFile) and skeleton is not None else None
-    opts.add_session_config_entry(_WEIGHTS_FOLDER, folder or _empty_folder())
+    opts.add_session_config_entry(_WEIGHTS_FOLDER, folder or empty_folder())
     if skeleton is not None:
         with contextlib.ExitStack() as stack:
             if folder is None:

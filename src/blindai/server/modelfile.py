@@ -35,6 +35,7 @@ mapping, and onnxruntime reads it by path. Three kinds (`MEMORY_KINDS`), best fi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -51,13 +52,14 @@ from collections.abc import Iterator
 from ..tees import TEES
 from .onnxsplit import LOCATION
 
-__all__ = ["MEMORY_KINDS", "ModelFile", "model_memory", "sweep_stale"]
+__all__ = ["MEMORY_KINDS", "ModelFile", "empty_folder", "model_memory", "sweep_stale"]
 
 log = logging.getLogger("blindai.models")
 
 MEMORY_KINDS = ("tmpfs", "memfd", "bytes")
 TMPFS_ROOT = "/dev/shm"
 _LOAD_PREFIX = "blindai-load-"  # folders naming a model while a session is built: blindai-load-<pid>-*
+_EMPTY_PREFIX = "blindai-no-files-"  # empty_folder(): blindai-no-files-<pid>-*, in the temporary folder
 
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
@@ -181,30 +183,51 @@ def model_memory(tee: str, choice: str = "auto") -> str:
     return choice
 
 
-def sweep_stale() -> int:
-    """Remove the naming folders of servers that died while building a session (their one file is
-    a plaintext model in RAM); returns how many. Only this user's, only of dead processes."""
+@functools.cache
+def empty_folder() -> str:
+    """A private (0700) folder that stays empty, where onnxruntime resolves the external data of
+    models not loaded from a tmpfs upload (so a reference vetting missed names nothing, never a
+    file of the working directory). Removed at exit by the process that made it, or by the next
+    server's `sweep_stale` after a kill."""
+    folder = tempfile.mkdtemp(prefix=f"{_EMPTY_PREFIX}{os.getpid()}-")
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not a forked front worker exiting
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    return folder
+
+
+def sweep_stale(*, starting: bool = False) -> int:
+    """Remove the folders servers that died left behind: a tmpfs upload named while a session was
+    built (a plaintext model in RAM), an empty folder; returns how many. Only this user's, only
+    of dead processes, and, with ``starting`` (a server that has made none yet), its own pid's:
+    a container's server is pid 1 at every start."""
     removed = 0
-    try:
-        names = os.listdir(TMPFS_ROOT)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith(_LOAD_PREFIX):
-            continue
-        pid_text = name[len(_LOAD_PREFIX) :].split("-", 1)[0]
-        path = os.path.join(TMPFS_ROOT, name)
+    for root, prefix in ((TMPFS_ROOT, _LOAD_PREFIX), (tempfile.gettempdir(), _EMPTY_PREFIX)):
         try:
-            if not pid_text.isdigit() or os.lstat(path).st_uid != os.getuid():
-                continue
-            os.kill(int(pid_text), 0)
-            continue  # alive (or a reused pid): not ours to remove
-        except ProcessLookupError:
-            pass
+            names = os.listdir(root)
         except OSError:
             continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            pid_text = name[len(prefix) :].split("-", 1)[0]
+            path = os.path.join(root, name)
+            try:
+                if not pid_text.isdigit() or os.lstat(path).st_uid != os.getuid():
+                    continue
+                if not (starting and int(pid_text) == os.getpid()):
+                    os.kill(int(pid_text), 0)
+                    continue  # alive (or a reused pid): not ours to remove
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
     return removed
 
 

@@ -192,8 +192,12 @@ def make_store(config: ServerConfig, provider: EvidenceProvider) -> ModelStore:
         memory = model_memory(provider.tee, config.model_memory)
     except ValueError as exc:
         raise ConfigurationError(f"--model-memory: {exc}") from None
-    if memory == "tmpfs" and (stale := sweep_stale()):
-        log.warning("removed %d model file(s) left in %s by a server that died while loading", stale, TMPFS_ROOT)
+    if stale := sweep_stale(starting=True):
+        log.warning(
+            "removed %d folder(s) left by a server that died (a model named in %s, or empty)",
+            stale,
+            TMPFS_ROOT,
+        )
     log.info("models held %s", _HELD[memory])
     store = ModelStore(config.limits, sealed=sealed, upload_token_hashes=tokens, memory=memory)
     store.load_sealed()

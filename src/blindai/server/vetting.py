@@ -59,6 +59,11 @@ def vet_model(
     import onnx
     from google.protobuf.message import DecodeError
 
+    if bytes(data[4:8]) == _ORT_FORMAT_MARK:
+        # onnxruntime reads such bytes as its own flatbuffer format, whatever protobuf makes of them.
+        raise UnsupportedModel(
+            "the upload is in onnxruntime's ORT format (bytes 4-8 'ORTM'): only ONNX models are accepted"
+        )
     split = split_model(data)
     graph_bytes = data if split.skeleton is None else split.skeleton
     model = onnx.ModelProto()
@@ -70,11 +75,13 @@ def vet_model(
         raise UnsupportedModel("the upload is not an ONNX model (protobuf parse stopped early)")
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise UnsupportedModel("the upload is not an ONNX model (no graph)")
-    allowed = set(allowed_domains) | {f.domain for f in model.functions}
+    allowed = {_domain(d) for d in allowed_domains}
+    functions = _check_functions(model)
     for opset in model.opset_import:
-        if opset.domain not in allowed:
-            shown = sorted(d or "ai.onnx" for d in allowed_domains)
-            raise UnsupportedModel(f"operator domain {opset.domain!r} is not allowed (allowed: {shown})")
+        if _domain(opset.domain) not in allowed and opset.domain not in {d for d, _ in functions}:
+            raise UnsupportedModel(
+                f"operator domain {opset.domain!r} is not allowed (allowed: {sorted(d or 'ai.onnx' for d in allowed)})"
+            )
     moved = {m.index: m for m in split.moved}
     for i, init in enumerate(model.graph.initializer):
         if i in moved:
@@ -86,8 +93,16 @@ def vet_model(
     sparse: list[Any] = []
     for msg in walk(model, skip_initializers=frozenset(moved)):
         kind = msg.DESCRIPTOR.full_name
-        if kind == "onnx.NodeProto" and msg.domain not in allowed:
-            raise UnsupportedModel(f"operator {msg.op_type!r} of domain {msg.domain!r} is not allowed")
+        if (
+            kind == "onnx.NodeProto"
+            and _domain(msg.domain) not in allowed
+            and (msg.domain, msg.op_type) not in functions
+        ):
+            own = any(msg.domain == d for d, _ in functions)
+            raise UnsupportedModel(
+                f"operator {msg.op_type!r} of domain {msg.domain!r} is not allowed"
+                + (" (that domain holds only the model's own functions)" if own else "")
+            )
         if kind == "onnx.SparseTensorProto":
             sparse.append(msg)
         if kind == "onnx.TensorProto" and (msg.data_location == onnx.TensorProto.EXTERNAL or len(msg.external_data)):
@@ -103,6 +118,49 @@ def vet_model(
             f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
     return VettedModel(split.skeleton, loaded)
+
+
+_ORT_FORMAT_MARK = b"ORTM"  # onnxruntime's flatbuffer model format: its file identifier, at bytes 4..8
+
+
+def _domain(name: str) -> str:
+    return "" if name == "ai.onnx" else name  # two names of the default ONNX domain
+
+
+@functools.cache
+def _builtin_domains() -> frozenset[str]:
+    """Domains in which onnx defines or onnxruntime implements operators (its kernels' own list,
+    plus the ones this onnxruntime build might leave out)."""
+    import onnx
+
+    found = {_domain(s.domain) for s in onnx.defs.get_all_schemas_with_history()}
+    found |= {"", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental"}
+    found |= {"com.ms.internal.nhwc", "ai.onnx.training", "ai.onnx.preview.training", "org.pytorch.aten"}
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        found |= {_domain(k.domain) for k in _pybind_state.get_all_opkernel_def()}
+    except (ImportError, AttributeError):  # the fixed list above stands
+        pass
+    return frozenset(found)
+
+
+def _check_functions(model: Any) -> frozenset[tuple[str, str]]:
+    """The model's own functions, as (domain, name), none in a domain of built-in operators.
+
+    onnxruntime runs its own kernel where a function shares a built-in operator's name, while
+    onnx's inliner (through which vetting type-checks the model) puts the function's body there:
+    the model checked would not be the model run. A function in such a domain, even unused, also
+    used to open that whole domain past the operator allowlist.
+    """
+    builtin = _builtin_domains()
+    for f in model.functions:
+        if _domain(f.domain) in builtin:
+            raise UnsupportedModel(
+                f"model-local function {f.name!r} is in domain {f.domain or 'ai.onnx'!r}, which has built-in "
+                "operators; put the model's own functions in a domain of their own"
+            )
+    return frozenset((f.domain, f.name) for f in model.functions)
 
 
 # What vetting inspects; a walk descends only into messages that are, or can hold, one of these.

@@ -65,6 +65,9 @@ def http_servers(
         "timeout_keep_alive": 30,
         "timeout_graceful_shutdown": 10,
         "server_header": False,
+        # TLS ends in the TEE, never at a proxy in front: X-Forwarded-* headers mean nothing here
+        # (uvicorn would believe them from 127.0.0.1), and the middleware costs every request.
+        "proxy_headers": False,
     }
     attested_asgi: Any = attested_app(state)
     unattested_asgi: Any = unattested_app(state)
