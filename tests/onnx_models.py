@@ -7,6 +7,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def varint(v: int) -> bytes:
+    """A protobuf varint, minimally encoded (for tests that write protobuf framing by hand)."""
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
 def _model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8

@@ -26,6 +26,7 @@ from blindai.server.errors import UnsupportedModel
 from blindai.server.inference import LoadedModel
 from blindai.server.modelfile import ModelFile, model_memory
 from blindai.server.vetting import DEFAULT_DOMAINS, vet_model
+from tests.onnx_models import varint
 
 
 def _string_bomb(expand_domain: str = "", functions: list[onnx.FunctionProto] | None = None) -> onnx.ModelProto:
@@ -56,15 +57,6 @@ def test_the_plain_string_bomb_is_refused() -> None:
 # --- onnxruntime's own format behind an ONNX face ----------------------------------------------
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def _ort_format(model: onnx.ModelProto, folder: Path) -> bytes:
     src, dst = folder / "m.onnx", folder / "m.ort"
     onnx.save(model, str(src))
@@ -88,7 +80,7 @@ def _polyglot(ort_bytes: bytes) -> bytes:
     new_root = 0x01808080  # bytes 80 80 80 01: a valid 4-byte varint tag for protobuf
     head = bytes([0x80, 0x80, 0x80, 0x01]) + b"ORTM" + b"\0" * 83  # 'O' ends the varint; 'R','T' a field
     k = (new_root + table_size + 64 + 7) & ~7
-    length = _varint(k + len(b) - (len(head) + 1 + 4))
+    length = varint(k + len(b) - (len(head) + 1 + 4))
     assert len(length) == 4
     out = bytearray(head + bytes([0x52]) + length + b"\0" * (k + len(b) - len(head) - 5))
     out[k : k + len(b)] = b

@@ -33,6 +33,7 @@ from blindai.server.onnxsplit import LOCATION, MAX_FIELDS, MIN_MOVED, Split, spl
 from blindai.server.vetting import vet_model
 from blindai.testing import LocalServer
 from tests.conftest import sim_connect
+from tests.onnx_models import varint
 
 
 def _usable(kind: str) -> bool:
@@ -227,17 +228,8 @@ def test_loading_a_skeleton_opens_no_file(tmp_path: Path, monkeypatch: pytest.Mo
 # --- framing a walker could read differently from protobuf: refused ---------------------------
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def _field(field: int, body: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(body)) + body
+    return varint(field << 3 | 2) + varint(len(body)) + body
 
 
 def test_a_repeated_graph_which_protobuf_merges_is_refused() -> None:
@@ -296,11 +288,11 @@ def test_groups_and_broken_framing_are_refused_with_the_reason() -> None:
     data = model.SerializeToString()
     graph = model.graph.SerializeToString()
     for bad, why in [
-        (data + _varint(99 << 3 | 3) + _varint(99 << 3 | 4), "wire type 3"),  # a group
+        (data + varint(99 << 3 | 3) + varint(99 << 3 | 4), "wire type 3"),  # a group
         (data + b"\x80", "truncated varint"),
-        (_varint(0) + data, "field number 0"),
-        (data[:-3] + _varint(8 << 3 | 2) + _varint(100), "beyond the end"),
-        (_with_graph(model, _varint(5 << 3 | 0) + b"\x01" + graph), "initializer is not length-delimited"),
+        (varint(0) + data, "field number 0"),
+        (data[:-3] + varint(8 << 3 | 2) + varint(100), "beyond the end"),
+        (_with_graph(model, varint(5 << 3 | 0) + b"\x01" + graph), "initializer is not length-delimited"),
         (_with_graph(model, graph)[:-1], "beyond the end"),  # the graph cut short
     ]:
         with pytest.raises(UnsupportedModel, match=why):
@@ -389,9 +381,9 @@ def test_padded_varints_around_a_moved_field_are_refused(key: bytes, length_size
     the server served a model no ONNX tool could open."""
     model = _weights_model()
     size = len(model.graph.initializer[0].raw_data)
-    canonical = _raw_data_written(model, b"\x4a", _varint(size))
+    canonical = _raw_data_written(model, b"\x4a", varint(size))
     assert _restored(canonical) == _protobuf(canonical)  # the construction itself is sound
-    bad = _raw_data_written(model, key, _padded(size, length_size) if length_size else _varint(size))
+    bad = _raw_data_written(model, key, _padded(size, length_size) if length_size else varint(size))
     with pytest.raises(UnsupportedModel, match="minimally encoded"):
         vet_model(bad)
 
