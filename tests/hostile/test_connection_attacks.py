@@ -265,9 +265,11 @@ def sparse_bomb(n: int) -> bytes:
 
 
 def unknown_size_constant() -> bytes:
-    """NonZero of a constant: computed at load, and no shape inference can say how large it is."""
-    inits = [numpy_helper.from_array(np.ones(64, np.float32), "c")]
+    """NonZero of a constant: computed at load, and no shape inference can say how large it is
+    (nor can vetting compute it: the constant is above the size whose values it computes)."""
+    inits = [numpy_helper.from_array(np.array([1 << 16], np.int64), "shape")]
     nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], value=numpy_helper.from_array(np.ones(1, np.float32))),
         helper.make_node("NonZero", ["c"], ["nz"]),
         helper.make_node("Cast", ["nz"], ["nzf"], to=TensorProto.FLOAT),
         helper.make_node("ReduceSum", ["nzf"], ["s"], keepdims=0),

@@ -34,7 +34,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .inference import LoadedModel
+from .inference import LoadedModel, machine_cores
 from .modelfile import ModelFile
 from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
 from .vetting import DEFAULT_DOMAINS, VettedModel, vet_model
@@ -192,6 +192,7 @@ class ModelStore:
                 model.finish()
                 with model.view() as view:
                     vetted = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+                concurrency, held = self._sessions(model, vetted)
                 entry = ModelEntry(
                     model_id=model_id,
                     name=str(meta["name"]),
@@ -199,10 +200,10 @@ class ModelStore:
                     size=model.size,
                     created_at=str(meta["created_at"]),
                     owner_token_hash=str(meta["owner_token_hash"]),
-                    model=self._load(model, vetted),
+                    model=self._load(model, vetted, concurrency),
                     hints=dict(meta.get("hints") or {}),
                     public=meta.get("public") is True,
-                    held_bytes=vetted.held,
+                    held_bytes=held,
                 )
         except OSError as exc:
             reason = f"cannot read {model_id}.model.sealed: {exc.strerror or type(exc).__name__}"
@@ -272,10 +273,19 @@ class ModelStore:
             return ModelFile.from_bytes(model, memory=self.memory)
         return contextlib.nullcontext(model)
 
-    def _load(self, model: ModelFile, vetted: VettedModel) -> LoadedModel:
+    def _sessions(self, model: ModelFile, vetted: VettedModel) -> tuple[int, int]:
+        """How many runs of the model may go at once, and the bytes it then holds. A second
+        (concurrent) session folds its own constants and densifies its own sparse tensors, so a
+        model gets one only when what a session holds is below --concurrent-session-max-bytes
+        (the file size alone let a 136-byte model folding 512 MiB have two), and is counted twice."""
         concurrency = self.limits.model_concurrency
-        if model.size > self.limits.concurrent_session_max_bytes:
+        if max(model.size, vetted.held) > self.limits.concurrent_session_max_bytes:
             concurrency = 1
+        cores = self.limits.intra_op_threads or machine_cores()
+        two = (concurrency or cores) > 1
+        return concurrency, vetted.held + (vetted.per_session if two else 0)
+
+    def _load(self, model: ModelFile, vetted: VettedModel, concurrency: int) -> LoadedModel:
         return LoadedModel(
             model, skeleton=vetted.skeleton, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency
         )
@@ -345,10 +355,10 @@ class ModelStore:
                 self._check_public_name(public_name)
         with model.view() as view:
             vetted = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
-        held = vetted.held
+        concurrency, held = self._sessions(model, vetted)
         with self._lock:
             self._check_room(held, replacing=replacing)
-        entry = build(self._load(model, vetted), held)
+        entry = build(self._load(model, vetted, concurrency), held)
         with self._write_lock:
             with self._lock:
                 if replacing is not None and self._models.get(replacing.model_id) is not replacing:

@@ -9,6 +9,7 @@ is what was vetted) or an `UnsupportedModel`/`LimitExceeded` out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,8 @@ class VettedModel:
 
     # The graph with its large weights pointing into the upload (onnxsplit); None: the upload itself.
     skeleton: bytes | None
-    held: int  # bytes held once loaded (the store's limits count this)
+    held: int  # bytes held once loaded, one session (the store's limits count this)
+    per_session: int  # of which each session holds its own copy: constants folded, sparse tensors made dense
 
 
 def vet_model(
@@ -117,7 +119,7 @@ def vet_model(
             f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
             f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
-    return VettedModel(split.skeleton, loaded)
+    return VettedModel(split.skeleton, loaded, loaded - len(data))
 
 
 _ORT_FORMAT_MARK = b"ORTM"  # onnxruntime's flatbuffer model format: its file identifier, at bytes 4..8
@@ -133,7 +135,7 @@ def _builtin_domains() -> frozenset[str]:
     plus the ones this onnxruntime build might leave out)."""
     import onnx
 
-    found = {_domain(s.domain) for s in onnx.defs.get_all_schemas_with_history()}
+    found = {_domain(s.domain) for s in onnx.defs.get_all_schemas()}  # (every version's domain is the latest's)
     found |= {"", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental"}
     found |= {"com.ms.internal.nhwc", "ai.onnx.training", "ai.onnx.preview.training", "org.pytorch.aten"}
     try:
@@ -153,9 +155,8 @@ def _check_functions(model: Any) -> frozenset[tuple[str, str]]:
     the model checked would not be the model run. A function in such a domain, even unused, also
     used to open that whole domain past the operator allowlist.
     """
-    builtin = _builtin_domains()
-    for f in model.functions:
-        if _domain(f.domain) in builtin:
+    for f in model.functions:  # (the lists are built on first need: ~15 MB while they are)
+        if _domain(f.domain) in _builtin_domains():
             raise UnsupportedModel(
                 f"model-local function {f.name!r} is in domain {f.domain or 'ai.onnx'!r}, which has built-in "
                 "operators; put the model's own functions in a domain of their own"
@@ -292,16 +293,31 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
                 init.ClearField(name)
             init.ClearField("external_data")
             init.ClearField("data_location")
+    # Sizes come from inference alone: a shape the model declares for a value (value_info, an
+    # output) could understate what onnxruntime, which infers for itself, folds; and constants
+    # inside functions are folded once onnxruntime has inlined them.
+    for msg in walk(model):
+        if msg.DESCRIPTOR.full_name in ("onnx.GraphProto", "onnx.FunctionProto"):
+            del msg.value_info[:]
+            for out in getattr(msg, "output", []):
+                if not isinstance(out, str) and out.type.HasField("tensor_type"):
+                    out.type.tensor_type.ClearField("shape")
+    model = inlined(model)
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=False)
     except Exception:  # onnx raises several types on models onnxruntime may still load
         inferred = model
     shapes: dict[str, Any] = {}
 
+    versions = {o.domain: int(o.version) for o in inferred.opset_import}
+    values: dict[str, Any] = {}  # small constants whose values are known: shape arithmetic
+
     def folded(g: Any, outer: frozenset[str]) -> int:
         for v in [*g.value_info, *g.output, *g.input]:
             shapes.setdefault(v.name, v.type)
         const = set(outer) | {t.name for t in g.initializer} | {sp.values.name for sp in g.sparse_initializer}
+        for t in g.initializer:
+            _remember(values, t)
         size = 0
         for node in g.node:
             for attr in node.attribute:
@@ -309,33 +325,143 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
                     size += folded(sub, frozenset(const))
                 for sub in attr.graphs:
                     size += folded(sub, frozenset(const))
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            default = node.domain in ("", "ai.onnx")
+            if node.op_type == "Constant" and default:
                 const.update(node.output)  # its value is in the file (or a sparse tensor above)
+                _evaluate(node, values, versions)
+                continue
+            if node.op_type in ("Shape", "Size") and default and len(node.input) and _fixed(shapes.get(node.input[0])):
+                const.update(o for o in node.output if o)  # onnxruntime folds these too: a few integers
+                _shape_value(node, shapes[node.input[0]], values)
                 continue
             if node.op_type in _NOT_FOLDED or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
                 continue
             if not all(not i or i in const for i in node.input):
                 continue
             const.update(o for o in node.output if o)
+            computed = _evaluate(node, values, versions) if default else None
             for out in filter(None, node.output):
                 tp = shapes.get(out)
                 tensor = tp.tensor_type if tp is not None and tp.HasField("tensor_type") else None
                 dims = list(tensor.shape.dim) if tensor is not None and tensor.HasField("shape") else None
-                if dims is None or any(not d.HasField("dim_value") for d in dims):
+                if dims is not None and all(d.HasField("dim_value") for d in dims):
+                    elements = 1
+                    for d in dims:
+                        elements *= max(int(d.dim_value), 0)
+                else:
+                    elements = computed.get(out, -1) if computed is not None else -1
+                if elements < 0:
                     raise UnsupportedModel(
                         f"node {node.name or node.op_type!r} ({node.op_type}) depends only on constants, so "
                         "onnxruntime computes it when the model loads, outside the server's memory limits, and "
                         f"the size of its output {out!r} cannot be inferred: fold constants before uploading "
                         "(torch.onnx.export does by default; or onnxsim)"
                     )
-                elements = 1
-                for d in dims:
-                    elements *= max(int(d.dim_value), 0)
                 size += elements * _itemsize(tensor.elem_type if tensor is not None else 0)
         return size
 
     total += folded(inferred.graph, frozenset())
     return total
+
+
+_SMALL = 1024  # elements: constants this small have their values computed, for the sizes they decide
+# Operators whose output sizes follow from their inputs' values: computed, never materialised.
+_SIZE_OPS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range"})
+
+
+def _remember(values: dict[str, Any], t: Any) -> None:
+    """A small initializer's value (large ones had their data cleared, and are not needed)."""
+    from onnx import numpy_helper
+
+    elements = 1
+    for d in t.dims:
+        elements *= max(int(d), 0)
+    if elements <= _SMALL and t.data_type != _STRING:
+        with contextlib.suppress(Exception):  # malformed data: its value stays unknown
+            values[t.name] = numpy_helper.to_array(t)
+
+
+def _shape_value(node: Any, tp: Any, values: dict[str, Any]) -> None:
+    import numpy as np
+
+    dims = [int(d.dim_value) for d in tp.tensor_type.shape.dim]
+    if node.op_type == "Size":
+        values[node.output[0]] = np.array(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
+        return
+    attrs = {a.name: a.i for a in node.attribute}
+    rank = len(dims)
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start, end = (max(0, min(rank, x + rank if x < 0 else x)) for x in (start, end))
+    values[node.output[0]] = np.array(dims[start:end], dtype=np.int64)
+
+
+def _predicted(node: Any, values: dict[str, Any]) -> int | None:
+    """Elements of a size operator's output from its inputs' values, without computing it."""
+    import numpy as np
+
+    ins = [values.get(i) for i in node.input]
+    try:
+        if node.op_type == "ConstantOfShape" and ins and ins[0] is not None:
+            return int(np.prod(ins[0], dtype=np.int64)) if ins[0].size else 1
+        if node.op_type == "Expand" and len(ins) == 2 and ins[0] is not None and ins[1] is not None:
+            return int(np.prod(np.broadcast_shapes(ins[0].shape, tuple(int(x) for x in ins[1])), dtype=np.int64))
+        if node.op_type == "Tile" and len(ins) == 2 and ins[0] is not None and ins[1] is not None:
+            return int(ins[0].size * np.prod(ins[1], dtype=np.int64))
+        if node.op_type == "Range" and len(ins) == 3 and all(x is not None for x in ins):
+            start, limit, delta = (float(x) for x in ins)  # type: ignore[arg-type]
+            return max(int(np.ceil((limit - start) / delta)), 0) if delta else None
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return None
+
+
+def _evaluate(node: Any, values: dict[str, Any], versions: dict[str, int]) -> dict[str, int] | None:
+    """Elements of a constant node's outputs where its inputs' values are known and small: computed
+    by onnx's reference evaluator when the outputs are small too (their values then known for the
+    next nodes), else predicted for size operators. None where nothing is known."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    if any(i and i not in values for i in node.input):
+        return None
+    if node.op_type in _SIZE_OPS:
+        predicted = _predicted(node, values)
+        if predicted is None or predicted > _SMALL:
+            return None if predicted is None else {node.output[0]: predicted}
+    feeds = {i: values[i] for i in node.input if i}
+    if any(v.size > _SMALL or v.dtype.kind not in "biuf" for v in feeds.values()) or node.ByteSize() > 65536:
+        return None  # (a large Constant: its size is inferred, its value is not needed)
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        graph = helper.make_graph(
+            [node],
+            "one",
+            [
+                helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                for n, v in feeds.items()
+            ],
+            [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+        )
+        opsets = [helper.make_opsetid(d, v) for d, v in versions.items()]
+        outs = ReferenceEvaluator(helper.make_model(graph, opset_imports=opsets)).run(None, feeds)
+    except Exception:  # an operator the evaluator lacks, or inputs it refuses: unknown
+        return None
+    sizes = {}
+    for name, value in zip([o for o in node.output if o], outs, strict=False):
+        arr = np.asarray(value)
+        sizes[name] = int(arr.size)
+        if arr.size <= _SMALL and arr.dtype.kind in "biuf":
+            values[name] = arr
+    return sizes
+
+
+def _fixed(tp: Any) -> bool:
+    """A tensor type whose every dimension is a number (onnxruntime folds its Shape at load)."""
+    if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+        return False
+    return all(d.HasField("dim_value") for d in tp.tensor_type.shape.dim)
 
 
 # Operators that may produce a string tensor: each output element is an input element (moved,
@@ -435,14 +561,29 @@ def _skeleton(model: Any) -> Any:
         if init.name not in declared:
             declared.add(init.name)
             g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    if skel.functions:
-        try:
-            from onnx import inliner
+    return inlined(skel)
 
-            skel = inliner.inline_local_functions(skel)
-        except Exception as exc:  # a function that cannot be inlined cannot be typed: refused below
-            log.info("inlining model-local functions failed: %s", exc)
-    return skel
+
+def inlined(model: Any) -> Any:
+    """``model`` with its local functions inlined into its graph, as onnxruntime runs it. Refused
+    where onnx's inliner fails or leaves a call in place (it does, silently, for a function whose
+    operator set versions differ from the model's): a body the checks cannot see is never run."""
+    if not model.functions:
+        return model
+    from onnx import inliner
+
+    try:
+        out = inliner.inline_local_functions(model)
+    except Exception as exc:  # onnx raises several types
+        raise UnsupportedModel(f"the model's local functions cannot be inlined for checking: {exc}") from None
+    local = {(f.domain, f.name) for f in model.functions}
+    for msg in walk(out.graph):
+        if msg.DESCRIPTOR.full_name == "onnx.NodeProto" and (msg.domain, msg.op_type) in local:
+            raise UnsupportedModel(
+                f"model-local function {msg.op_type!r} (domain {msg.domain!r}) cannot be inlined for checking: "
+                "give it the model's operator set versions"
+            )
+    return out
 
 
 def _infer(skel: Any) -> Any:

@@ -1,0 +1,137 @@
+"""A tiny model must not make onnxruntime hold what vetting did not count, at load or at run.
+
+Red team, round 3 of the model memory change (each model a few hundred bytes; on a live server
+with a 64 MiB inference cap and a 1 MiB model limit they took its memory to 1-5 GB):
+- constants onnxruntime folds at load, which vetting sized from shapes the model itself declared
+  (a ``value_info`` that lies), or did not see (inside a model-local function; behind ``Shape``
+  of an input whose shape is fixed, which onnxruntime folds too);
+- a function onnx's inliner leaves alone (its opset differs from the model's), whose body the
+  string check therefore never saw, while onnxruntime inlines and runs it;
+- constants folded once per session, counted once though a model has two sessions.
+The attacker is a model uploader; what they must get: a refusal at upload, with vetting's count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from onnx import TensorProto, helper
+
+from blindai.server.errors import LimitExceeded, UnsupportedModel
+from blindai.server.store import ModelStore, StoreLimits
+from blindai.server.vetting import vet_model
+
+N = 1 << 28  # 268M float32 elements: 1 GiB folded
+LIMIT = 1 << 20  # the model limit the red team used
+REFUSED = (LimitExceeded, UnsupportedModel)
+
+
+def _one(value: float = 1.0) -> TensorProto:
+    return helper.make_tensor("v", TensorProto.FLOAT, [1], [value])
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits or [], value_info=kw.pop("value_info", None))
+    m = helper.make_model(g, opset_imports=kw.pop("opsets", [helper.make_opsetid("", 17)]), **kw)
+    m.ir_version = 10
+    return m
+
+
+def _z() -> list:  # type: ignore[type-arg]
+    return [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])]
+
+
+def _out() -> list:  # type: ignore[type-arg]
+    return [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+
+
+def test_a_declared_shape_cannot_hide_a_folded_constant() -> None:
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [N])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    honest = _model(nodes, _z(), _out(), [shape])
+    with pytest.raises(LimitExceeded):
+        vet_model(honest.SerializeToString(), max_bytes=LIMIT)
+    lying = _model(
+        nodes, _z(), _out(), [shape], value_info=[helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])]
+    )
+    with pytest.raises(LimitExceeded):
+        vet_model(lying.SerializeToString(), max_bytes=LIMIT)
+
+
+def test_constants_folded_inside_a_function_are_counted() -> None:
+    body = [
+        helper.make_node("Constant", [], ["shp"], value=helper.make_tensor("sv", TensorProto.INT64, [1], [N])),
+        helper.make_node("ConstantOfShape", ["shp"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    f = helper.make_function("local", "F", ["z"], ["out"], body, [helper.make_opsetid("", 17)])
+    m = _model(
+        [helper.make_node("F", ["z"], ["out"], domain="local")],
+        _z(),
+        _out(),
+        opsets=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[f],
+    )
+    with pytest.raises(REFUSED):
+        vet_model(m.SerializeToString(), max_bytes=LIMIT)
+
+
+def test_shape_of_a_fixed_input_is_a_constant_too() -> None:
+    """onnxruntime folds Shape(x) when x's shape is fixed, and everything downstream with it."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ConstantOfShape", ["s"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N]), *_z()], _out())
+    with pytest.raises(REFUSED):
+        vet_model(m.SerializeToString(), max_bytes=LIMIT)
+
+
+@pytest.mark.parametrize(("fn_opset", "model_opset"), [(13, 17), (18, 17)])
+def test_a_function_the_inliner_leaves_alone_is_refused(fn_opset: int, model_opset: int) -> None:
+    """onnx's inliner skips a function whose opset differs from the model's; onnxruntime runs it."""
+    body = [
+        helper.make_node("Constant", [], ["s"], value=helper.make_tensor("sv", TensorProto.STRING, [1], [b"A" * 1000])),
+        helper.make_node("Expand", ["s", "shape"], ["y"]),
+        helper.make_node("Shape", ["y"], ["n"]),
+    ]
+    f = helper.make_function("local", "F", ["shape"], ["n"], body, [helper.make_opsetid("", fn_opset)])
+    m = _model(
+        [helper.make_node("F", ["shape"], ["n"], domain="local")],
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        opsets=[helper.make_opsetid("", model_opset), helper.make_opsetid("local", 1)],
+        functions=[f],
+    )
+    with pytest.raises(UnsupportedModel):
+        vet_model(m.SerializeToString())
+
+
+def _folding(elements: int) -> bytes:
+    shape = helper.make_tensor("shape", TensorProto.INT64, [1], [elements])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    return _model(nodes, _z(), _out(), [shape]).SerializeToString()
+
+
+def test_what_each_session_folds_decides_and_counts_the_second_session() -> None:
+    """A 136-byte model folding 512 MiB got a second (concurrent) session on its *file* size,
+    each session folding its own copy, while the store counted one. Now the second session is
+    decided on what a session holds, and counted when built."""
+    limits = StoreLimits(model_concurrency=2, concurrent_session_max_bytes=64 << 20)
+    store = ModelStore(limits)
+    big = _folding(1 << 25)  # 128 MiB folded: above the threshold, one session only
+    entry, _ = store.add(big, hashlib.sha256(big).hexdigest(), name="big")
+    assert not entry.model.wait_narrow(), "a second session was built for a model folding 128 MiB"
+    assert entry.held_bytes >= 128 << 20
+    small = _folding(1 << 22)  # 16 MiB folded: two sessions, both counted
+    entry, _ = store.add(small, hashlib.sha256(small).hexdigest(), name="small")
+    assert entry.model.wait_narrow()
+    assert entry.held_bytes >= 2 * (16 << 20), entry.held_bytes
