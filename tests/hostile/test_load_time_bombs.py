@@ -14,7 +14,11 @@ The attacker is a model uploader; what they must get: a refusal at upload, with 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
@@ -135,3 +139,147 @@ def test_what_each_session_folds_decides_and_counts_the_second_session() -> None
     entry, _ = store.add(small, hashlib.sha256(small).hexdigest(), name="small")
     assert entry.model.wait_narrow()
     assert entry.held_bytes >= 2 * (16 << 20), entry.held_bytes
+
+
+# --- round 4: vetting's own evaluator, and what it still could not see ---------------------------
+
+
+def _init(name: str, arr: object) -> TensorProto:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _vet_in_a_child(data: bytes, seconds: int = 60) -> tuple[str, float]:
+    """vet_model in a fresh process: its verdict, and the process's peak memory in MiB."""
+    code = (
+        "import sys\n"
+        "from blindai.server.vetting import vet_model\n"
+        "try:\n"
+        "    vet_model(sys.stdin.buffer.read(), max_bytes=1 << 20); verdict = 'accepted'\n"
+        "except Exception as exc: verdict = type(exc).__name__\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(verdict, int(hwm) / 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, timeout=seconds)
+    verdict, peak = [*done.stdout.decode().split(), "died", "0"][:2]
+    return verdict, float(peak)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pad", "onehot", "roialign"],
+)
+def test_vetting_never_computes_what_it_sizes(name: str) -> None:
+    """Red team: the evaluator ran any operator whose inputs were small: a 125-byte Pad to 2^27
+    doubles took vetting to 2.1 GB before refusing; a RoiAlign on a 4x4 constant took 18 s and
+    1.2 GB (onnx's reference kernels are Python). Only cheap shape arithmetic is evaluated, and
+    only when its output is small; the rest is sized from inference or refused."""
+    z = [helper.make_tensor_value_info("z", TensorProto.DOUBLE, [1])]
+    out = [helper.make_tensor_value_info("out", TensorProto.DOUBLE, None)]
+    if name == "pad":
+        nodes = [helper.make_node("Pad", ["a", "p"], ["s"])]
+        inits = [_init("a", np.zeros(1)), _init("p", np.array([0, 1 << 27], np.int64))]
+    elif name == "onehot":
+        nodes = [helper.make_node("OneHot", ["i", "d", "v"], ["s"])]
+        inits = [
+            _init("i", np.array([0], np.int64)),
+            _init("d", np.array(1 << 27, np.int64)),
+            _init("v", np.array([0.0, 1.0])),
+        ]
+    else:
+        z = [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])]
+        out = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+        nodes = [
+            helper.make_node("RoiAlign", ["X", "R", "B"], ["s"], output_height=32, output_width=32, sampling_ratio=64)
+        ]
+        inits = [
+            _init("X", np.zeros((1, 1, 4, 4), np.float32)),
+            _init("R", np.array([[0, 0, 3, 3]], np.float32)),
+            _init("B", np.zeros(1, np.int64)),
+        ]
+    m = _model([*nodes, helper.make_node("Mul", ["s", "z"], ["out"])], z, out, inits)
+    started = time.monotonic()
+    verdict, peak_mb = _vet_in_a_child(m.SerializeToString())
+    assert verdict in ("LimitExceeded", "UnsupportedModel", "accepted"), verdict
+    assert time.monotonic() - started < 15, "vetting computed the operator instead of sizing it"
+    assert peak_mb < 400, f"vetting a {len(m.SerializeToString())}-byte model peaked at {peak_mb:.0f} MiB"
+
+
+def _n_floats(name: str) -> TensorProto:
+    return helper.make_tensor(name, TensorProto.INT64, [1], [N])
+
+
+def test_an_if_on_a_constant_condition_folds_like_its_branch() -> None:
+    then = helper.make_graph(
+        [helper.make_node("Identity", ["shape"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.INT64, [1])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["shape"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.INT64, [1])],
+    )
+    nodes = [
+        helper.make_node("If", ["cond"], ["s"], then_branch=then, else_branch=other),
+        helper.make_node("ConstantOfShape", ["s"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    with pytest.raises(REFUSED):
+        vet_model(_model(nodes, _z(), _out(), [_n_floats("shape"), cond]).SerializeToString(), max_bytes=LIMIT)
+
+
+def test_a_shape_only_onnxruntime_infers_is_a_constant_too() -> None:
+    """onnx does not type com.microsoft operators' outputs; onnxruntime does, and folds Shape."""
+    nodes = [
+        helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
+        helper.make_node("Shape", ["g"], ["s"]),
+        helper.make_node("ConstantOfShape", ["s"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    m = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N]), *_z()],
+        _out(),
+        opsets=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+    )
+    with pytest.raises(REFUSED):
+        vet_model(m.SerializeToString(), max_bytes=LIMIT)
+
+
+def test_a_reshape_to_a_folded_shape_is_followed_like_onnxruntime_does() -> None:
+    """onnxruntime folds Identity(shape), infers Reshape's output fixed from it, then folds Shape
+    of that and all after it: vetting infers again with what it folded."""
+    nodes = [
+        helper.make_node("Identity", ["shape"], ["sh"]),
+        helper.make_node("Reshape", ["x", "sh"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("ConstantOfShape", ["s"], ["c"], value=_one()),
+        helper.make_node("Mul", ["c", "z"], ["out"]),
+    ]
+    m = _model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]), *_z()], _out(), [_n_floats("shape")]
+    )
+    with pytest.raises(LimitExceeded):
+        vet_model(m.SerializeToString(), max_bytes=LIMIT)
+
+
+def test_roialign_is_refused() -> None:
+    """Its kernel sizes a buffer outside the arena from the caller's ROI values (squared): a run
+    with one ROI of 4000 took a server with a 64 MiB cap from 3.2 to 4.7 GB."""
+    nodes = [helper.make_node("RoiAlign", ["X", "R", "B"], ["y"], output_height=1, output_width=1, sampling_ratio=0)]
+    m = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 1, 1]),
+            helper.make_tensor_value_info("R", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("B", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    with pytest.raises(UnsupportedModel, match="RoiAlign"):
+        vet_model(m.SerializeToString())

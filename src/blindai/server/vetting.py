@@ -105,6 +105,10 @@ def vet_model(
                 f"operator {msg.op_type!r} of domain {msg.domain!r} is not allowed"
                 + (" (that domain holds only the model's own functions)" if own else "")
             )
+        if kind == "onnx.NodeProto" and _domain(msg.domain) == "" and msg.op_type in _UNBOUNDED_KERNELS:
+            raise UnsupportedModel(
+                f"operator {msg.op_type!r} is refused: {_UNBOUNDED_KERNELS[msg.op_type]} (see docs/models.md)"
+            )
         if kind == "onnx.SparseTensorProto":
             sparse.append(msg)
         if kind == "onnx.TensorProto" and (msg.data_location == onnx.TensorProto.EXTERNAL or len(msg.external_data)):
@@ -122,6 +126,12 @@ def vet_model(
     return VettedModel(split.skeleton, loaded, loaded - len(data))
 
 
+# Operators whose onnxruntime kernels allocate, outside the capped arena, memory that follows the
+# *values* of a request's inputs: one request could take the server's memory.
+_UNBOUNDED_KERNELS = {
+    "RoiAlign": "onnxruntime's kernel sizes a buffer outside the memory limit from the squared size of "
+    "each region of interest in the request",
+}
 _ORT_FORMAT_MARK = b"ORTM"  # onnxruntime's flatbuffer model format: its file identifier, at bytes 4..8
 
 
@@ -303,14 +313,9 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
                 if not isinstance(out, str) and out.type.HasField("tensor_type"):
                     out.type.tensor_type.ClearField("shape")
     model = inlined(model)
-    try:
-        inferred = shape_inference.infer_shapes(model, data_prop=False)
-    except Exception:  # onnx raises several types on models onnxruntime may still load
-        inferred = model
     shapes: dict[str, Any] = {}
-
-    versions = {o.domain: int(o.version) for o in inferred.opset_import}
     values: dict[str, Any] = {}  # small constants whose values are known: shape arithmetic
+    versions = {o.domain: int(o.version) for o in model.opset_import}
 
     def folded(g: Any, outer: frozenset[str]) -> int:
         for v in [*g.value_info, *g.output, *g.input]:
@@ -330,13 +335,24 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
                 const.update(node.output)  # its value is in the file (or a sparse tensor above)
                 _evaluate(node, values, versions)
                 continue
-            if node.op_type in ("Shape", "Size") and default and len(node.input) and _fixed(shapes.get(node.input[0])):
-                const.update(o for o in node.output if o)  # onnxruntime folds these too: a few integers
-                _shape_value(node, shapes[node.input[0]], values)
+            if node.op_type in ("Shape", "Size") and default and len(node.input):
+                of = shapes.get(node.input[0])
+                if _fixed(of):
+                    const.update(o for o in node.output if o)  # onnxruntime folds these too: a few integers
+                    _shape_value(node, of, values)
+                    continue
+                if not _dynamic(of):
+                    # onnx could not infer this shape; onnxruntime (contrib operators, its own
+                    # inference) may know it fixed and fold: a constant of unknown value.
+                    const.update(o for o in node.output if o)
+                    continue
+            # onnxruntime replaces an If whose condition is constant by the branch taken, then folds on.
+            const_if = node.op_type == "If" and default and len(node.input) and node.input[0] in const
+            if not const_if and (
+                node.op_type in _NOT_FOLDED or any(a.HasField("g") or len(a.graphs) for a in node.attribute)
+            ):
                 continue
-            if node.op_type in _NOT_FOLDED or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
-                continue
-            if not all(not i or i in const for i in node.input):
+            if not all(not i or i in const for i in node.input) and not const_if:
                 continue
             const.update(o for o in node.output if o)
             computed = _evaluate(node, values, versions) if default else None
@@ -360,13 +376,47 @@ def loaded_size(model: Any, file_bytes: int, sparse: list[Any]) -> int:
                 size += elements * _itemsize(tensor.elem_type if tensor is not None else 0)
         return size
 
-    total += folded(inferred.graph, frozenset())
-    return total
+    # onnxruntime folds, then infers again with what it folded, and folds on (a Reshape to a shape
+    # it computed becomes fixed, and its Shape a constant): so does this, a few rounds, each value
+    # computed above becoming an initializer for the next round's inference.
+    injected = 0
+    for _ in range(_ROUNDS):
+        shapes.clear()
+        values.clear()
+        try:
+            inferred = shape_inference.infer_shapes(model, data_prop=False)
+        except Exception:  # onnx raises several types on models onnxruntime may still load
+            inferred = model
+        size = folded(inferred.graph, frozenset())
+        known = {o for node in model.graph.node for o in node.output if o in values}
+        done = [n for n in model.graph.node if n.output and all(o in known for o in n.output if o)]
+        # Another round can only learn something where a computed value meets a runtime input
+        # (a Reshape of an input to a computed shape): otherwise this round's count stands.
+        if not any(
+            any(i in known for i in n.input) and any(i and i not in values for i in n.input) for n in model.graph.node
+        ):
+            break
+        for node in done:
+            model.graph.node.remove(node)
+            for out in filter(None, node.output):
+                model.graph.initializer.append(onnx.numpy_helper.from_array(values[out], out))
+                injected += int(values[out].nbytes)
+    return total + size + injected
 
 
+_ROUNDS = 4  # of folding and inferring again (real models need one or two)
 _SMALL = 1024  # elements: constants this small have their values computed, for the sizes they decide
 # Operators whose output sizes follow from their inputs' values: computed, never materialised.
 _SIZE_OPS = frozenset({"ConstantOfShape", "Expand", "Tile", "Range"})
+# The only operators evaluated: shape arithmetic, whose outputs are bounded by their inputs (each
+# checked before it runs). Anything else (Pad, OneHot, RoiAlign, ...: onnx's reference kernels are
+# Python, and their outputs can follow their inputs' values) is sized from inference or refused.
+_SAME_SIZE = frozenset({"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Neg", "Abs",
+                        "Not", "Floor", "Ceil", "Sign", "Reciprocal", "Sqrt", "Relu"})  # fmt: skip
+_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Pow", "Min", "Max", "Equal", "Less", "Greater",
+                        "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "Sum"})  # fmt: skip
+_SHRINKING = frozenset({"Slice", "ReduceSum", "ReduceProd", "ReduceMin", "ReduceMax", "ReduceMean", "ArgMax",
+                        "ArgMin", "Gather", "GatherElements", "Concat", "Shape", "Size", "Constant"})  # fmt: skip
 
 
 def _remember(values: dict[str, Any], t: Any) -> None:
@@ -415,6 +465,26 @@ def _predicted(node: Any, values: dict[str, Any]) -> int | None:
     return None
 
 
+def _bound(node: Any, values: dict[str, Any]) -> int:
+    """At most how many elements the node's output has (known-valued inputs only); huge if unknown."""
+    import numpy as np
+
+    ins = [values[i] for i in node.input if i]
+    sizes = [int(v.size) for v in ins]
+    try:
+        if node.op_type in _SAME_SIZE or (node.op_type in _SHRINKING and node.op_type not in ("Gather", "Concat")):
+            return max(sizes, default=1)
+        if node.op_type == "Concat":
+            return sum(sizes)
+        if node.op_type == "Gather" and len(ins) == 2:
+            return int(ins[1].size) * max(int(ins[0].size), 1)
+        if node.op_type in _BROADCAST:
+            return int(np.prod(np.broadcast_shapes(*(v.shape for v in ins)), dtype=np.int64))
+    except (ValueError, TypeError):
+        pass
+    return 1 << 62
+
+
 def _evaluate(node: Any, values: dict[str, Any], versions: dict[str, int]) -> dict[str, int] | None:
     """Elements of a constant node's outputs where its inputs' values are known and small: computed
     by onnx's reference evaluator when the outputs are small too (their values then known for the
@@ -429,6 +499,8 @@ def _evaluate(node: Any, values: dict[str, Any], versions: dict[str, int]) -> di
         predicted = _predicted(node, values)
         if predicted is None or predicted > _SMALL:
             return None if predicted is None else {node.output[0]: predicted}
+    elif _bound(node, values) > _SMALL:
+        return None
     feeds = {i: values[i] for i in node.input if i}
     if any(v.size > _SMALL or v.dtype.kind not in "biuf" for v in feeds.values()) or node.ByteSize() > 65536:
         return None  # (a large Constant: its size is inferred, its value is not needed)
@@ -455,6 +527,14 @@ def _evaluate(node: Any, values: dict[str, Any], versions: dict[str, int]) -> di
         if arr.size <= _SMALL and arr.dtype.kind in "biuf":
             values[name] = arr
     return sizes
+
+
+def _dynamic(tp: Any) -> bool:
+    """A tensor type onnx inferred with a rank, every dimension a number or a named (runtime) one:
+    onnxruntime cannot know more of it at load than onnx did."""
+    if tp is None or not tp.HasField("tensor_type") or not tp.tensor_type.HasField("shape"):
+        return False
+    return all(d.HasField("dim_value") or d.HasField("dim_param") for d in tp.tensor_type.shape.dim)
 
 
 def _fixed(tp: Any) -> bool:
