@@ -292,6 +292,8 @@ def unknown_size_constant() -> bytes:
 def test_models_that_grow_at_load_are_refused_before_loading(server: Server, model, status: int, words: str) -> None:  # type: ignore[no-untyped-def]
     data = model()
     assert len(data) < 1024
+    with sim_connect(server.srv) as conn:  # vetting's first-use costs (imports, schema lists: ~15 MB) paid first
+        conn.delete_model(conn.upload_model(folded_bomb(16)).model_id)
     before = proc_status(server.pid)["VmHWM"]
     with sim_connect(server.srv) as conn:
         with pytest.raises(ServerError) as err:
