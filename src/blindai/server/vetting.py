@@ -116,8 +116,15 @@ def vet_model(
                 f"tensor {msg.name!r} uses external data; only self-contained models are accepted "
                 "(save with onnx.save_model(..., save_as_external_data=False))"
             )
-    check_string_growth(model)
-    loaded = loaded_size(model, len(data), sparse)
+    _check_expansion(model)
+    try:
+        check_string_growth(model)
+        loaded = loaded_size(model, len(data), sparse)
+    except (UnsupportedModel, LimitExceeded):
+        raise
+    except Exception as exc:  # a model shaped so that a check itself fails: refused, never a 500
+        log.info("vetting failed on an uploaded model: %s: %s", type(exc).__name__, exc)
+        raise UnsupportedModel(f"the model could not be checked ({type(exc).__name__}); it is refused") from None
     if max_bytes is not None and loaded > max_bytes:
         raise LimitExceeded(
             f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
@@ -434,6 +441,9 @@ def _remember(values: dict[str, Any], t: Any) -> None:
 def _shape_value(node: Any, tp: Any, values: dict[str, Any]) -> None:
     import numpy as np
 
+    if not node.output or not node.output[0]:
+        return
+
     dims = [int(d.dim_value) for d in tp.tensor_type.shape.dim]
     if node.op_type == "Size":
         values[node.output[0]] = np.array(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
@@ -493,7 +503,7 @@ def _evaluate(node: Any, values: dict[str, Any], versions: dict[str, int]) -> di
     import onnx
     from onnx import helper
 
-    if any(i and i not in values for i in node.input):
+    if any(i and i not in values for i in node.input) or not node.output or not node.output[0]:
         return None
     if node.op_type in _SIZE_OPS:
         predicted = _predicted(node, values)
@@ -642,6 +652,43 @@ def _skeleton(model: Any) -> Any:
             declared.add(init.name)
             g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return inlined(skel)
+
+
+MAX_INLINED_NODES = 200_000  # nodes of a model once its local functions are inlined (Whisper: 10k)
+
+
+def _check_expansion(model: Any) -> None:
+    """Refuse a model whose local functions, inlined, would make more than `MAX_INLINED_NODES`
+    nodes, counted without inlining: nested calls grow exponentially (1.5 KB of functions calling
+    functions ten times a level cost vetting 46 s and 1.8 GB, and onnxruntime minutes), and both
+    vetting and onnxruntime inline them. Calls in a cycle are refused too."""
+    if not model.functions:
+        return
+    local = {(f.domain, f.name): f for f in model.functions}
+    sizes: dict[tuple[str, str], int] = {}
+
+    def count(body: Any, within: frozenset[tuple[str, str]]) -> int:
+        total = 0
+        for msg in walk(body):
+            if msg.DESCRIPTOR.full_name != "onnx.NodeProto":
+                continue
+            key = (msg.domain, msg.op_type)
+            if key not in local:
+                total += 1
+            elif key in within:
+                raise UnsupportedModel(f"model-local function {msg.op_type!r} calls itself")
+            else:
+                if key not in sizes:
+                    sizes[key] = count(local[key], within | {key})
+                total += sizes[key]
+            if total > MAX_INLINED_NODES:
+                raise LimitExceeded(
+                    f"the model's local functions, inlined, make more than {MAX_INLINED_NODES} nodes "
+                    "(onnxruntime inlines them as vetting does): flatten or fold the model before uploading"
+                )
+        return total
+
+    count(model.graph, frozenset())
 
 
 def inlined(model: Any) -> Any:
