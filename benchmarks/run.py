@@ -174,7 +174,8 @@ def main() -> int:
     out(
         f"- peak server memory {u['peak_mb']:.0f} MB = {peak_ratio:.2f}x the model, idle process included "
         f"(idle {u['base_mb']:.0f} MB); target <= 2.5x: {ok(peak_ratio <= 2.5)}. Counted as RSS plus the "
-        f"in-memory model file (tmpfs or memfd, counted once) sampled every 2 ms, or VmHWM ({u['hwm_mb']:.0f} MB) if higher"
+        "in-memory model file (tmpfs or memfd, counted once) sampled every 2 ms, "
+        f"or VmHWM ({u['hwm_mb']:.0f} MB) if higher"
     )
     out(
         f"- serving it afterwards: {u['served_mb']:.0f} MB; a process that only makes `InferenceSession(path)` "
