@@ -82,3 +82,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in MEASURED:
             item.add_marker(pytest.mark.xdist_group("measured"))
+
+
+def memory_usable(kind: str) -> bool:
+    """Whether this system can hold uploads in ``kind`` (modelfile.MEMORY_KINDS) for a simulation server."""
+    from blindai.server.modelfile import model_memory
+
+    try:
+        return model_memory("simulation", kind) == kind
+    except ValueError:
+        return False

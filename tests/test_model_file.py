@@ -43,20 +43,15 @@ from blindai.server.store import ModelStore, StoreLimits
 from blindai.server.tls import make_identity
 from blindai.server.vetting import vet_model
 from tests import onnx_models
-
-
-def _usable(kind: str) -> bool:
-    try:
-        return model_memory("simulation", kind) == kind
-    except ValueError:
-        return False
-
+from tests.conftest import memory_usable
 
 FILE_KINDS = [
-    pytest.param(k, marks=pytest.mark.skipif(not _usable(k), reason=f"this system cannot hold models in {k} files"))
+    pytest.param(
+        k, marks=pytest.mark.skipif(not memory_usable(k), reason=f"this system cannot hold models in {k} files")
+    )
     for k in ("tmpfs", "memfd")
 ]
-needs_tmpfs = pytest.mark.skipif(not _usable("tmpfs"), reason=f"{TMPFS_ROOT} is no usable tmpfs here")
+needs_tmpfs = pytest.mark.skipif(not memory_usable("tmpfs"), reason=f"{TMPFS_ROOT} is no usable tmpfs here")
 
 
 @pytest.fixture(params=FILE_KINDS)
@@ -109,7 +104,7 @@ def _load_folders() -> list[str]:
 
 def test_where_uploads_are_held_follows_the_tee_row() -> None:
     best = model_memory("simulation")
-    assert best in ("tmpfs", "memfd") or not (_usable("tmpfs") or _usable("memfd"))
+    assert best in ("tmpfs", "memfd") or not (memory_usable("tmpfs") or memory_usable("memfd"))
     for tee in ("tdx", "sev-snp"):
         assert model_memory(tee) == best
     assert model_memory("sgx") == "bytes"  # Gramine's memfd/tmpfs emulation is not relied on

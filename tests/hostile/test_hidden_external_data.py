@@ -21,23 +21,16 @@ from onnx import TensorProto, helper, numpy_helper
 import blindai
 from blindai.server.errors import UnsupportedModel
 from blindai.server.inference import LoadedModel
-from blindai.server.modelfile import ModelFile, model_memory
+from blindai.server.modelfile import ModelFile
 from blindai.server.onnxsplit import split_model
 from blindai.server.vetting import check_string_constants, vet_model
 from blindai.testing import LocalServer
-from tests.conftest import sim_connect
+from tests.conftest import memory_usable, sim_connect
 
 SECRET = np.array([3.25, -7.5, 1e6, 42.0] * 1024, np.float32)  # 16 KiB: enough for onnxruntime to read it
 
 
-def _usable(kind: str) -> bool:
-    try:
-        return model_memory("simulation", kind) == kind
-    except ValueError:
-        return False
-
-
-KINDS = [k for k in ("tmpfs", "memfd", "bytes") if _usable(k)]
+KINDS = [k for k in ("tmpfs", "memfd", "bytes") if memory_usable(k)]
 
 
 def _external(name: str, location: str, elements: int) -> TensorProto:

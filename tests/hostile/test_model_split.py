@@ -28,19 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from blindai.server.errors import UnsupportedModel
 from blindai.server.inference import LoadedModel
-from blindai.server.modelfile import ModelFile, model_memory
+from blindai.server.modelfile import ModelFile
 from blindai.server.onnxsplit import LOCATION, MAX_FIELDS, MIN_MOVED, Split, split_model
 from blindai.server.vetting import vet_model
 from blindai.testing import LocalServer
-from tests.conftest import sim_connect
+from tests.conftest import memory_usable, sim_connect
 from tests.onnx_models import varint
-
-
-def _usable(kind: str) -> bool:
-    try:
-        return model_memory("simulation", kind) == kind
-    except ValueError:
-        return False
 
 
 def _weights_model(width: int = 64, layers: int = 3, seed: int = 0) -> onnx.ModelProto:
@@ -132,7 +125,7 @@ def test_the_served_outputs_are_the_uploaded_models() -> None:
     assert vetted.skeleton is not None
     x = np.random.default_rng(1).standard_normal((3, 96)).astype(np.float32)
     want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    kinds = [k for k in ("tmpfs", "memfd", "bytes") if _usable(k)]
+    kinds = [k for k in ("tmpfs", "memfd", "bytes") if memory_usable(k)]
     assert "bytes" in kinds
     files = [ModelFile.from_bytes(data, memory=k) for k in kinds]
     for source in (data, *files):
@@ -177,7 +170,7 @@ def test_no_session_keeps_the_skeleton(narrow_now: bool) -> None:
     loaded.close()
 
 
-@pytest.mark.skipif(not _usable("memfd"), reason="this system has no usable memfd_create")
+@pytest.mark.skipif(not memory_usable("memfd"), reason="this system has no usable memfd_create")
 def test_no_mapping_of_the_upload_outlives_the_load() -> None:
     """onnxruntime is given a memfd upload's mapping while the session is built; it must not keep
     it (a kept view would hold the whole upload for the model's life, uncounted). (A tmpfs

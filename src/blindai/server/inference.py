@@ -30,7 +30,7 @@ from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRe
 from .modelfile import ModelFile, empty_folder
 from .onnxsplit import LOCATION
 
-__all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype"]
+__all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype", "run_slots"]
 
 log = logging.getLogger("blindai.inference")
 # Belt and braces for an embedding that started onnxruntime before importing the server (whose
@@ -151,6 +151,14 @@ def machine_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def run_slots(concurrency: int, intra_op_threads: int) -> int:
+    """Runs of one model at once: ``concurrency``, or (0) one per core of a lone run. Above 1,
+    the model gets a second (narrow) session, which the store counts."""
+    if concurrency > 0:
+        return concurrency
+    return intra_op_threads if intra_op_threads > 0 else machine_cores()
+
+
 class LoadedModel:
     """A model's onnxruntime sessions, its declared signature and its run scheduler.
 
@@ -175,7 +183,7 @@ class LoadedModel:
         narrow_now: bool = False,
     ) -> None:
         self.cores = intra_op_threads if intra_op_threads > 0 else machine_cores()
-        self.concurrency = concurrency if concurrency > 0 else self.cores
+        self.concurrency = run_slots(concurrency, intra_op_threads)
         try:
             self.session = _load_session(model, self.cores, skeleton)
         except Exception as exc:  # onnxruntime raises several unrelated types

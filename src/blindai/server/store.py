@@ -34,7 +34,7 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .inference import LoadedModel, machine_cores
+from .inference import LoadedModel, run_slots
 from .modelfile import ModelFile
 from .sealing import MAX_HEADER, SealedDirectory, SealedFileError, StoreError
 from .vetting import DEFAULT_DOMAINS, VettedModel, vet_model
@@ -148,7 +148,6 @@ class ModelStore:
     ) -> None:
         self.limits = limits or StoreLimits()
         self.memory = memory  # where uploads are held: one of modelfile.MEMORY_KINDS
-
         self.sealed = sealed
         self.upload_token_hashes = upload_token_hashes
         self._models: dict[str, ModelEntry] = {}
@@ -281,8 +280,7 @@ class ModelStore:
         concurrency = self.limits.model_concurrency
         if max(model.size, vetted.held) > self.limits.concurrent_session_max_bytes:
             concurrency = 1
-        cores = self.limits.intra_op_threads or machine_cores()
-        two = (concurrency or cores) > 1
+        two = run_slots(concurrency, self.limits.intra_op_threads) > 1
         return concurrency, vetted.held + (vetted.per_session if two else 0)
 
     def _load(self, model: ModelFile, vetted: VettedModel, concurrency: int) -> LoadedModel:
