@@ -1,14 +1,16 @@
-"""Front workers: TLS of the attested port terminated in forked processes (``--workers N``).
+"""Front workers: the attested port served by forked processes (``--workers N``).
 
-Knows nothing of HTTP. With N > 1 the main process makes the TLS key (in memory, never
-written out) and N listening sockets on the attested port (``SO_REUSEPORT``: the kernel
-spreads connections over them), then forks one worker per socket before it loads any model.
-A worker accepts, does the TLS handshake with the inherited key (so every worker presents the
-one key the evidence binds) and copies the decrypted bytes both ways to the main process over
-a Unix socket in a private folder. The main process keeps the only model store, schedulers
-and onnxruntime sessions, and serves HTTP on that Unix socket: an upload through any worker
-is runnable through every other at once. Under Gramine each worker is a new enclave; see
-docs/performance.md for what that costs.
+With N > 1 the main process makes the TLS key (in memory, never written out) and N listening
+sockets on the attested port (``SO_REUSEPORT``: the kernel spreads connections over them),
+then forks one worker per socket before it loads any model. A worker accepts, does the TLS
+handshake with the inherited key (so every worker presents the one key the evidence binds),
+then serves small inference requests itself up to the model run (``http/fast_worker.py``:
+HTTP and the tensor codec in the worker, the decoded tensors to the main process in frames
+over a socketpair made before the fork), and copies every other connection's decrypted bytes
+both ways to the main process's HTTP server on a Unix socket in a private folder. The main
+process keeps the only model store, schedulers and onnxruntime sessions: an upload through
+any worker is runnable through every other at once. Under Gramine each worker is a new
+enclave; see docs/performance.md for what that costs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 import ssl
 import sys
 
+from .http.fast_worker import Channel, FastSettings, linger, serve_connection
 from .tls import TlsIdentity
 
 __all__ = ["default_workers", "listen_shared", "start_workers", "stop_workers"]
@@ -57,21 +60,27 @@ def listen_shared(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 def start_workers(
-    socks: list[socket.socket], identity: TlsIdentity, backend: str, handshake_timeout_s: float = 10.0
-) -> list[int]:
-    """Fork one worker per socket; the caller closes its copies of ``socks`` afterwards."""
+    socks: list[socket.socket], identity: TlsIdentity, backend: str, settings: FastSettings
+) -> tuple[list[int], list[socket.socket]]:
+    """Fork one worker per socket: their pids, and the main process's end of each one's frame
+    channel (``http/fast_main.py`` serves them). The caller closes its copies of ``socks``."""
     parent = os.getpid()
-    pids = []
+    pids: list[int] = []
+    channels: list[socket.socket] = []
     for i, sock in enumerate(socks):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:  # the worker: it never returns into the caller's code
             code = 0
             try:
+                mine.close()
+                for other in channels:
+                    other.close()
                 for j, other in enumerate(socks):
                     if j != i:
                         other.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C stops the main process, which stops us
-                asyncio.run(_worker(sock, identity.ssl_context(), backend, parent, handshake_timeout_s))
+                asyncio.run(_worker(sock, identity.ssl_context(), backend, parent, theirs, settings))
             except BaseException:
                 log.exception("front worker %d stopped", os.getpid())
                 code = 1
@@ -79,8 +88,10 @@ def start_workers(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        theirs.close()
         pids.append(pid)
-    return pids
+        channels.append(mine)
+    return pids, channels
 
 
 def stop_workers(pids: list[int]) -> None:
@@ -93,25 +104,79 @@ def stop_workers(pids: list[int]) -> None:
 
 
 async def _worker(
-    sock: socket.socket, ctx: ssl.SSLContext, backend: str, parent: int, handshake_timeout_s: float
+    sock: socket.socket,
+    ctx: ssl.SSLContext,
+    backend: str,
+    parent: int,
+    channel_sock: socket.socket,
+    settings: FastSettings,
 ) -> None:
     loop = asyncio.get_running_loop()
+    ch_reader, ch_writer = await asyncio.open_unix_connection(sock=channel_sock)
+    channel = Channel(ch_reader, ch_writer, settings.max_result_bytes)
+    channel_task = asyncio.create_task(channel.run())
+    open_connections = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        log.debug("front worker %d: connection from port %s", os.getpid(), peer[1] if peer else "?")
-        # A plain socket towards the main process, not a stream: a failed write (the main process
-        # closed after an early answer) must not discard the answer still waiting to be read.
-        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        up.setblocking(False)
-        try:
-            await loop.sock_connect(up, backend)
-        except OSError:
-            up.close()
-            writer.close()
+        if open_connections[0] >= settings.max_connections:
+            writer.transport.abort()  # as the main process's server refuses past --max-connections
             return
-        to_main = asyncio.create_task(_to_main(loop, reader, up))
-        to_client = asyncio.create_task(_to_client(loop, up, writer))
+        open_connections[0] += 1
+        raw = writer.get_extra_info("socket")
+        if raw is not None:  # a response's head and body leave as separate TLS records: no Nagle wait between
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = writer.get_extra_info("peername")
+        port = peer[1] if peer else "?"
+        log.debug("front worker %d: connection from port %s", os.getpid(), port)
+
+        async def pipe(first: bytes) -> None:
+            log.debug("front worker %d: connection from port %s passed to the main process", os.getpid(), port)
+            await _pipe(loop, reader, writer, backend, first)
+
+        try:
+            await serve_connection(reader, writer, settings, channel, pipe)
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        finally:
+            open_connections[0] -= 1
+            writer.close()
+
+    sock.setblocking(False)
+    server = await asyncio.start_server(
+        handle,
+        sock=sock,
+        ssl=ctx,
+        ssl_handshake_timeout=settings.connection.handshake_timeout_s,
+        ssl_shutdown_timeout=settings.connection.handshake_timeout_s,
+        limit=CHUNK,
+    )
+    log.info("front worker %d serving the attested port", os.getpid())
+    async with server:
+        while os.getppid() == parent and not channel_task.done():  # the main process is gone: so is the backend
+            await asyncio.sleep(1.0)
+
+
+async def _pipe(
+    loop: asyncio.AbstractEventLoop,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    backend: str,
+    first: bytes,
+) -> None:
+    """The rest of a connection, from ``first`` on, copied both ways to the main process's HTTP server."""
+    # A plain socket towards the main process, not a stream: a failed write (the main process
+    # closed after an early answer) must not discard the answer still waiting to be read.
+    up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    up.setblocking(False)
+    try:
+        await loop.sock_connect(up, backend)
+    except OSError:
+        up.close()
+        return
+    to_main = asyncio.create_task(_to_main(loop, reader, up, first))
+    to_client = asyncio.create_task(_to_client(loop, up, writer))
+    try:
         # Either side ending ends the connection: HTTP/1.1 clients do not half-close.
         await asyncio.wait([to_main, to_client], return_when=asyncio.FIRST_COMPLETED)
         if not to_client.done() and not reader.at_eof():
@@ -122,37 +187,19 @@ async def _worker(
                 await asyncio.wait_for(asyncio.shield(to_client), LINGER_S)
         to_main.cancel()
         if to_client.done() and not reader.at_eof():
-            # Closing with the client's bytes unread would make the kernel reset the connection, and
-            # the client could lose the answer: read and drop what still comes, for a moment, as the
-            # main process would have (a lingering close).
-            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
-                await asyncio.wait_for(_discard(reader), LINGER_S)
+            await linger(reader, LINGER_S)
+    finally:
+        to_main.cancel()
         to_client.cancel()
         up.close()
-        writer.close()
-
-    sock.setblocking(False)
-    server = await asyncio.start_server(
-        handle,
-        sock=sock,
-        ssl=ctx,
-        ssl_handshake_timeout=handshake_timeout_s,
-        ssl_shutdown_timeout=handshake_timeout_s,
-        limit=CHUNK,
-    )
-    log.info("front worker %d serving the attested port", os.getpid())
-    async with server:
-        while os.getppid() == parent:  # the main process is gone: so is the backend
-            await asyncio.sleep(1.0)
 
 
-async def _discard(reader: asyncio.StreamReader) -> None:
-    while await reader.read(CHUNK):
-        pass
-
-
-async def _to_main(loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader, up: socket.socket) -> None:
+async def _to_main(
+    loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader, up: socket.socket, first: bytes
+) -> None:
     with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
+        if first:
+            await loop.sock_sendall(up, first)
         while data := await reader.read(CHUNK):
             await loop.sock_sendall(up, data)
 

@@ -31,8 +31,10 @@ from ..errors import ConfigurationError
 from ..tees import is_simulation
 from .front import default_workers, listen_shared, start_workers, stop_workers
 from .http.app import ServerState
-from .http.bodies import BodyLimits
+from .http.bodies import BodyLimits, MemoryBudget
 from .http.connections import ConnectionLimits, default_max_connections, raise_open_file_limit
+from .http.fast_main import serve_channel
+from .http.fast_worker import MAX_BODY, FastSettings
 from .http.serving import http_servers, run_loop, serve_in_own_loop
 from .inference import InferenceEngine, limit_inference_memory, machine_cores
 from .modelfile import TMPFS_ROOT, model_memory, sweep_stale
@@ -212,6 +214,16 @@ class _Front:
     port: int
     pids: list[int]
     folder: str
+    channels: list[socket.socket]  # the main process's end of each worker's frame channel
+    budget: MemoryBudget  # the in-flight budget, shared with the workers
+
+
+def _connection_limits(config: ServerConfig) -> ConnectionLimits:
+    """The configured connection limits, a connection cap of 0 sized to the open-file limit."""
+    limits = config.connection_limits
+    if limits.max_connections:
+        return limits
+    return dataclasses.replace(limits, max_connections=default_max_connections(raise_open_file_limit()))
 
 
 def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
@@ -231,17 +243,30 @@ def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
         backend.close()
         raise _cannot_listen(config.host, config.attested_port, exc) from exc
     port = shared[0].getsockname()[1]
-    pids = start_workers(shared, identity, path, config.connection_limits.handshake_timeout_s)
+    body = _body_limits(config)
+    budget = MemoryBudget(body.max_inflight_bytes, shared=True)
+    limits = _connection_limits(config)
+    settings = FastSettings(
+        connection=limits,
+        body=body,
+        budget=budget,
+        max_connections=max(16, limits.max_connections // workers),
+        max_body=min(MAX_BODY, config.max_request_bytes),
+        max_result_bytes=2 * config.max_output_bytes,
+    )
+    pids, channels = start_workers(shared, identity, path, settings)
     for sock in shared:  # a listening copy nobody accepts on would still get its share of connections
         sock.close()
     log.info("attested port %d served by %d front worker processes: %s", port, workers, pids)
-    return _Front(backend, port, pids, folder)
+    return _Front(backend, port, pids, folder, channels, budget)
 
 
 def _stop_front(front: _Front | None) -> None:
     if front is None:
         return
     stop_workers(front.pids)
+    for channel in front.channels:
+        channel.close()
     front.backend.close()
     shutil.rmtree(front.folder, ignore_errors=True)
 
@@ -267,12 +292,11 @@ async def serve(
         max_request_bytes=config.max_request_bytes,
         v06=config.v06_routes,
         body_limits=_body_limits(config),
+        inflight=front.budget if front is not None else None,
     )
     attested_sock = front.backend if front is not None else _listen(config.host, config.attested_port)
     unattested_sock = _listen(config.host, config.unattested_port)
-    limits = config.connection_limits
-    if not limits.max_connections:
-        limits = dataclasses.replace(limits, max_connections=default_max_connections(raise_open_file_limit()))
+    limits = _connection_limits(config)
     metrics = None
     if config.metrics_port is not None:
         from .http.metrics import Metrics
@@ -287,6 +311,7 @@ async def serve(
     )
     metrics_port = None if metrics is None else metrics.serve(config.metrics_host, config.metrics_port or 0)
     loop = asyncio.get_running_loop()
+    channels: list[asyncio.Task[None]] = []
 
     def stop() -> None:
         log.info("stopping")
@@ -302,6 +327,9 @@ async def serve(
         tasks = [
             asyncio.create_task(attested.serve(sockets=[attested_sock])),
             asyncio.create_task(asyncio.to_thread(evidence_thread.join)),
+        ]
+        channels += [
+            asyncio.create_task(serve_channel(sock, state, metrics)) for sock in (front.channels if front else [])
         ]
         while not (attested.started and unattested.started):
             if any(t.done() for t in tasks):
@@ -337,6 +365,8 @@ async def serve(
         attested.should_exit = unattested.should_exit = True
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        for task in channels:
+            task.cancel()
         state.engine.close()
         log.info("stopped")
 

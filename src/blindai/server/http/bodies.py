@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import CapacityExceeded, CoreError, InvalidRequest, LimitExceeded, Unavailable
 from .errors import RequestTimeout
 
-__all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "Sink", "UploadSlots", "read_body"]
+__all__ = ["Body", "BodyLimits", "Hold", "MemoryBudget", "Sink", "UploadSlots", "read_body", "too_slow"]
 
 # Joining chunks is one memcpy; above this size it runs in a worker thread (bytes.join
 # releases the GIL for large results), so the event loops keep turning meanwhile.
@@ -49,12 +49,28 @@ class BodyLimits:
 
 
 class MemoryBudget:
-    """Bytes held for requests, server-wide; thread-safe (decoders take from worker threads)."""
+    """Bytes held for requests, server-wide; thread-safe (decoders take from worker threads).
 
-    def __init__(self, limit: int) -> None:
+    With ``shared=True`` the count lives in shared memory under a process-shared lock, so the
+    front workers forked after it (``front.py``), which hold the bodies of the requests they
+    decode, take from the same budget as the main process: one limit for the whole server.
+    """
+
+    def __init__(self, limit: int, *, shared: bool = False) -> None:
         self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
+        self._used: Any
+        if shared:
+            import multiprocessing
+
+            self._used = multiprocessing.RawValue("q", 0)
+            self._lock: Any = multiprocessing.Lock()
+        else:
+            self._used = _Count()
+            self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return int(self._used.value)
 
     def try_take(self, n: int, what: str) -> bool:
         if n > self.limit:
@@ -63,9 +79,9 @@ class MemoryBudget:
                 f"({self.limit} bytes, --max-inflight-bytes); send less at once (binary tensors cost least)"
             )
         with self._lock:
-            if self.used + n > self.limit:
+            if self._used.value + n > self.limit:
                 return False
-            self.used += n
+            self._used.value += n
             return True
 
     def full(self) -> CoreError:
@@ -91,7 +107,16 @@ class MemoryBudget:
 
     def give(self, n: int) -> None:
         with self._lock:
-            self.used -= n
+            self._used.value -= n
+
+
+class _Count:
+    """The unshared count: what ``multiprocessing.RawValue`` offers, in this process only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
 class Hold:
@@ -300,7 +325,7 @@ async def _receive(
                 if keep:
                     chunks.append(chunk)
     except TimeoutError:
-        raise _too_slow(what, reason, size, loop.time() - start, limits) from None
+        raise too_slow(what, reason, size, loop.time() - start, limits) from None
     if not keep or not chunks:
         return b"", size
     if len(chunks) == 1:
@@ -317,7 +342,8 @@ async def _receive(
     return data, size
 
 
-def _too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> CoreError:
+def too_slow(what: str, reason: str, size: int, elapsed: float, limits: BodyLimits) -> CoreError:
+    """The 408 of a body that broke ``reason``'s bound ("deadline", "rate" or "idle")."""
     if reason == "deadline":
         text = f"it was not received within the {limits.total_timeout_s:g} s deadline (--body-timeout)"
     elif reason == "rate":

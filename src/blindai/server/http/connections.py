@@ -37,6 +37,7 @@ __all__ = [
     "default_max_connections",
     "guarded_protocol",
     "handshake_timeout",
+    "plain_answer",
     "raise_open_file_limit",
 ]
 
@@ -165,7 +166,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def _count(self, n: int) -> None:
             self._head_bytes += n
             if self._head_bytes > limits.max_head_bytes:
-                self._refusal = _answer(
+                self._refusal = plain_answer(
                     431, f"the request head exceeds {limits.max_head_bytes} bytes (URL and headers)"
                 )
                 raise ValueError("request head too large")  # stops httptools; answered in send_400_response
@@ -186,13 +187,14 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
             if self.cycle is not None and not self._in_head and not self.cycle.response_complete:
                 return  # a request is being served: its body and run have their own deadlines
             if self._in_head:
-                self.transport.write(_answer(408, f"no complete request head within {limits.head_timeout_s:g} s"))
+                self.transport.write(plain_answer(408, f"no complete request head within {limits.head_timeout_s:g} s"))
             self.transport.close()
 
     return GuardedProtocol
 
 
-def _answer(status: int, message: str) -> bytes:
+def plain_answer(status: int, message: str) -> bytes:
+    """A whole plain-text answer that closes the connection (408 and 431: before any route runs)."""
     reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
     body = message.encode()
     return (

@@ -35,7 +35,7 @@ from ..errors import (
     UnsupportedModel,
 )
 
-__all__ = ["HANDLERS", "PROTOCOL_STATUS", "STATUS", "RequestTimeout", "error_response", "status_of"]
+__all__ = ["HANDLERS", "PROTOCOL_STATUS", "STATUS", "RequestTimeout", "answer_of", "error_response", "status_of"]
 
 log = logging.getLogger("blindai.server")
 
@@ -98,33 +98,31 @@ def _message(exc: CoreError) -> str:
     return f"{exc.message}; {hint}" if hint else exc.message
 
 
-async def _on_core_error(_req: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CoreError)
+def answer_of(exc: Exception) -> tuple[int, str]:
+    """The status and message an exception is answered with (500s logged, their details kept out)."""
+    if isinstance(exc, CoreError):
+        status = status_of(exc)
+        if status == 500:
+            log.error("core error with no status row: %s", type(exc).__name__, exc_info=exc)
+            return 500, "internal server error"
+        return status, _message(exc)
+    if isinstance(exc, HTTPException):
+        return exc.status_code, str(exc.detail)
     status = status_of(exc)
     if status == 500:
-        log.error("core error with no status row: %s", type(exc).__name__, exc_info=exc)
-        return error_response(500, "internal server error")
-    return error_response(status, _message(exc))
+        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+        return 500, "internal server error"
+    return status, str(exc)
 
 
-async def _on_protocol_error(_req: Request, exc: Exception) -> Response:
-    return error_response(status_of(exc), str(exc))
-
-
-async def _on_http_error(_req: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail))
-
-
-async def _on_unexpected(_req: Request, exc: Exception) -> Response:
-    log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-    return error_response(500, "internal server error")
+async def _on_error(_req: Request, exc: Exception) -> Response:
+    return error_response(*answer_of(exc))
 
 
 HANDLERS: Final[dict[Any, Any]] = {
-    CoreError: _on_core_error,
-    TensorError: _on_protocol_error,
-    V06Error: _on_protocol_error,
-    HTTPException: _on_http_error,
-    Exception: _on_unexpected,
+    CoreError: _on_error,
+    TensorError: _on_error,
+    V06Error: _on_error,
+    HTTPException: _on_error,
+    Exception: _on_error,
 }

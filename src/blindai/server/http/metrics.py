@@ -61,6 +61,13 @@ class Metrics:
         self.models = Gauge("blindai_models", "Models held by the server", registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
 
+    def record(self, port: str, route: str, code: int, elapsed: float) -> None:
+        """One answered request (the middleware's, and the front workers' fast path's, in fast.py)."""
+        self.requests.labels(port, route, str(code)).inc()
+        self.latency.labels(port, route).observe(elapsed)
+        if code >= 400:
+            self.errors.labels(str(code)).inc()
+
     def serve(self, host: str, port: int) -> int:
         """Start the listener (a daemon thread); returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -108,10 +115,7 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - start
             m.in_progress.labels(self.port, route).dec()
             code = status["code"]
-            m.requests.labels(self.port, route, str(code)).inc()
-            m.latency.labels(self.port, route).observe(elapsed)
-            if code >= 400:
-                m.errors.labels(str(code)).inc()
+            m.record(self.port, route, code, elapsed)
             if (scope.get("method"), route) in _UPLOAD_ROUTES:
                 m.uploads.labels("accepted" if code < 400 else "refused").inc()
             if self.count_models is not None:

@@ -8,8 +8,10 @@ runs it on the engine and holds the response's share of the budget until it is s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
+import numpy.typing as npt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,19 +20,75 @@ from ..._version import __version__
 from ...protocol.infer import HEADER_LENGTH, InferRequest, decode_request, encode_response, json_response_bound
 from ...protocol.models import MODEL_SHA256
 from ..errors import InvalidRequest
+from ..store import ModelEntry
 from .bodies import HeldResponse, Hold
 from .state import ServerState, held, presented_tokens
 
-__all__ = ["INLINE_BYTES", "routes"]
+__all__ = ["INLINE_BYTES", "PIN", "binary_flags", "header_length", "json_bound_of", "routes", "run_decoded"]
 
 # Requests and responses up to this size are decoded and encoded on the event loop: for them a
 # thread hop (tens of microseconds, more under load) costs more than the work, which is bounded.
 INLINE_BYTES = 64 << 10
 
 
+PIN = "blindai_model_sha256"  # request parameter: the model's SHA-256, checked when it runs
+
+
+async def run_decoded(
+    state: ServerState,
+    entry: ModelEntry,
+    inputs: Mapping[str, npt.NDArray[Any]],
+    requested: list[str] | None,
+    pin: object,
+) -> tuple[str, dict[str, npt.NDArray[Any]]]:
+    """Run decoded inputs on ``entry``'s model (re-read under the ``pin`` parameter, if any):
+    the one place an inference request meets the engine, from HTTP here or from a front
+    worker's frame (``fast_main.py``)."""
+    if pin is not None:
+        if not isinstance(pin, str):
+            raise InvalidRequest(f"{PIN} must be a hex string")
+        entry = state.store.get(entry.model_id, sha256=pin)
+    return entry.model_id, await state.engine.infer(entry.model, inputs, requested)
+
+
+def header_length(raw: str | None) -> int | None:
+    """The ``Inference-Header-Content-Length`` header's value: the JSON part of a binary request."""
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{HEADER_LENGTH} is not an integer") from None
+
+
+def binary_flags(req: InferRequest, outputs: Mapping[str, Any]) -> dict[str, bool]:
+    """Which outputs go out as binary: the request's default, then each requested output's own."""
+    binary = {n: req.binary_output for n in outputs}
+    for o in req.outputs or []:
+        if o.binary is not None:
+            binary[o.name] = o.binary
+    return binary
+
+
+async def json_bound_of(limit: int, outputs: Mapping[str, npt.NDArray[Any]], binary: dict[str, bool]) -> int:
+    """The JSON text the outputs could take, refused (400) above ``--max-json-response-bytes``."""
+    strings = any(a.dtype.kind in "OSU" for a in outputs.values())  # their bound walks every element
+    json_bound = (
+        await asyncio.to_thread(json_response_bound, outputs, binary)
+        if strings
+        else json_response_bound(outputs, binary)
+    )
+    if json_bound > limit:
+        raise InvalidRequest(
+            f"the outputs sent as JSON could take {json_bound} bytes, above the server's limit of {limit} for "
+            "JSON outputs (--max-json-response-bytes): ask for binary outputs "
+            '(parameters: {"binary_data_output": true}), as the BlindAI SDK and tritonclient do'
+        )
+    return json_bound
+
+
 def routes(state: ServerState) -> list[Route]:
     """The ``/v2`` routes over ``state.store`` and ``state.engine``."""
-    store, engine = state.store, state.engine
 
     async def live(_request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -58,13 +116,7 @@ def routes(state: ServerState) -> list[Route]:
         return JSONResponse({"name": entry.model_id, "ready": True})
 
     async def infer(request: Request, hold: Hold) -> Response:
-        header_len_raw = request.headers.get(HEADER_LENGTH.lower())
-        header_len: int | None = None
-        if header_len_raw is not None:
-            try:
-                header_len = int(header_len_raw)
-            except ValueError:
-                raise InvalidRequest(f"{HEADER_LENGTH} is not an integer") from None
+        header_len = header_length(request.headers.get(HEADER_LENGTH.lower()))
         # The model first: a request for a model that is not there costs neither its body nor decoding.
         entry = await state.model(
             request.path_params["ref"], sha256=request.headers.get(MODEL_SHA256), tokens=presented_tokens(request)
@@ -81,33 +133,13 @@ def routes(state: ServerState) -> list[Route]:
             return decode_request(data, header_len, max_json_bytes=state.body_limits.max_json_bytes, reserve=reserve)
 
         req = decode(body) if len(body) <= INLINE_BYTES else await asyncio.to_thread(decode, body)
-        pin = req.parameters.get("blindai_model_sha256")
-        if pin is not None:
-            if not isinstance(pin, str):
-                raise InvalidRequest("blindai_model_sha256 must be a hex string")
-            entry = store.get(entry.model_id, sha256=pin)
         requested = [o.name for o in req.outputs] if req.outputs is not None else None
-        outputs = await engine.infer(entry.model, req.inputs, requested)
-        binary = {n: req.binary_output for n in outputs}
-        for o in req.outputs or []:
-            if o.binary is not None:
-                binary[o.name] = o.binary
-        rid, model_id = req.id, entry.model_id
+        model_id, outputs = await run_decoded(state, entry, req.inputs, requested, req.parameters.get(PIN))
+        binary = binary_flags(req, outputs)
+        rid = req.id
         del req, body
         hold.release()  # the request's bytes are gone; the outputs and their encoding are held instead
-        strings = any(a.dtype.kind in "OSU" for a in outputs.values())  # their bound walks every element
-        json_bound = (
-            await asyncio.to_thread(json_response_bound, outputs, binary)
-            if strings
-            else json_response_bound(outputs, binary)
-        )
-        limit = state.body_limits.max_json_response_bytes
-        if json_bound > limit:
-            raise InvalidRequest(
-                f"the outputs sent as JSON could take {json_bound} bytes, above the server's limit of {limit} for "
-                "JSON outputs (--max-json-response-bytes): ask for binary outputs "
-                '(parameters: {"binary_data_output": true}), as the BlindAI SDK and tritonclient do'
-            )
+        json_bound = await json_bound_of(state.body_limits.max_json_response_bytes, outputs, binary)
         # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
         # Taken without waiting: outputs that waited for room would be memory nobody counts.
         out_bytes = sum(a.nbytes for a in outputs.values())
@@ -116,6 +148,7 @@ def routes(state: ServerState) -> list[Route]:
         def encode() -> tuple[list[Any], int | None]:
             return encode_response(model_id, outputs, binary, request_id=rid)
 
+        strings = any(a.dtype.kind in "OSU" for a in outputs.values())
         small = not strings and json_bound + out_bytes <= INLINE_BYTES
         chunks, head_len = encode() if small else await asyncio.to_thread(encode)
         if head_len is None:

@@ -20,7 +20,16 @@ from ..store import ModelEntry, ModelStore
 from ..tls import TlsIdentity
 from .bodies import Body, BodyLimits, HeldResponse, Hold, MemoryBudget, Sink, UploadSlots, content_length, read_body
 
-__all__ = ["MAX_PRESENTED_TOKENS", "ServerState", "bearer", "flag", "held", "presented_tokens"]
+__all__ = [
+    "MAX_PRESENTED_TOKENS",
+    "ServerState",
+    "bearer",
+    "bearer_of",
+    "flag",
+    "held",
+    "presented_tokens",
+    "tokens_of",
+]
 
 # Owner tokens one request may present (each is hashed and compared): enough for any tenant.
 MAX_PRESENTED_TOKENS = 256
@@ -36,13 +45,14 @@ class ServerState:
     v06: bool = True
     body_limits: BodyLimits = field(default_factory=BodyLimits)
     limiter: NonceRateLimiter = field(default_factory=NonceRateLimiter)
+    inflight: MemoryBudget | None = None  # the budget, when made before the front workers forked (shared)
     budget: MemoryBudget = field(init=False)
     uploads: UploadSlots = field(init=False)
     evidence: EvidenceService = field(init=False)
 
     def __post_init__(self) -> None:
         self.evidence = EvidenceService(self.provider, self.identity.spki_sha256, self.limiter)
-        self.budget = MemoryBudget(self.body_limits.max_inflight_bytes)
+        self.budget = self.inflight or MemoryBudget(self.body_limits.max_inflight_bytes)
         self.uploads = UploadSlots(self.body_limits.max_concurrent_uploads, 2 * self.body_limits.idle_timeout_s)
 
     async def model(self, ref: str, *, sha256: str | None = None, tokens: Iterable[str] = ()) -> ModelEntry:
@@ -70,14 +80,23 @@ class ServerState:
 
 def bearer(request: Request) -> str | None:
     """The token of an ``Authorization: Bearer`` header, if any."""
-    auth = request.headers.get("authorization", "")
-    return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
+    return bearer_of(request.headers.get("authorization", ""))
+
+
+def bearer_of(authorization: str) -> str | None:
+    """The token of an ``Authorization`` header's value, if it is ``Bearer <token>``."""
+    return (authorization[7:].strip() or None) if authorization[:7].lower() == "bearer " else None
 
 
 def presented_tokens(request: Request) -> list[str]:
     """Owner tokens the caller presents: its bearer token and any in BlindAI-Owner-Tokens."""
-    found = [t.strip() for t in request.headers.get(OWNER_TOKENS, "").split(",") if t.strip()]
-    token = bearer(request)
+    return tokens_of(request.headers.get("authorization", ""), request.headers.get(OWNER_TOKENS, ""))
+
+
+def tokens_of(authorization: str, owner_tokens: str) -> list[str]:
+    """``presented_tokens`` from the two headers' values (a front worker parses them itself)."""
+    found = [t.strip() for t in owner_tokens.split(",") if t.strip()]
+    token = bearer_of(authorization)
     return ([token] if token else []) + found[:MAX_PRESENTED_TOKENS]
 
 

@@ -1,0 +1,131 @@
+"""The main process's side of the front workers' fast path: decoded inference requests in frames.
+
+A front worker (``front.py``, ``fast_worker.py``) parses and decodes small inference requests
+itself and sends them here as frames (``frames.py``), so HTTP and the tensor codec run in the
+workers, on other cores, and this event loop only looks the model up, runs it and sends the
+outputs back. The model lookup, the owner check, the pin and the run are the same calls the
+HTTP route makes (``oip.run_decoded``); a refusal goes back as the status and message that
+route would answer. The outputs stay counted in the server's in-flight budget until the
+worker reports that its client has taken them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from ...protocol.error_body import encode_error
+from .. import frames
+from .bodies import Hold
+from .errors import answer_of
+from .oip import run_decoded
+from .state import ServerState
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = ["ROUTE", "serve_channel"]
+
+log = logging.getLogger("blindai.server")
+
+ROUTE = "/v2/models/{ref}/infer"
+# A request frame carries what a worker decoded from a body of at most fast_worker.MAX_BODY bytes
+# (JSON numbers decode to at most 8 bytes each, strings to their bytes): far below this.
+MAX_REQUEST_FRAME = 16 << 20
+
+
+async def serve_channel(sock: socket.socket, state: ServerState, metrics: Metrics | None = None) -> None:
+    """Answer one worker's frames until it closes its end (or sends a malformed frame)."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    delivering: dict[int, Hold] = {}  # outputs sent, waiting for the worker to report them taken
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            try:
+                kind, rid, payload = await frames.read_frame(reader, MAX_REQUEST_FRAME)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if kind == frames.DELIVERED:
+                hold = delivering.pop(rid, None)
+                if hold is not None:
+                    hold.release()
+            elif kind == frames.REQUEST:
+                task = asyncio.create_task(_answer(state, writer, rid, payload, delivering, metrics))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            else:
+                raise frames.FrameError(f"a worker sent frame kind {kind}")
+    except frames.FrameError as exc:
+        log.error("front worker channel closed: %s", exc)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for hold in delivering.values():
+            hold.release()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def _answer(
+    state: ServerState,
+    writer: asyncio.StreamWriter,
+    rid: int,
+    payload: bytes,
+    delivering: dict[int, Hold],
+    metrics: Metrics | None,
+) -> None:
+    start = time.perf_counter()
+    hold = Hold(state.budget)
+    status = 200
+    try:
+        try:
+            meta, inputs = frames.unpack(payload)
+            del payload
+            ref, sha256, tokens, requested = _fields(meta)
+            entry = await state.model(ref, sha256=sha256, tokens=tokens)
+            model_id, outputs = await run_decoded(state, entry, inputs, requested, meta.get("pin"))
+            del inputs
+            # Held from now until the worker says its client took them, as the HTTP route holds a response.
+            hold.take(sum(a.nbytes for a in outputs.values()), "this response")
+            out = frames.frame(frames.RESULT, rid, frames.pack({"model": model_id}, outputs))
+        except frames.FrameError as exc:
+            status, message = 400, f"malformed request from the front worker: {exc}"
+            log.error("%s", message)
+            out = _error(rid, status, message)
+        except Exception as exc:  # every refusal becomes the status the HTTP route would answer
+            status, message = answer_of(exc)
+            out = _error(rid, status, message)
+        if status == 200:
+            delivering[rid] = hold
+        else:
+            hold.release()
+        writer.writelines(out)
+        await writer.drain()
+    except BaseException:
+        delivering.pop(rid, None)
+        hold.release()
+        raise
+    finally:
+        if metrics is not None:
+            metrics.record("attested", ROUTE, status, time.perf_counter() - start)
+
+
+def _fields(meta: dict[str, Any]) -> tuple[str, str | None, list[str], list[str] | None]:
+    ref, sha256, tokens, requested = meta.get("ref"), meta.get("sha256"), meta.get("tokens"), meta.get("outputs")
+    if not isinstance(ref, str) or not (sha256 is None or isinstance(sha256, str)):
+        raise frames.FrameError("the model reference or pin is not a string")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise frames.FrameError("the tokens are not a list of strings")
+    if not (requested is None or (isinstance(requested, list) and all(isinstance(o, str) for o in requested))):
+        raise frames.FrameError("the requested outputs are not a list of strings")
+    return ref, sha256, tokens, requested
+
+
+def _error(rid: int, status: int, message: str) -> list[bytes | memoryview]:
+    return frames.frame(frames.ERROR, rid, [json.dumps({"status": status, **encode_error(message)}).encode()])
