@@ -243,6 +243,30 @@ def secure_rate(srv: LocalServer, model_id: str, feed: dict[str, np.ndarray], pr
     return total / seconds
 
 
+def _cpu_ticks(stat: str) -> int:
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def front_rate(
+    path: Path, feed: dict[str, np.ndarray], srv: LocalServer, processes: int, seconds: float
+) -> dict[str, float]:
+    """Requests/s from ``processes`` clients, and the main process's CPU per request (all its threads,
+    and its event loop's thread alone): the serial part of a server with front workers."""
+    assert srv.proc is not None
+    pid = srv.proc.pid
+    owner = connect(srv)
+    info = owner.upload_model(path)
+    time.sleep(0.5)
+    before = _cpu_ticks(f"/proc/{pid}/stat"), _cpu_ticks(f"/proc/{pid}/task/{pid}/stat")
+    rate = secure_rate(srv, info.model_id, feed, processes, seconds)
+    after = _cpu_ticks(f"/proc/{pid}/stat"), _cpu_ticks(f"/proc/{pid}/task/{pid}/stat")
+    owner.delete_model(info.model_id)
+    owner.close()
+    per = 1e6 / os.sysconf("SC_CLK_TCK") / max(rate * seconds, 1)
+    return {"rate": rate, "main_us": (after[0] - before[0]) * per, "loop_us": (after[1] - before[1]) * per}
+
+
 def throughput(
     path: Path, feed: dict[str, np.ndarray], srv: LocalServer, seconds: float, clients: tuple[int, ...]
 ) -> dict[str, float]:

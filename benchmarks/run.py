@@ -151,15 +151,20 @@ def main() -> int:
             rate = bi.throughput(mini[0], mini[1], srv, secs, (16,))["secure x16"]
         out(f"| {' '.join(flags) or '(defaults)'} | {rate:.1f} | {rate / best:.2f} |")
     out()
-    out("## Front workers, tiny MLP with 16 client processes (requests/s)")
+    out("## Front workers, tiny MLP with 16 client processes")
     out()
-    out("| server flags | req/s |")
-    out("|---|---:|")
+    out(
+        "The main process's CPU per request is the serial part of a server with front workers: "
+        "one core of it serves at most 1e6 / (its loop's us per request) requests per second."
+    )
+    out()
+    out("| server flags | req/s | main process CPU us/request | its event loop us/request |")
+    out("|---|---:|---:|---:|")
     tiny = models["tiny MLP (64-128-8)"]
     for flags in (("--workers", "1"), ("--workers", "2")):
         with LocalServer(*flags, log_level="WARNING") as srv:
-            rate = bi.throughput(tiny[0], tiny[1], srv, secs, (16,))["secure x16"]
-        out(f"| {' '.join(flags)} | {rate:.1f} |")
+            f = bi.front_rate(tiny[0], tiny[1], srv, 16, secs)
+        out(f"| {' '.join(flags)} | {f['rate']:.1f} | {f['main_us']:.0f} | {f['loop_us']:.0f} |")
     out()
     big = models.get("wav2vec2-base, 1 s 16 kHz", models["all-MiniLM-L6-v2, seq 128"])[0]
     u = bi.upload(big, 2 if q else 3)

@@ -14,9 +14,10 @@ from blindai.testing import LocalServer
 from tests import onnx_models
 
 
-@pytest.fixture(scope="module")
-def srv() -> Iterator[LocalServer]:
-    with LocalServer("--metrics-port", "0") as s:
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one process", "front workers"])
+def srv(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
+    # With front workers, inference requests are answered through the workers' fast path: counted the same.
+    with LocalServer("--metrics-port", "0", "--workers", request.param) as s:
         yield s
 
 

@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="processes terminating TLS on the attested port (default 0: 1 below 8 cores, else cores/4, at most 8)",
+        help="front processes on the attested port: TLS, and small inference requests up to the run "
+        "(default 0: 1 below 8 cores, else cores/2, at most 8)",
     )
     p.add_argument(
         "--model-memory",

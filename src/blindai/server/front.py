@@ -25,6 +25,7 @@ import ssl
 import sys
 
 from .http.fast_worker import Channel, FastSettings, linger, serve_connection
+from .http.serving import run_loop
 from .tls import TlsIdentity
 
 __all__ = ["default_workers", "listen_shared", "start_workers", "stop_workers"]
@@ -36,8 +37,10 @@ LINGER_S = 2.0
 
 
 def default_workers(cores: int) -> int:
-    """One below 8 cores (the front is not the bottleneck there); above, a worker per 4 cores, at most 8."""
-    return 1 if cores < 8 else min(8, cores // 4)
+    """One below 8 cores (there the workers' extra hop costs more than they spread); above, a worker
+    per 2 cores, at most 8: small requests cost a worker several times what they cost the main
+    process (TLS, HTTP and the codec against a lookup and a run), so it takes several to keep it busy."""
+    return 1 if cores < 8 else min(8, cores // 2)
 
 
 def listen_shared(host: str, port: int, count: int) -> list[socket.socket]:
@@ -80,7 +83,7 @@ def start_workers(
                     if j != i:
                         other.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C stops the main process, which stops us
-                asyncio.run(_worker(sock, identity.ssl_context(), backend, parent, theirs, settings))
+                run_loop(_worker(sock, identity.ssl_context(), backend, parent, theirs, settings))
             except BaseException:
                 log.exception("front worker %d stopped", os.getpid())
                 code = 1

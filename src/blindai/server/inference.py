@@ -514,18 +514,32 @@ class InferenceEngine:
         wide = await sched.acquire()
         loop = asyncio.get_running_loop()
         options = ort.RunOptions()
+        done: asyncio.Future[dict[str, npt.NDArray[Any]]] = loop.create_future()
+
+        def finish(job: concurrent.futures.Future[dict[str, npt.NDArray[Any]]]) -> None:
+            # On the loop: the slot is given back when the run really ends (even if this request was
+            # cancelled meanwhile), and the result delivered, in one wake-up of the loop.
+            sched.release(wide)
+            if done.cancelled() or job.cancelled():
+                return
+            exc = job.exception()
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(job.result())
+
         try:
             job = model.pool.submit(model.run, feed, names, options, wide=wide)
         except RuntimeError:
             sched.release(wide)
             raise Unavailable("the model is being replaced or deleted; retry") from None
-        # The slot is given back when the run really ends, even if this request is cancelled meanwhile.
-        job.add_done_callback(lambda _f: loop.call_soon_threadsafe(sched.release, wide))
+        job.add_done_callback(lambda j: loop.call_soon_threadsafe(finish, j))
+        done.add_done_callback(lambda f: job.cancel() if f.cancelled() else None)  # a queued run is dropped
         # Setting `terminate` from the loop thread makes onnxruntime abort the run at its
         # next check, freeing the thread; the clock starts when the run does, not in the queue.
         timer = loop.call_later(self.timeout_s, setattr, options, "terminate", True)
         try:
-            return await asyncio.wrap_future(job)
+            return await done
         except Exception as exc:
             if options.terminate:
                 raise DeadlineExceeded(f"inference exceeded the {self.timeout_s:g} s time limit") from exc

@@ -81,6 +81,8 @@ async def _answer(
     metrics: Metrics | None,
 ) -> None:
     start = time.perf_counter()
+    if metrics is not None:
+        metrics.in_progress.labels("attested", ROUTE).inc()
     hold = Hold(state.budget)
     status = 200
     try:
@@ -113,6 +115,7 @@ async def _answer(
         raise
     finally:
         if metrics is not None:
+            metrics.in_progress.labels("attested", ROUTE).dec()
             metrics.record("attested", ROUTE, status, time.perf_counter() - start)
 
 
