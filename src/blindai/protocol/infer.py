@@ -128,6 +128,8 @@ def _split(
         obj = json.loads(bytes(head))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TensorError(f"request body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300): a 500 before
+        raise TensorError(f"request JSON holds a number it cannot read: {exc}") from None
     except RecursionError:
         raise TensorError(
             "request JSON is nested too deeply (tensor data nests at most one level per dimension)"

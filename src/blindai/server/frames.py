@@ -29,6 +29,7 @@ __all__ = [
     "DELIVERED",
     "ERROR",
     "HEADER",
+    "MAX_REQUEST",
     "REQUEST",
     "RESULT",
     "FrameError",
@@ -47,6 +48,9 @@ ERROR = 3  # main -> worker: {"status": int, "error": str}
 DELIVERED = 4  # worker -> main: the client took the response; its memory leaves the budget
 
 _KINDS = frozenset({REQUEST, RESULT, ERROR, DELIVERED})
+# A request frame carries what a worker decoded from a head and a body of at most 64 KiB each
+# (JSON numbers decode to at most 8 bytes each, strings to their bytes): far below this.
+MAX_REQUEST = 16 << 20
 _MAX_META = 1 << 20
 
 

@@ -135,7 +135,7 @@ async def _worker(
 
         async def pipe(first: bytes) -> None:
             log.debug("front worker %d: connection from port %s passed to the main process", os.getpid(), port)
-            await _pipe(loop, reader, writer, backend, first)
+            await _pipe(loop, reader, writer, backend, first, settings.body.idle_timeout_s)
 
         try:
             await serve_connection(reader, writer, settings, channel, pipe)
@@ -143,7 +143,10 @@ async def _worker(
             pass
         finally:
             open_connections[0] -= 1
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # a client that stopped reading: nothing waits for it to take the rest
+            else:
+                writer.close()
 
     sock.setblocking(False)
     server = await asyncio.start_server(
@@ -166,8 +169,13 @@ async def _pipe(
     writer: asyncio.StreamWriter,
     backend: str,
     first: bytes,
+    send_timeout_s: float,
 ) -> None:
-    """The rest of a connection, from ``first`` on, copied both ways to the main process's HTTP server."""
+    """The rest of a connection, from ``first`` on, copied both ways to the main process's HTTP server.
+
+    A client that takes nothing of an answer for ``send_timeout_s`` is cut off, as the main
+    process cuts off its own clients: else the answer would wait in this worker, and the main
+    process's unsent rest of it in its socket to this worker, for as long as the client stays."""
     # A plain socket towards the main process, not a stream: a failed write (the main process
     # closed after an early answer) must not discard the answer still waiting to be read.
     up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -178,7 +186,7 @@ async def _pipe(
         up.close()
         return
     to_main = asyncio.create_task(_to_main(loop, reader, up, first))
-    to_client = asyncio.create_task(_to_client(loop, up, writer))
+    to_client = asyncio.create_task(_to_client(loop, up, writer, send_timeout_s))
     try:
         # Either side ending ends the connection: HTTP/1.1 clients do not half-close.
         await asyncio.wait([to_main, to_client], return_when=asyncio.FIRST_COMPLETED)
@@ -207,8 +215,15 @@ async def _to_main(
             await loop.sock_sendall(up, data)
 
 
-async def _to_client(loop: asyncio.AbstractEventLoop, up: socket.socket, writer: asyncio.StreamWriter) -> None:
+async def _to_client(
+    loop: asyncio.AbstractEventLoop, up: socket.socket, writer: asyncio.StreamWriter, send_timeout_s: float
+) -> None:
     with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
         while data := await loop.sock_recv(up, CHUNK):
             writer.write(data)
-            await writer.drain()
+            try:
+                async with asyncio.timeout(send_timeout_s):
+                    await writer.drain()
+            except TimeoutError:
+                writer.transport.abort()
+                return

@@ -22,6 +22,7 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,28 @@ class _Front:
     folder: str
     channels: list[socket.socket]  # the main process's end of each worker's frame channel
     budget: MemoryBudget  # the in-flight budget, shared with the workers
+    lost: int | None = None  # a worker that exited while serving: the server stops (run_server returns 1)
+
+    async def watch(self, stop: Callable[[], None]) -> None:
+        """Stop the server when a worker exits. Its share of the port would be gone for good (a
+        forked replacement would copy a process that now runs threads and holds models), so the
+        server stops, loudly, for its supervisor to start it again whole."""
+        while self.lost is None:
+            await asyncio.sleep(0.5)
+            for pid in self.pids:
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, 0
+                if done:
+                    self.lost = pid
+                    log.error(
+                        "front worker %d exited (wait status %d): stopping the server, to be restarted whole",
+                        pid,
+                        status,
+                    )
+                    stop()
+                    return
 
 
 def _connection_limits(config: ServerConfig) -> ConnectionLimits:
@@ -250,7 +273,7 @@ def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
         connection=limits,
         body=body,
         budget=budget,
-        max_connections=max(16, limits.max_connections // workers),
+        max_connections=max(1, -(-limits.max_connections // workers)),  # --max-connections in all
         max_body=min(MAX_BODY, config.max_request_bytes),
         max_result_bytes=2 * config.max_output_bytes,
     )
@@ -331,6 +354,8 @@ async def serve(
         channels += [
             asyncio.create_task(serve_channel(sock, state, metrics)) for sock in (front.channels if front else [])
         ]
+        if front is not None:
+            channels.append(asyncio.create_task(front.watch(stop)))
         while not (attested.started and unattested.started):
             if any(t.done() for t in tasks):
                 break
@@ -459,6 +484,6 @@ def run_server(config: ServerConfig) -> int:
         except ConfigurationError as exc:
             log.error("cannot start: %s", exc)
             return 2
-        return 0
+        return 1 if front is not None and front.lost is not None else 0
     finally:
         _stop_front(front)

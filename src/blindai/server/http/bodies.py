@@ -401,6 +401,10 @@ class HeldResponse(Response):
                 if last == -1 or not slices:
                     await deliver({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
-            pass  # an incomplete response: uvicorn closes the connection (and logs it once)
+            # An incomplete response: the connection goes at once, its unsent rest with it (a graceful
+            # close would first wait, with the bytes in memory, for a client that does not read).
+            abort = scope.get("blindai.abort")
+            if callable(abort):
+                abort()
         finally:
             self.hold.release()

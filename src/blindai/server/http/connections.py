@@ -14,7 +14,13 @@ per listening port:
   deadlines in bodies.py; idle keep-alive connections uvicorn's ``timeout_keep_alive``);
 - a request head (URL and headers) of more than ``max_head_bytes`` gets a 431 and a close;
 - beyond ``max_connections`` open connections a new one is closed at once, so file
-  descriptors stay for the other port and for the model store.
+  descriptors stay for the other port and for the model store;
+- at most ``MAX_PIPELINED`` requests wait behind the one being answered on a connection, and
+  none is read while any waits: uvicorn queued every pipelined request it parsed and read on
+  after each answer, so 20-byte requests never read back grew the server by ~115x what the
+  client sent (a red team: +470 MB for 4 MB), and a header value that never ends was kept by
+  httptools whole (+150 MB before the head deadline): the head's raw bytes are now counted as
+  they arrive, not only the header lines httptools hands over.
 
 What remains (threat-model.md): a peer that opens connections faster than the timeouts
 expire them can still keep the ports busy; that is a network flood, for the network's
@@ -33,10 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ABORT",
     "ConnectionLimits",
     "default_max_connections",
     "guarded_protocol",
     "handshake_timeout",
+    "MAX_PIPELINED",
     "plain_answer",
     "raise_open_file_limit",
 ]
@@ -99,6 +107,8 @@ def handshake_timeout(loop: asyncio.AbstractEventLoop, seconds: float) -> Iterat
 
 
 _REFUSALS_LOGGED_EVERY_S = 10.0
+ABORT = "blindai.abort"  # scope key: a callable that drops the connection without flushing
+MAX_PIPELINED = 32
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
@@ -111,6 +121,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _in_head = False
+        _raw_head = 0  # bytes received since the last head completed (a head's size, however httptools splits it)
         _refusal: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -134,10 +145,29 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def data_received(self, data: bytes) -> None:
             if self._refusal is not None:
                 return  # refused: the answer is on its way, the connection closing
+            heading = self._raw_head >= 0
             super().data_received(data)
+            if heading and self._raw_head >= 0 and self._refusal is None:
+                self._raw_head += len(data)
+                if self._raw_head > limits.max_head_bytes and not self.transport.is_closing():
+                    self.transport.write(plain_answer(431, _too_large(limits)))
+                    self.transport.close()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._raw_head = 0  # the next request's head starts here (bytes after it in this read are not counted)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.pipeline:  # uvicorn resumes reading after every answer: not while requests still wait
+                self.flow.pause_reading()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            # A response cut off for not being read (bodies.HeldResponse) ends the connection at once:
+            # closed gracefully, its unsent rest would wait for a reader that never comes, held in
+            # memory (the TLS layer's close flushes first, with no deadline while the peer is silent).
+            self.scope[ABORT] = self.transport.abort  # type: ignore[literal-required]
             self._head_bytes = 0
             self._in_head = True
             if self._head_timer is None:
@@ -153,8 +183,14 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            self._raw_head = -1  # the body follows: not counted as head
             self._disarm()
             super().on_headers_complete()
+            if len(self.pipeline) > MAX_PIPELINED:
+                self._refusal = plain_answer(
+                    400, f"more than {MAX_PIPELINED} requests pipelined on one connection before their answers"
+                )
+                raise ValueError("too many pipelined requests")  # stops httptools; answered in send_400_response
 
         def send_400_response(self, msg: str) -> None:
             if self._refusal is not None:  # our own refusal stopped the parser: send it, not a 400
@@ -166,9 +202,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def _count(self, n: int) -> None:
             self._head_bytes += n
             if self._head_bytes > limits.max_head_bytes:
-                self._refusal = plain_answer(
-                    431, f"the request head exceeds {limits.max_head_bytes} bytes (URL and headers)"
-                )
+                self._refusal = plain_answer(431, _too_large(limits))
                 raise ValueError("request head too large")  # stops httptools; answered in send_400_response
 
         def _arm(self) -> None:
@@ -193,9 +227,13 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
     return GuardedProtocol
 
 
+def _too_large(limits: ConnectionLimits) -> str:
+    return f"the request head exceeds {limits.max_head_bytes} bytes (URL and headers)"
+
+
 def plain_answer(status: int, message: str) -> bytes:
     """A whole plain-text answer that closes the connection (408 and 431: before any route runs)."""
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
     body = message.encode()
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"

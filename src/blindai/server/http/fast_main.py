@@ -34,20 +34,18 @@ __all__ = ["ROUTE", "serve_channel"]
 log = logging.getLogger("blindai.server")
 
 ROUTE = "/v2/models/{ref}/infer"
-# A request frame carries what a worker decoded from a body of at most fast_worker.MAX_BODY bytes
-# (JSON numbers decode to at most 8 bytes each, strings to their bytes): far below this.
-MAX_REQUEST_FRAME = 16 << 20
 
 
 async def serve_channel(sock: socket.socket, state: ServerState, metrics: Metrics | None = None) -> None:
     """Answer one worker's frames until it closes its end (or sends a malformed frame)."""
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    reader, stream = await asyncio.open_unix_connection(sock=sock)
+    writer = _FrameWriter(stream)
     delivering: dict[int, Hold] = {}  # outputs sent, waiting for the worker to report them taken
     tasks: set[asyncio.Task[None]] = set()
     try:
         while True:
             try:
-                kind, rid, payload = await frames.read_frame(reader, MAX_REQUEST_FRAME)
+                kind, rid, payload = await frames.read_frame(reader, frames.MAX_REQUEST)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             if kind == frames.DELIVERED:
@@ -67,14 +65,14 @@ async def serve_channel(sock: socket.socket, state: ServerState, metrics: Metric
             task.cancel()
         for hold in delivering.values():
             hold.release()
-        writer.close()
+        stream.close()
         with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+            await stream.wait_closed()
 
 
 async def _answer(
     state: ServerState,
-    writer: asyncio.StreamWriter,
+    writer: _FrameWriter,
     rid: int,
     payload: bytes,
     delivering: dict[int, Hold],
@@ -107,8 +105,7 @@ async def _answer(
             delivering[rid] = hold
         else:
             hold.release()
-        writer.writelines(out)
-        await writer.drain()
+        await writer.send(out)
     except BaseException:
         delivering.pop(rid, None)
         hold.release()
@@ -117,6 +114,33 @@ async def _answer(
         if metrics is not None:
             metrics.in_progress.labels("attested", ROUTE).dec()
             metrics.record("attested", ROUTE, status, time.perf_counter() - start)
+
+
+class _FrameWriter:
+    """Frames to one worker, whole and one at a time, a large one in slices as the socket takes them.
+
+    Written at once, a result of a few MB would be copied into the transport's buffer and held
+    twice (array and copy) until the worker read it; in slices, this process holds each output
+    once, counted in the budget, plus one slice.
+    """
+
+    SLICE = 256 << 10
+
+    def __init__(self, stream: asyncio.StreamWriter) -> None:
+        self.stream = stream
+        self.lock = asyncio.Lock()
+
+    async def send(self, pieces: list[bytes | memoryview]) -> None:
+        async with self.lock:
+            if sum(len(p) for p in pieces) <= self.SLICE:
+                self.stream.writelines(pieces)
+                await self.stream.drain()
+                return
+            for piece in pieces:
+                view = memoryview(piece).cast("B")
+                for i in range(0, len(view), self.SLICE):
+                    self.stream.write(view[i : i + self.SLICE])
+                    await self.stream.drain()
 
 
 def _fields(meta: dict[str, Any]) -> tuple[str, str | None, list[str], list[str] | None]:

@@ -42,6 +42,7 @@ from ...protocol.error_body import encode_error
 from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response
 from ...protocol.models import MODEL_SHA256, OWNER_TOKENS
 from .. import frames
+from ..errors import LimitExceeded
 from .bodies import BodyLimits, Hold, MemoryBudget, too_slow
 from .connections import ConnectionLimits, plain_answer
 from .errors import answer_of
@@ -62,6 +63,7 @@ __all__ = [
 log = logging.getLogger("blindai.front")
 
 MAX_BODY = INLINE_BYTES  # bodies the worker decodes itself; larger ones go to the main process
+MAX_HEAD = 64 << 10  # heads the worker reads itself (and --max-head-bytes if lower); larger ones go there too
 KEEP_ALIVE_S = 30.0  # as the main process's HTTP server (serving.py)
 CHUNK = 1 << 18
 _SLICE = 256 << 10
@@ -176,6 +178,9 @@ class Channel:
         """Send a request frame; its id, and the kind and payload of the answer."""
         if self.closed:
             raise ConnectionError("the main process closed the channel")
+        size = sum(len(p) for p in payload)
+        if size > frames.MAX_REQUEST:  # never reached from a 64 KiB body and head; never a frame that ends the channel
+            raise LimitExceeded(f"this request decodes to {size} bytes, over {frames.MAX_REQUEST}")
         self._next = rid = (self._next + 1) & 0xFFFFFFFF
         waiter: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = waiter
@@ -227,6 +232,9 @@ async def serve_connection(
             if idle:
                 idle, head_deadline = False, loop.time() + conn.head_timeout_s
             buf += data
+        if end + 4 > min(MAX_HEAD, conn.max_head_bytes):  # its limit, and its 431, are the main process's
+            await pipe(bytes(buf))
+            return
         head = parse_head(bytes(buf[:end]), settings.max_body)
         if head is None:
             await pipe(bytes(buf))

@@ -1,0 +1,253 @@
+"""What a red team got from the attested port served by front workers (``--workers 2``), and from
+the main process's own HTTP server, and what it gets now.
+
+Each test plays the attacker and asserts what they got: connections held for good (the port
+refusing honest clients), memory outside the budget, workers killed, limits skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blindai.protocol.infer import encode_request
+from blindai.testing import LocalServer
+from tests import onnx_models
+from tests.conftest import sim_connect
+
+pytestmark = pytest.mark.xdist_group("front-attacks")
+
+
+def tls(srv: LocalServer, rcvbuf: int | None = None, timeout: float = 10) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the channel's attestation is tested elsewhere
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.settimeout(timeout)
+    raw.connect(("127.0.0.1", srv.attested_port))
+    return ctx.wrap_socket(raw)
+
+
+def infer_request(ref: str, x: np.ndarray, extra: str = "") -> bytes:
+    chunks, hl = encode_request({"x": x}, binary=True)
+    body = b"".join(bytes(c) for c in chunks)
+    return (
+        f"POST /v2/models/{ref}/infer HTTP/1.1\r\nHost: h\r\nInference-Header-Content-Length: {hl}\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def answer(srv: LocalServer, data: bytes, quiet_s: float = 5.0) -> bytes:
+    with tls(srv) as sock:
+        sock.sendall(data)
+        sock.settimeout(quiet_s)
+        got = b""
+        try:
+            while chunk := sock.recv(1 << 16):
+                got += chunk
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
+            pass
+        return got
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+def hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmHWM")
+
+
+LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(params=["1", "2"], ids=["one process", "front workers"])
+def workers(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield request.param
+
+
+def test_clients_that_never_read_large_answers_are_cut_off(workers: str) -> None:
+    """F1: requests over the fast path's size (forwarded to the main process) for 8 MiB outputs
+    (more than socket buffers take), never read, on more connections than the server allows.
+    With workers they held the connection slots (and each answer in the main process, outside
+    the budget) for as long as the attacker stayed: the attested port refused every honest
+    client; one process let them go after about a minute (a graceful TLS close waits to flush).
+    Now they are cut off after the body idle timeout (2 s here), well before an idle keep-alive
+    connection would be (30 s), and the port serves again while the attacker holds its sockets."""
+    with LocalServer(
+        "--workers", workers, "--max-connections", "8", "--body-idle-timeout", "2", log_level="WARNING"
+    ) as srv:
+        model = sim_connect(srv).upload_model(onnx_models.scale_model(), public=True)
+        request = infer_request(model.model_id, np.ones((8 << 16, 4), np.float32))  # 8 MiB in and out
+        held = []
+        for _ in range(12):
+            try:
+                sock = tls(srv, rcvbuf=4096, timeout=3)
+                sock.sendall(request)
+                held.append(sock)
+            except (OSError, ssl.SSLError):
+                pass
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                got = b""
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    got = answer(srv, LIVE, quiet_s=2)
+                if got.startswith(b"HTTP/1.1 200"):
+                    break
+                assert time.monotonic() < deadline, "the attested port still refuses honest clients"
+                time.sleep(0.5)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_pipelined_requests_never_read_back_stay_bounded(workers: str) -> None:
+    """F2: 1 MiB of 20-byte pipelined requests on each of 4 connections, answers never read: the
+    main process grew by ~470 MB (uvicorn queued every request it parsed). Now at most a few
+    dozen wait, reading stops meanwhile, and more in one read is refused."""
+    with LocalServer("--workers", workers, log_level="WARNING") as srv:
+        assert srv.proc is not None
+        time.sleep(0.5)
+        before = hwm(srv.proc.pid)
+        data = b"GET /v2 HTTP/1.1\r\n\r\n" * ((1 << 20) // 20)
+        socks = [tls(srv, rcvbuf=4096) for _ in range(4)]
+
+        def push(sock: ssl.SSLSocket) -> None:
+            sock.settimeout(8)
+            with contextlib.suppress(OSError, ssl.SSLError):  # the server stopped reading or closed: wanted
+                sock.sendall(data)
+
+        threads = [threading.Thread(target=push, args=(s,)) for s in socks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1)
+        grown = hwm(srv.proc.pid) - before
+        for s in socks:
+            s.close()
+        assert grown < 48 << 20, f"the main process grew by {grown >> 20} MiB"
+        assert answer(srv, LIVE).startswith(b"HTTP/1.1 200")
+
+
+def test_a_header_value_that_never_ends_is_refused_at_the_head_limit(workers: str) -> None:
+    """F3: an endless header value held ~150 MiB per connection until the head deadline (httptools
+    keeps a partial value whole; the limit counted only complete header lines). Now the head's
+    raw bytes are counted: a 431 once they pass the limit (what the TLS layer then reads while
+    it closes is dropped, not kept)."""
+    with LocalServer("--workers", workers, "--head-timeout", "8", log_level="WARNING") as srv:
+        assert srv.proc is not None
+        time.sleep(0.5)
+        before = hwm(srv.proc.pid)
+        sent = [0]
+        stop = threading.Event()
+        with tls(srv) as sock:
+            sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nX-A: ")
+
+            def push() -> None:
+                with contextlib.suppress(OSError, ssl.SSLError):  # refused and closed
+                    while not stop.is_set() and sent[0] < 1 << 30:
+                        sock.sendall(b"a" * (1 << 16))
+                        sent[0] += 1 << 16
+
+            pusher = threading.Thread(target=push)
+            pusher.start()
+            sock.settimeout(12)
+            try:
+                got = sock.recv(200)
+            except (OSError, ssl.SSLError):
+                got = b""
+            sent_at_answer = sent[0]
+            stop.set()
+            pusher.join(15)
+        assert got.startswith(b"HTTP/1.1 431"), got
+        assert sent_at_answer < 32 << 20, f"{sent_at_answer >> 20} MiB of one header value were read first"
+        assert hwm(srv.proc.pid) - before < 32 << 20
+
+
+def test_the_head_limit_holds_on_the_fast_path_too(workers: str) -> None:
+    """F4: a 12 KiB head that arrived in one piece was served by a worker despite --max-head-bytes 4096."""
+    with LocalServer("--workers", workers, "--max-head-bytes", "4096", log_level="WARNING") as srv:
+        model = sim_connect(srv).upload_model(onnx_models.scale_model(), public=True)
+        request = infer_request(model.model_id, np.ones((1, 4), np.float32), extra=f"X-Pad: {'p' * 12_000}\r\n")
+        assert answer(srv, request).startswith(b"HTTP/1.1 431")
+        assert answer(srv, infer_request(model.model_id, np.ones((1, 4), np.float32))).startswith(b"HTTP/1.1 200")
+
+
+def test_an_integer_python_cannot_read_is_a_400(workers: str) -> None:
+    """F4: a JSON integer of more than 4,300 digits was a 500 with a traceback."""
+    with LocalServer("--workers", workers, log_level="WARNING") as srv:
+        model = sim_connect(srv).upload_model(onnx_models.scale_model(), public=True)
+        body = b'{"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[' + b"9" * 5000 + b"]}]}"
+        request = b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % (
+            model.model_id.encode(),
+            len(body),
+        )
+        got = answer(srv, request + body)
+        assert got.startswith(b"HTTP/1.1 400") and b"cannot read" in got, got[:300]
+        assert "Traceback" not in srv.log()
+
+
+def test_max_connections_is_the_whole_server_s() -> None:
+    """F5: with --max-connections 4 and two workers, 31 connections were kept (16 per worker at least)."""
+    with LocalServer("--workers", "2", "--max-connections", "4", log_level="WARNING") as srv:
+        socks, kept = [], 0
+        try:
+            for _ in range(12):
+                try:
+                    socks.append(tls(srv, timeout=3))
+                except (OSError, ssl.SSLError):
+                    continue
+            time.sleep(0.5)
+            for sock in socks:
+                sock.settimeout(0.5)
+                try:
+                    sock.recv(1)  # b"" or an error: the server closed it
+                except TimeoutError:
+                    kept += 1  # still open: nothing to read, and no close
+                except (OSError, ssl.SSLError):
+                    pass
+        finally:
+            for sock in socks:
+                sock.close()
+        assert kept <= 4, f"{kept} connections kept"
+
+
+def test_a_request_cannot_kill_a_worker() -> None:
+    """F6: with --max-head-bytes 32m, a 17 MiB pin header became a frame over the main process's
+    limit, which closed the worker's channel: the worker exited, and two such requests closed the
+    attested port while the main process lived on. Such heads now go to the main process, and a
+    worker that exits stops the whole server (to be restarted whole), never a half-dead port."""
+    with LocalServer("--workers", "2", "--max-head-bytes", "32m", log_level="WARNING") as srv:
+        assert srv.proc is not None
+        workers = srv.ready["workers"]
+        request = infer_request(
+            "nope", np.ones((1, 4), np.float32), extra=f"BlindAI-Model-SHA256: {'a' * (17 << 20)}\r\n"
+        )
+        for _ in range(3):
+            answer(srv, request, quiet_s=10)
+        assert all(os.path.exists(f"/proc/{pid}") for pid in workers)
+        assert answer(srv, LIVE).startswith(b"HTTP/1.1 200")
+
+    with LocalServer("--workers", "2", log_level="WARNING") as srv:
+        assert srv.proc is not None
+        os.kill(srv.ready["workers"][0], 9)
+        assert srv.proc.wait(timeout=20) == 1
+        assert "front worker" in srv.log() and "stopping the server" in srv.log()
