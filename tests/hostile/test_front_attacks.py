@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import ssl
 import threading
 import time
@@ -23,19 +22,13 @@ from blindai.protocol.infer import encode_request
 from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
+from tests.test_front_fast import exchange, tls_connect
 
 pytestmark = pytest.mark.xdist_group("front-attacks")
 
 
 def tls(srv: LocalServer, rcvbuf: int | None = None, timeout: float = 10) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the channel's attestation is tested elsewhere
-    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    raw.settimeout(timeout)
-    raw.connect(("127.0.0.1", srv.attested_port))
-    return ctx.wrap_socket(raw)
+    return tls_connect(srv, rcvbuf, timeout)
 
 
 def infer_request(ref: str, x: np.ndarray, extra: str = "") -> bytes:
@@ -48,16 +41,7 @@ def infer_request(ref: str, x: np.ndarray, extra: str = "") -> bytes:
 
 
 def answer(srv: LocalServer, data: bytes, quiet_s: float = 5.0) -> bytes:
-    with tls(srv) as sock:
-        sock.sendall(data)
-        sock.settimeout(quiet_s)
-        got = b""
-        try:
-            while chunk := sock.recv(1 << 16):
-                got += chunk
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            pass
-        return got
+    return exchange(srv, data, quiet_s)[0]
 
 
 def rss(pid: int) -> int:
