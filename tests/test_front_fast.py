@@ -304,8 +304,9 @@ def test_slow_heads_and_bodies_are_cut_off_by_the_worker(
 
 def test_the_front_and_the_main_process_share_one_in_flight_budget() -> None:
     """Bodies a worker holds count in the same budget as the main process's: while three
-    connections hold 3 x 60 KB in a worker (of a 200 KB budget), a 60 KB request that the main
-    process reads waits for room, until the worker cuts the holders off (body timeout)."""
+    connections hold 3 x 60 KB of unfinished bodies in a worker (of a 200 KB budget), a 60 KB
+    request that the main process reads waits for room, until the worker cuts the holders off
+    (body timeout)."""
     limit, idle = 200_000, 6.0  # the piped exchange alone takes ~2 s: the worker lingers before it closes
     with LocalServer(
         "--workers", "2", "--max-inflight-bytes", str(limit), "--body-idle-timeout", str(idle), log_level="WARNING"
@@ -324,7 +325,7 @@ def test_the_front_and_the_main_process_share_one_in_flight_budget() -> None:
         holders = [tls_connect(srv) for _ in range(3)]
         try:
             for sock in holders:
-                sock.sendall(big[: big.index(b"\r\n\r\n") + 10])  # the worker takes the whole declared body
+                sock.sendall(big[:-100])  # all but the end of the body: the worker holds it
             time.sleep(0.3)
             start = time.monotonic()
             raw, _ = exchange(srv, piped + CLOSE, quiet_s=10)

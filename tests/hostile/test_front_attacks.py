@@ -8,6 +8,7 @@ refusing honest clients), memory outside the budget, workers killed, limits skip
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import ssl
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from blindai.protocol.infer import encode_request
@@ -235,3 +237,89 @@ def test_a_request_cannot_kill_a_worker() -> None:
         os.kill(srv.ready["workers"][0], 9)
         assert srv.proc.wait(timeout=20) == 1
         assert "front worker" in srv.log() and "stopping the server" in srv.log()
+
+
+# ---------------------------------------------------------------- round 2 (a second red team, on the fixes)
+
+
+def test_a_whole_request_in_one_read_is_never_taken_for_a_long_head(workers: str) -> None:
+    """Round 2, F1: the raw head count added a whole read that also carried the body (its message
+    completed within the read): honest 80-192 KB requests sent in one piece got 431 at random."""
+    with LocalServer("--workers", workers, log_level="WARNING") as srv:
+        model = sim_connect(srv).upload_model(onnx_models.scale_model(), public=True)
+        for rows in (5_000, 12_000) * 8:  # 80 and 192 KB bodies: forwarded to the main process by a worker
+            got = answer(srv, infer_request(model.model_id, np.ones((rows, 4), np.float32), "Connection: close\r\n"))
+            assert got.startswith(b"HTTP/1.1 200"), got[:200]
+
+
+def string_fanout(label: str, outputs: int = 16) -> onnx.ModelProto:
+    """Every int64 input element becomes ``label`` in each of ``outputs`` string outputs."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["N"])
+    ys = [helper.make_tensor_value_info(f"y{i}", TensorProto.STRING, ["N"]) for i in range(outputs)]
+    nodes = [
+        helper.make_node(
+            "LabelEncoder", ["x"], [f"y{i}"], domain="ai.onnx.ml", keys_int64s=[0], values_strings=[label],
+            default_string=label,
+        )
+        for i in range(outputs)
+    ]  # fmt: skip
+    graph = helper.make_graph(nodes, "labels", [x], ys)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    model.ir_version = 8
+    return model
+
+
+def test_string_outputs_count_their_bytes_and_never_stop_the_server() -> None:
+    """Round 2, F2: string outputs were counted in characters (a 4-byte emoji as 1), so outputs under
+    --max-output-bytes made a result frame over the worker's limit: the worker closed its channel
+    and exited, and the server stopped (one 2.5 KB request). Now they count their bytes (413/507
+    for the request), the main process never sends a frame the worker would refuse, and the
+    server lives on."""
+    cap = 4 << 20
+    with LocalServer("--workers", "2", "--max-output-bytes", str(cap), log_level="WARNING") as srv:
+        assert srv.proc is not None
+        model = sim_connect(srv).upload_model(string_fanout("\U0001f600" * 256))
+        n = 800  # 800 x 16 x 256 characters: under the cap in characters, 3.2 times it in UTF-8
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [n], "data": [0] * n}]}).encode()
+        request = (
+            f"POST /v2/models/{model.model_id}/infer HTTP/1.1\r\nHost: h\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        got = answer(srv, request)
+        assert got.startswith(b"HTTP/1.1 507"), got[:200]
+        time.sleep(1.5)  # the worker watch polls twice a second
+        assert srv.proc.poll() is None, "the server stopped"
+        assert answer(srv, LIVE).startswith(b"HTTP/1.1 200")
+        small = body.replace(b'"shape": [800]', b'"shape": [2]').replace(b"[" + b"0, " * 799 + b"0]", b"[0, 0]")
+        request = (
+            f"POST /v2/models/{model.model_id}/infer HTTP/1.1\r\nHost: h\r\nContent-Length: {len(small)}\r\n\r\n"
+        ).encode() + small
+        got = answer(srv, request)
+        assert got.startswith(b"HTTP/1.1 200") and b"\\ud83d\\ude00" * 4 in got  # JSON-escaped emoji
+
+
+def test_a_declared_length_alone_holds_nothing_in_a_worker() -> None:
+    """Round 2, F3: a worker took a fast request's whole declared Content-Length from the shared
+    budget before any of the body came: silent heads of 64 KiB pinned it (an honest request
+    waited 10 s under a 4 MiB budget). Now only bytes that arrived are counted, as in the main
+    process."""
+    budget = 1 << 20
+    with LocalServer(
+        "--workers", "2", "--max-inflight-bytes", str(budget), "--body-idle-timeout", "6", log_level="WARNING"
+    ) as srv:
+        model = sim_connect(srv).upload_model(onnx_models.scale_model(), public=True)
+        silent = f"POST /v2/models/{model.model_id}/infer HTTP/1.1\r\nHost: h\r\nContent-Length: 65536\r\n\r\n"
+        holders = []
+        try:
+            for _ in range(2 * budget // 65536):  # twice the budget, declared
+                sock = tls(srv)
+                sock.sendall(silent.encode())
+                holders.append(sock)
+            time.sleep(0.5)
+            start = time.monotonic()
+            got = answer(srv, infer_request(model.model_id, np.ones((2, 4), np.float32), "Connection: close\r\n"))
+            assert got.startswith(b"HTTP/1.1 200") and time.monotonic() - start < 3
+        finally:
+            for sock in holders:
+                sock.close()

@@ -30,6 +30,7 @@ __all__ = [
     "ERROR",
     "HEADER",
     "MAX_REQUEST",
+    "max_result",
     "REQUEST",
     "RESULT",
     "FrameError",
@@ -51,6 +52,15 @@ _KINDS = frozenset({REQUEST, RESULT, ERROR, DELIVERED})
 # A request frame carries what a worker decoded from a head and a body of at most 64 KiB each
 # (JSON numbers decode to at most 8 bytes each, strings to their bytes): far below this.
 MAX_REQUEST = 16 << 20
+
+
+def max_result(max_output_bytes: int) -> int:
+    """The largest result frame: outputs as the engine counts them (``--max-output-bytes``, strings
+    at their UTF-8 size and more) plus their metadata. The main process refuses to send a larger
+    one (507 for that request); a worker receiving one would close the channel."""
+    return 2 * max_output_bytes + (1 << 20)
+
+
 _MAX_META = 1 << 20
 
 

@@ -309,7 +309,11 @@ def output_bytes(arr: npt.NDArray[Any]) -> int:
         return int(arr.nbytes)
     total = arr.size * STRING_OVERHEAD
     for item in arr.reshape(-1):
-        total += len(item) if isinstance(item, str | bytes | bytearray) else 64
+        if isinstance(item, str):
+            # Characters are not bytes: up to 4 each in UTF-8 (the wire) and in Python's own storage.
+            total += len(item) if item.isascii() else 4 * len(item)
+        else:
+            total += len(item) if isinstance(item, bytes | bytearray) else 64
     return total
 
 

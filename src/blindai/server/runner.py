@@ -30,6 +30,7 @@ from typing import Any
 from .._version import __version__
 from ..errors import ConfigurationError
 from ..tees import is_simulation
+from . import frames
 from .front import default_workers, listen_shared, start_workers, stop_workers
 from .http.app import ServerState
 from .http.bodies import BodyLimits, MemoryBudget
@@ -275,7 +276,7 @@ def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
         budget=budget,
         max_connections=max(1, -(-limits.max_connections // workers)),  # --max-connections in all
         max_body=min(MAX_BODY, config.max_request_bytes),
-        max_result_bytes=2 * config.max_output_bytes,
+        max_result_bytes=frames.max_result(config.max_output_bytes),
     )
     pids, channels = start_workers(shared, identity, path, settings)
     for sock in shared:  # a listening copy nobody accepts on would still get its share of connections

@@ -121,7 +121,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _in_head = False
-        _raw_head = 0  # bytes received since the last head completed (a head's size, however httptools splits it)
+        _raw_head = 0  # bytes of reads spent wholly inside one head (its size, however httptools splits it)
+        _boundaries = 0  # heads and messages completed: a read that crossed one is not all head
         _refusal: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -145,9 +146,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def data_received(self, data: bytes) -> None:
             if self._refusal is not None:
                 return  # refused: the answer is on its way, the connection closing
-            heading = self._raw_head >= 0
+            heading, boundaries = self._raw_head >= 0, self._boundaries
             super().data_received(data)
-            if heading and self._raw_head >= 0 and self._refusal is None:
+            if heading and self._boundaries == boundaries and self._refusal is None:
                 self._raw_head += len(data)
                 if self._raw_head > limits.max_head_bytes and not self.transport.is_closing():
                     self.transport.write(plain_answer(431, _too_large(limits)))
@@ -156,6 +157,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._raw_head = 0  # the next request's head starts here (bytes after it in this read are not counted)
+            self._boundaries += 1
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -184,6 +186,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._raw_head = -1  # the body follows: not counted as head
+            self._boundaries += 1
             self._disarm()
             super().on_headers_complete()
             if len(self.pipeline) > MAX_PIPELINED:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...protocol.error_body import encode_error
 from .. import frames
+from ..errors import CapacityExceeded
 from .bodies import Hold
 from .errors import answer_of
 from .oip import run_decoded
@@ -94,6 +95,9 @@ async def _answer(
             # Held from now until the worker says its client took them, as the HTTP route holds a response.
             hold.take(sum(a.nbytes for a in outputs.values()), "this response")
             out = frames.frame(frames.RESULT, rid, frames.pack({"model": model_id}, outputs))
+            size = sum(len(p) for p in out)
+            if size > frames.max_result(state.engine.max_output_bytes):  # the worker would close the channel
+                raise CapacityExceeded(f"outputs of {size} bytes as sent exceed what --max-output-bytes allows")
         except frames.FrameError as exc:
             status, message = 400, f"malformed request from the front worker: {exc}"
             log.error("%s", message)

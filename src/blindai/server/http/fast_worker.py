@@ -42,7 +42,7 @@ from ...protocol.error_body import encode_error
 from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response
 from ...protocol.models import MODEL_SHA256, OWNER_TOKENS
 from .. import frames
-from ..errors import LimitExceeded
+from ..errors import LimitExceeded, Unavailable
 from .bodies import BodyLimits, Hold, MemoryBudget, too_slow
 from .connections import ConnectionLimits, plain_answer
 from .errors import answer_of
@@ -142,7 +142,7 @@ class FastSettings:
     budget: MemoryBudget
     max_connections: int  # per worker
     max_body: int  # bodies decoded in the worker: MAX_BODY, or --max-request-bytes if lower (the rest: 413 there)
-    max_result_bytes: int  # the largest outputs frame the main process may send (its output limit)
+    max_result_bytes: int  # the largest result frame the main process may send (frames.max_result)
 
 
 class Channel:
@@ -150,7 +150,7 @@ class Channel:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_result_bytes: int) -> None:
         self._reader, self._writer = reader, writer
-        self._max = max_result_bytes + (1 << 20)
+        self._max = max_result_bytes
         self._waiting: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         self._next = 0
         self.closed = False
@@ -242,14 +242,12 @@ async def serve_connection(
         hold = Hold(settings.budget, wait_s=body_limits.idle_timeout_s)
         try:
             try:
-                await hold.take_async(head.length, "request body")
-            except Exception as exc:  # the budget is full: answered before the body, which is still coming
+                body = await _body(reader, buf, end + 4, head.length, body_limits, hold)
+            except ConnectionError:
+                return
+            except Unavailable as exc:  # the budget stayed full: answered while the body may still come
                 await _send_error(writer, *answer_of(exc))
                 await linger(reader)
-                return
-            try:
-                body = await _body(reader, buf, end + 4, head.length, body_limits)
-            except ConnectionError:
                 return
             except Exception as exc:  # too slow: answered, and closed at once
                 await _send_error(writer, *answer_of(exc))
@@ -263,10 +261,14 @@ async def serve_connection(
             head_deadline = loop.time() + conn.head_timeout_s  # a pipelined request: its head is already here
 
 
-async def _body(reader: asyncio.StreamReader, buf: bytearray, start: int, length: int, limits: BodyLimits) -> bytes:
-    """The body that follows the head in ``buf`` (reading more as needed), cut from ``buf``."""
+async def _body(
+    reader: asyncio.StreamReader, buf: bytearray, start: int, length: int, limits: BodyLimits, hold: Hold
+) -> bytes:
+    """The body that follows the head in ``buf`` (reading more as needed), cut from ``buf``; its bytes
+    are taken from the budget as they arrive (a declared length alone holds nothing, as in bodies.py)."""
     loop = asyncio.get_running_loop()
     begun = last = loop.time()
+    await hold.take_async(min(len(buf) - start, length), "request body")
     # As bodies.py bounds a body this small: no silence over the idle timeout, and (the rate's bound
     # for a small body being the same grace) all of it within that time.
     deadline = begun + limits.idle_timeout_s
@@ -280,6 +282,7 @@ async def _body(reader: asyncio.StreamReader, buf: bytearray, start: int, length
         if not data:
             raise ConnectionError("the client closed the connection")
         last = loop.time()
+        await hold.take_async(min(len(data), start + length - len(buf)), "request body")
         buf += data
     body = bytes(buf[start : start + length])
     del buf[: start + length]
