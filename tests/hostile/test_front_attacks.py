@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import ssl
 import threading
 import time
@@ -323,3 +324,42 @@ def test_a_declared_length_alone_holds_nothing_in_a_worker() -> None:
         finally:
             for sock in holders:
                 sock.close()
+
+
+# ---------------------------------------------------------------- round 3
+
+
+def test_pipelined_requests_past_the_limit_are_answered_in_order_then_refused(workers: str) -> None:
+    """Round 3: the request that passed the pipelining limit was refused at once, so the answers
+    of the requests before it (which ran) were lost. Now they come first, in order, then the 400."""
+    with LocalServer("--workers", workers, log_level="WARNING") as srv:
+        got = answer(srv, b"GET /v2/health/live HTTP/1.1\r\nHost: h\r\n\r\n" * 40)
+        statuses = [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3})", got)]
+        assert statuses[-1] == 400 and set(statuses[:-1]) == {200} and len(statuses) >= 33, statuses
+        assert answer(srv, b"GET /v2/health/live HTTP/1.1\r\nHost: h\r\n\r\n" * 5 + LIVE).count(b"HTTP/1.1 200") == 6
+
+
+def test_many_empty_header_lines_count_what_the_server_keeps(workers: str) -> None:
+    """Round 3: 10,700 empty header lines (a 54 KB head, under the 64 KiB limit by its text) held
+    ~1.4 MB per connection until the head deadline (each line is kept as a tuple of two bytes
+    objects). Each line now counts 128 bytes more: such a head is a 431."""
+    with LocalServer("--workers", workers, log_level="WARNING") as srv:
+        assert srv.proc is not None
+        # Complete, with a body that never comes: a worker hands it to the main process, which keeps it.
+        head = b"POST /run HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n" + b"ab:\r\n" * 10_700 + b"\r\n"
+        assert len(head) < 64 << 10
+        time.sleep(0.5)
+        before = hwm(srv.proc.pid)
+        socks = [tls(srv) for _ in range(40)]
+        try:
+            for sock in socks:
+                sock.sendall(head)
+            time.sleep(1.5)
+            grown = hwm(srv.proc.pid) - before
+            sock = socks[0]
+            sock.settimeout(5)
+            assert sock.recv(100).startswith(b"HTTP/1.1 431")
+        finally:
+            for sock in socks:
+                sock.close()
+        assert grown < 24 << 20, f"40 heads held {grown >> 20} MiB"

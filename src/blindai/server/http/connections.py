@@ -15,12 +15,14 @@ per listening port:
 - a request head (URL and headers) of more than ``max_head_bytes`` gets a 431 and a close;
 - beyond ``max_connections`` open connections a new one is closed at once, so file
   descriptors stay for the other port and for the model store;
-- at most ``MAX_PIPELINED`` requests wait behind the one being answered on a connection, and
-  none is read while any waits: uvicorn queued every pipelined request it parsed and read on
-  after each answer, so 20-byte requests never read back grew the server by ~115x what the
-  client sent (a red team: +470 MB for 4 MB), and a header value that never ends was kept by
-  httptools whole (+150 MB before the head deadline): the head's raw bytes are now counted as
-  they arrive, not only the header lines httptools hands over.
+- at most ``MAX_PIPELINED`` requests wait behind the one being answered on a connection (one
+  more is answered 400, after the answers of those before it, and the connection closed):
+  uvicorn queued every pipelined request it parsed, so 20-byte requests never read back grew
+  the server by ~115x what the client sent (a red team: +470 MB for 4 MB);
+- a header value that never ends was kept by httptools whole (+150 MB before the head
+  deadline): the head's raw bytes are now counted as they arrive, not only the header lines
+  httptools hands over; and each line counts ``HEADER_LINE_COST`` bytes beyond its text, for
+  what the server keeps of it (10,000 empty lines in a 54 KB head held ~1.4 MB).
 
 What remains (threat-model.md): a peer that opens connections faster than the timeouts
 expire them can still keep the ports busy; that is a network flood, for the network's
@@ -44,6 +46,7 @@ __all__ = [
     "default_max_connections",
     "guarded_protocol",
     "handshake_timeout",
+    "HEADER_LINE_COST",
     "MAX_PIPELINED",
     "plain_answer",
     "raise_open_file_limit",
@@ -109,6 +112,7 @@ def handshake_timeout(loop: asyncio.AbstractEventLoop, seconds: float) -> Iterat
 _REFUSALS_LOGGED_EVERY_S = 10.0
 ABORT = "blindai.abort"  # scope key: a callable that drops the connection without flushing
 MAX_PIPELINED = 32
+HEADER_LINE_COST = 128  # counted per header line beyond its text, against --max-head-bytes
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
@@ -124,6 +128,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
         _raw_head = 0  # bytes of reads spent wholly inside one head (its size, however httptools splits it)
         _boundaries = 0  # heads and messages completed: a read that crossed one is not all head
         _refusal: bytes | None = None
+        _pipelined = False  # the refusal is for pipelining: deferred until the requests before it are answered
+        _deferred: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -160,9 +166,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
             self._boundaries += 1
 
         def on_response_complete(self) -> None:
+            last = not self.pipeline  # nothing queued: the answer just completed was the last in flight
             super().on_response_complete()
-            if self.pipeline:  # uvicorn resumes reading after every answer: not while requests still wait
-                self.flow.pause_reading()
+            if self._deferred is not None and last:
+                self.transport.write(self._deferred)
+                self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -180,7 +188,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
+            # What the server keeps of a line is more than its text (a tuple of two bytes objects):
+            # each is counted at HEADER_LINE_COST more, so 10,000 empty lines cannot hold ~1.4 MB.
+            self._count(len(name) + len(value) + 4 + HEADER_LINE_COST)
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
@@ -190,13 +200,22 @@ def guarded_protocol(limits: ConnectionLimits) -> type[Any]:
             self._disarm()
             super().on_headers_complete()
             if len(self.pipeline) > MAX_PIPELINED:
+                self.pipeline.popleft()  # this one is refused, never run; those before it are answered first
                 self._refusal = plain_answer(
                     400, f"more than {MAX_PIPELINED} requests pipelined on one connection before their answers"
                 )
+                self._pipelined = True
                 raise ValueError("too many pipelined requests")  # stops httptools; answered in send_400_response
 
         def send_400_response(self, msg: str) -> None:
             if self._refusal is not None:  # our own refusal stopped the parser: send it, not a 400
+                if self._pipelined and self.pipeline:
+                    # Requests before the refused one run (or queue): their answers go first, in order,
+                    # then the refusal and the close (else a client would be told 400 for a request
+                    # that ran). Nothing more is read meanwhile.
+                    self._deferred = self._refusal
+                    self.flow.pause_reading()
+                    return
                 self.transport.write(self._refusal)
                 self.transport.close()
                 return
