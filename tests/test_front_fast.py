@@ -365,3 +365,16 @@ def test_many_clients_at_once_each_get_their_own_rows() -> None:
         for t in threads:
             t.join()
         assert errors == []
+
+
+def test_under_sgx_the_default_is_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gramine does not share memory between enclaves, so the in-flight budget could not be one
+    count for the whole server: SGX defaults to no front workers, whatever the core count."""
+    from blindai.server import runner
+    from blindai.server.tls import make_identity
+
+    monkeypatch.setattr(runner, "machine_cores", lambda: 32)
+    forked: list[int] = []
+    monkeypatch.setattr(runner, "start_workers", lambda *a, **k: forked.append(1) or ([], []))
+    assert runner._start_front(runner.ServerConfig(workers=0), make_identity(["localhost"]), "sgx") is None
+    assert forked == []

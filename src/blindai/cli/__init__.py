@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="front processes on the attested port: TLS, and small inference requests up to the run "
-        "(default 0: 1 below 8 cores, else cores/2, at most 8)",
+        "(default 0: 1 below 8 cores or under SGX, else cores/2, at most 8)",
     )
     p.add_argument(
         "--model-memory",

@@ -250,10 +250,19 @@ def _connection_limits(config: ServerConfig) -> ConnectionLimits:
     return dataclasses.replace(limits, max_connections=default_max_connections(raise_open_file_limit()))
 
 
-def _start_front(config: ServerConfig, identity: TlsIdentity) -> _Front | None:
-    workers = config.workers or default_workers(machine_cores())
+def _start_front(config: ServerConfig, identity: TlsIdentity, tee: str) -> _Front | None:
+    # Under Gramine each worker is an enclave of its own, and memory mapped shared between
+    # enclaves is not shared (or is host memory): the in-flight budget would be counted per
+    # process. So one process there unless asked for, and then said plainly.
+    workers = config.workers or (1 if tee == "sgx" else default_workers(machine_cores()))
     if workers <= 1:
         return None
+    if tee == "sgx":
+        log.warning(
+            "--workers %d under SGX: each worker is an enclave of its own, and the in-flight budget "
+            "(--max-inflight-bytes) is counted per process, not for the server as a whole",
+            workers,
+        )
     folder = tempfile.mkdtemp(prefix="blindai-front-")  # mode 0700: only this user reaches the socket
     path = os.path.join(folder, "attested.sock")
     backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -468,7 +477,7 @@ def run_server(config: ServerConfig) -> int:
     identity = make_identity(config.tls_names)
     raise_open_file_limit()  # before the front workers fork: they inherit it
     try:
-        front = _start_front(config, identity)
+        front = _start_front(config, identity, provider.tee)
     except ConfigurationError as exc:
         log.error("cannot start: %s", exc)
         return 2
