@@ -10,7 +10,8 @@ before it was forked: nothing else can connect to it, and it never leaves the TE
 Every frame is ``<length u32><kind u8><id u32>`` and ``length`` bytes; the payload of a request
 or result is ``<meta length u32>``, a JSON object, then the tensors' bytes in the order listed.
 The main process trusts a worker no more than it must: every frame is bounded and parsed with
-the same checks as a request from the network (a malformed one ends the channel).
+the same checks as a request from the network (a malformed payload fails its request; a frame
+of unknown kind or over its bound ends the channel).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 
-from .http.fast_worker import Channel, FastSettings, linger, serve_connection
+from .http.fast_worker import CHUNK, Channel, FastSettings, linger, serve_connection
 from .http.serving import run_loop
 from .tls import TlsIdentity
 
@@ -32,7 +32,6 @@ __all__ = ["default_workers", "listen_shared", "start_workers", "stop_workers"]
 
 log = logging.getLogger("blindai.front")
 
-CHUNK = 1 << 18
 LINGER_S = 2.0
 
 

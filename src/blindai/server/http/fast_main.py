@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ...protocol.error_body import encode_error
 from .. import frames
 from ..errors import CapacityExceeded
-from .bodies import Hold
+from .bodies import HeldResponse, Hold
 from .errors import answer_of
 from .oip import run_decoded
 from .state import ServerState
@@ -92,12 +92,13 @@ async def _answer(
             entry = await state.model(ref, sha256=sha256, tokens=tokens)
             model_id, outputs = await run_decoded(state, entry, inputs, requested, meta.get("pin"))
             del inputs
-            # Held from now until the worker says its client took them, as the HTTP route holds a response.
-            hold.take(sum(a.nbytes for a in outputs.values()), "this response")
             out = frames.frame(frames.RESULT, rid, frames.pack({"model": model_id}, outputs))
             size = sum(len(p) for p in out)
             if size > frames.max_result(state.engine.max_output_bytes):  # the worker would close the channel
                 raise CapacityExceeded(f"outputs of {size} bytes as sent exceed what --max-output-bytes allows")
+            # What is sent, held from now until the worker says its client took it, as the HTTP route
+            # holds a response (string outputs as their encoded bytes, not the array's pointers).
+            hold.take(size, "this response")
         except frames.FrameError as exc:
             status, message = 400, f"malformed request from the front worker: {exc}"
             log.error("%s", message)
@@ -128,7 +129,7 @@ class _FrameWriter:
     once, counted in the budget, plus one slice.
     """
 
-    SLICE = 256 << 10
+    SLICE = HeldResponse.SLICE
 
     def __init__(self, stream: asyncio.StreamWriter) -> None:
         self.stream = stream

@@ -39,14 +39,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...protocol.error_body import encode_error
-from ...protocol.infer import HEADER_LENGTH, decode_request, encode_response
+from ...protocol.infer import HEADER_LENGTH, decode_request
 from ...protocol.models import MODEL_SHA256, OWNER_TOKENS
 from .. import frames
 from ..errors import LimitExceeded, Unavailable
-from .bodies import BodyLimits, Hold, MemoryBudget, too_slow
+from .bodies import BodyLimits, HeldResponse, Hold, MemoryBudget, too_slow
 from .connections import ConnectionLimits, plain_answer
 from .errors import answer_of
-from .oip import INLINE_BYTES, PIN, binary_flags, header_length, json_bound_of
+from .oip import INLINE_BYTES, PIN, binary_flags, encode_outputs, header_length, json_bound_of
 from .state import tokens_of
 
 __all__ = [
@@ -65,8 +65,8 @@ log = logging.getLogger("blindai.front")
 MAX_BODY = INLINE_BYTES  # bodies the worker decodes itself; larger ones go to the main process
 MAX_HEAD = 64 << 10  # heads the worker reads itself (and --max-head-bytes if lower); larger ones go there too
 KEEP_ALIVE_S = 30.0  # as the main process's HTTP server (serving.py)
-CHUNK = 1 << 18
-_SLICE = 256 << 10
+CHUNK = 1 << 18  # one read from a client (and the workers' stream limit)
+_SLICE = HeldResponse.SLICE  # a large answer leaves in these, each waiting for the client
 _ONE_WRITE = 16 << 10
 
 _TARGET = re.compile(r"/v2/models/([A-Za-z0-9._~-]+)(?:/versions/[A-Za-z0-9._~-]+)?/infer")
@@ -335,13 +335,9 @@ async def _answer(
         json_bound = await json_bound_of(settings.body.max_json_response_bytes, outputs, binary)
         hold.release()  # the request is decoded and gone; the outputs are counted by the main process
         hold.take(3 * json_bound, "this response")
-        strings = any(a.dtype.kind in "OSU" for a in outputs.values())
-
-        def encode() -> tuple[list[Any], int | None]:
-            return encode_response(str(result["model"]), outputs, binary, request_id=req.id)
-
-        small = not strings and json_bound + len(payload) <= INLINE_BYTES
-        chunks, head_len = encode() if small else await asyncio.to_thread(encode)
+        chunks, head_len = await encode_outputs(
+            str(result["model"]), outputs, binary, req.id, json_bound + len(payload)
+        )
         headers = [(b"content-type", b"application/json" if head_len is None else b"application/octet-stream")]
         if head_len is not None:
             headers.append((HEADER_LENGTH.lower().encode(), b"%d" % head_len))

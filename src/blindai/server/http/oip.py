@@ -24,7 +24,16 @@ from ..store import ModelEntry
 from .bodies import HeldResponse, Hold
 from .state import ServerState, held, presented_tokens
 
-__all__ = ["INLINE_BYTES", "PIN", "binary_flags", "header_length", "json_bound_of", "routes", "run_decoded"]
+__all__ = [
+    "INLINE_BYTES",
+    "PIN",
+    "binary_flags",
+    "encode_outputs",
+    "header_length",
+    "json_bound_of",
+    "routes",
+    "run_decoded",
+]
 
 # Requests and responses up to this size are decoded and encoded on the event loop: for them a
 # thread hop (tens of microseconds, more under load) costs more than the work, which is bounded.
@@ -87,6 +96,19 @@ async def json_bound_of(limit: int, outputs: Mapping[str, npt.NDArray[Any]], bin
     return json_bound
 
 
+async def encode_outputs(
+    model_id: str, outputs: Mapping[str, npt.NDArray[Any]], binary: dict[str, bool], rid: str | None, size: int
+) -> tuple[list[Any], int | None]:
+    """The response body's chunks and JSON header length; off the event loop unless it is small
+    (``size``: the outputs and their JSON bound) and holds no strings, whose encoding walks every element."""
+
+    def encode() -> tuple[list[Any], int | None]:
+        return encode_response(model_id, outputs, binary, request_id=rid)
+
+    small = size <= INLINE_BYTES and not any(a.dtype.kind in "OSU" for a in outputs.values())
+    return encode() if small else await asyncio.to_thread(encode)
+
+
 def routes(state: ServerState) -> list[Route]:
     """The ``/v2`` routes over ``state.store`` and ``state.engine``."""
 
@@ -145,12 +167,7 @@ def routes(state: ServerState) -> list[Route]:
         out_bytes = sum(a.nbytes for a in outputs.values())
         hold.take(out_bytes + 3 * json_bound, "this response")
 
-        def encode() -> tuple[list[Any], int | None]:
-            return encode_response(model_id, outputs, binary, request_id=rid)
-
-        strings = any(a.dtype.kind in "OSU" for a in outputs.values())
-        small = not strings and json_bound + out_bytes <= INLINE_BYTES
-        chunks, head_len = encode() if small else await asyncio.to_thread(encode)
+        chunks, head_len = await encode_outputs(model_id, outputs, binary, rid, json_bound + out_bytes)
         if head_len is None:
             return HeldResponse(chunks, hold, "application/json", {}, state.body_limits.idle_timeout_s)
         return HeldResponse(
