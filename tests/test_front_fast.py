@@ -10,6 +10,8 @@ normalised, must be the same, response for response.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import socket
@@ -19,11 +21,18 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from blindai.protocol.infer import encode_request
 from blindai.server import frames
+from blindai.server.http.fast_main import serve_channel
 from blindai.server.http.fast_worker import MAX_BODY, parse_head
+from blindai.server.http.state import ServerState
+from blindai.server.inference import InferenceEngine
+from blindai.server.providers import SimulationProvider
+from blindai.server.store import ModelStore
+from blindai.server.tls import make_identity
 from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
@@ -345,8 +354,6 @@ def test_many_clients_at_once_each_get_their_own_rows() -> None:
     with LocalServer("--workers", "2", log_level="WARNING") as srv:
         model = sim_connect(srv).upload_model(onnx_models.mlp(in_dim=4, hidden=8, out_dim=3, seed=2), public=True)
         ref = onnx_models.mlp(in_dim=4, hidden=8, out_dim=3, seed=2)
-        import onnxruntime as ort
-
         session = ort.InferenceSession(ref.SerializeToString())
         errors: list[str] = []
 
@@ -378,3 +385,114 @@ def test_under_sgx_the_default_is_one_process(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(runner, "start_workers", lambda *a, **k: forked.append(1) or ([], []))
     assert runner._start_front(runner.ServerConfig(workers=0), make_identity(["localhost"]), "sgx") is None
     assert forked == []
+
+
+# ---------------------------------------------------------------- the main process's channel (in-process)
+
+
+def _channel_state() -> tuple[ServerState, str, str]:
+    store = ModelStore()
+    ids = []
+    for model in (onnx_models.mlp(in_dim=4, hidden=8, out_dim=3, seed=3), onnx_models.gather_rows(4, 1 << 16)):
+        data = model.SerializeToString()
+        entry, _token = store.add(data, hashlib.sha256(data).hexdigest(), name=None, public=True)
+        ids.append(entry.model_id)
+    state = ServerState(
+        provider=SimulationProvider(), identity=make_identity([]), store=store, engine=InferenceEngine()
+    )
+    return state, ids[0], ids[1]
+
+
+async def _read_frames(sock: socket.socket, count: int) -> list[tuple[int, int, bytes]]:
+    loop = asyncio.get_running_loop()
+    buf, out = b"", []
+    while len(out) < count:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 20)
+        assert data, f"the channel closed after {len(out)} of {count} frames"
+        buf += data
+        while len(buf) >= frames.HEADER.size:
+            length, kind, rid = frames.HEADER.unpack_from(buf)
+            if len(buf) < frames.HEADER.size + length:
+                break
+            out.append((kind, rid, buf[frames.HEADER.size : frames.HEADER.size + length]))
+            buf = buf[frames.HEADER.size + length :]
+    return out
+
+
+def test_the_main_process_answers_every_frame_of_a_read_whole_and_holds_them_until_delivered() -> None:
+    """Forty small requests and a 1 MiB answer (written in slices) sent in one write: every
+    answer arrives whole and is its own request's; what was sent stays in the budget until the
+    worker reports it delivered, and nothing is held once it has."""
+    state, mlp_id, gather_id = _channel_state()
+    session = ort.InferenceSession(onnx_models.mlp(in_dim=4, hidden=8, out_dim=3, seed=3).SerializeToString())
+    table = np.arange(4 * (1 << 16), dtype=np.float32).reshape(4, 1 << 16)
+    rng = np.random.default_rng(0)
+    inputs = {rid: rng.standard_normal((1 + rid % 3, 4)).astype(np.float32) for rid in range(1, 41)}
+
+    def request(rid: int, ref: str, tensors: dict[str, np.ndarray]) -> bytes:
+        payload = frames.pack({"ref": ref, "sha256": None, "tokens": [], "outputs": None}, tensors)
+        return b"".join(bytes(p) for p in frames.frame(frames.REQUEST, rid, payload))
+
+    async def main() -> None:
+        mine, theirs = socket.socketpair()
+        mine.setblocking(False)
+        served = asyncio.create_task(serve_channel(theirs, state))
+        stream = b"".join(request(rid, mlp_id, {"x": x}) for rid, x in inputs.items() if rid <= 20)
+        stream += request(100, gather_id, {"idx": np.array([3, 0, 2, 1], np.int64)})
+        stream += b"".join(request(rid, mlp_id, {"x": x}) for rid, x in inputs.items() if rid > 20)
+        await asyncio.get_running_loop().sock_sendall(mine, stream)
+        answers = await _read_frames(mine, 41)
+        assert sorted(rid for _k, rid, _p in answers) == [*range(1, 41), 100]
+        for kind, rid, payload in answers:
+            assert kind == frames.RESULT, payload[:200]
+            meta, outputs = frames.unpack(payload)
+            if rid == 100:
+                assert meta["model"] == gather_id
+                np.testing.assert_array_equal(outputs["y"], table[[3, 0, 2, 1]])
+            else:
+                np.testing.assert_allclose(outputs["y"], session.run(None, {"x": inputs[rid]})[0], rtol=1e-5)
+        assert state.budget.used >= 4 << 18  # the 1 MiB answer, sent, not yet reported delivered
+        await asyncio.get_running_loop().sock_sendall(
+            mine, b"".join(frames.HEADER.pack(0, frames.DELIVERED, rid) for _k, rid, _p in answers)
+        )
+        for _ in range(100):
+            if state.budget.used == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert state.budget.used == 0
+        mine.close()
+        await asyncio.wait_for(served, 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        state.engine.close()
+
+
+def test_a_frame_that_breaks_the_format_closes_the_channel_and_frees_what_it_held() -> None:
+    """A worker that sends a frame of unknown kind loses its channel; the answers it had not
+    reported delivered leave the budget with it."""
+    state, mlp_id, _gather = _channel_state()
+
+    async def main() -> None:
+        mine, theirs = socket.socketpair()
+        mine.setblocking(False)
+        served = asyncio.create_task(serve_channel(theirs, state))
+        payload = frames.pack(
+            {"ref": mlp_id, "sha256": None, "tokens": [], "outputs": None}, {"x": np.ones((2, 4), np.float32)}
+        )
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(mine, b"".join(bytes(p) for p in frames.frame(frames.REQUEST, 7, payload)))
+        [(kind, rid, _payload)] = await _read_frames(mine, 1)
+        assert (kind, rid) == (frames.RESULT, 7)
+        assert state.budget.used > 0
+        await loop.sock_sendall(mine, frames.HEADER.pack(0, 99, 1))  # no such kind
+        await asyncio.wait_for(served, 10)  # the main process closed its end
+        assert await asyncio.wait_for(loop.sock_recv(mine, 100), 10) == b""
+        assert state.budget.used == 0
+        mine.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        state.engine.close()

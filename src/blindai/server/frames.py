@@ -31,6 +31,7 @@ __all__ = [
     "ERROR",
     "HEADER",
     "MAX_REQUEST",
+    "check_header",
     "max_result",
     "REQUEST",
     "RESULT",
@@ -63,6 +64,7 @@ def max_result(max_output_bytes: int) -> int:
 
 
 _MAX_META = 1 << 20
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 
 
 class FrameError(ValueError):
@@ -76,14 +78,13 @@ def frame(kind: int, rid: int, payload: Sequence[bytes | memoryview] = ()) -> li
 
 def pack(meta: dict[str, Any], tensors: Mapping[str, npt.NDArray[Any]]) -> list[bytes | memoryview]:
     """A request or result payload: ``meta`` plus a ``tensors`` list of [name, datatype, shape, bytes]."""
-    blobs = [encode_binary(a) for a in tensors.values()]
-    meta = {
-        **meta,
-        "tensors": [
-            [name, datatype_of(a), list(a.shape), len(b)] for (name, a), b in zip(tensors.items(), blobs, strict=True)
-        ],
-    }
-    head = json.dumps(meta, separators=(",", ":")).encode()
+    blobs = []
+    entries = []
+    for name, a in tensors.items():
+        blob = encode_binary(a)
+        blobs.append(blob)
+        entries.append([name, datatype_of(a), a.shape, len(blob)])
+    head = _ENCODER.encode({**meta, "tensors": entries}).encode()
     return [_META.pack(len(head)), head, *blobs]
 
 
@@ -121,11 +122,17 @@ def unpack(payload: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]
     return meta, arrays
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> tuple[int, int, bytes]:
-    """The next frame's kind, id and payload; IncompleteReadError at the end of the channel."""
-    length, kind, rid = HEADER.unpack(await reader.readexactly(HEADER.size))
+def check_header(data: bytes | bytearray, pos: int, max_bytes: int) -> tuple[int, int, int]:
+    """The payload length, kind and id of the frame whose header starts at ``pos``, checked."""
+    length, kind, rid = HEADER.unpack_from(data, pos)
     if kind not in _KINDS:
         raise FrameError(f"unknown frame kind {kind}")
     if length > max_bytes:
         raise FrameError(f"a frame of {length} bytes exceeds {max_bytes}")
+    return length, kind, rid
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> tuple[int, int, bytes]:
+    """The next frame's kind, id and payload; IncompleteReadError at the end of the channel."""
+    length, kind, rid = check_header(await reader.readexactly(HEADER.size), 0, max_bytes)
     return kind, rid, await reader.readexactly(length) if length else b""

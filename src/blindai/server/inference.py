@@ -318,10 +318,19 @@ def output_bytes(arr: npt.NDArray[Any]) -> int:
 
 
 def _datatype_name(dtype: np.dtype[Any]) -> str:
+    name = _DATATYPE_NAMES.get(dtype)
+    if name is not None:
+        return name
     for name, dt in DATATYPES.items():
         if name != "BYTES" and dt == dtype.newbyteorder("<"):
+            _DATATYPE_NAMES[dtype] = name  # at most one entry per byte order of each datatype
             return name
     return str(dtype)
+
+
+# Every request's inputs are checked against their model's datatypes: found once per dtype, not
+# by walking the table each time.
+_DATATYPE_NAMES: dict[np.dtype[Any], str] = {}
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
