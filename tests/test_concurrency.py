@@ -17,13 +17,15 @@ import pytest
 
 from blindai.server.errors import CoreError, InputRejected
 from blindai.server.inference import InferenceEngine, LoadedModel
+from blindai.server.rowwise import rows_mixed
 from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
 
 
 def load(model: onnx.ModelProto, **kwargs: Any) -> LoadedModel:
-    loaded = LoadedModel(model.SerializeToString(), narrow_now=True, **kwargs)
+    """As the store loads it with batching on: the graph analysed for rows that mix (rowwise.py)."""
+    loaded = LoadedModel(model.SerializeToString(), narrow_now=True, rows_mixed=rows_mixed(model), **kwargs)
     return loaded
 
 

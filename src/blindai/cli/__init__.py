@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-window-ms",
         type=float,
         default=0.0,
-        help="batch requests to one model arriving within this window (default 0: off; see docs/performance.md)",
+        help="batch requests to one model arriving within this window (default 0: off); only models whose output "
+        "rows provably depend on their own input row alone are batched (see docs/performance.md)",
     )
     p.add_argument(
         "--concurrent-session-max-bytes",

@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             intra_op_threads=args.intra_op_threads,
             model_concurrency=args.model_concurrency,
             concurrent_session_max_bytes=args.concurrent_session_max_bytes,
+            batching=args.batch_window_ms > 0,
         ),
         max_request_bytes=args.max_request_bytes,
         inference_workers=args.inference_workers,

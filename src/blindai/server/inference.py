@@ -181,6 +181,7 @@ class LoadedModel:
         intra_op_threads: int = 0,
         concurrency: int = 0,
         narrow_now: bool = False,
+        rows_mixed: str | None = "not analysed",
     ) -> None:
         self.cores = intra_op_threads if intra_op_threads > 0 else machine_cores()
         self.concurrency = run_slots(concurrency, intra_op_threads)
@@ -192,7 +193,10 @@ class LoadedModel:
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         self._input_by_name = {s.name: s for s in self.inputs}
         self._output_names = [s.name for s in self.outputs]
-        self.batchable = _batch_dim_shared(self.session)
+        # Batched with other callers' requests only when its rows provably stay apart (rowwise.py:
+        # the graph is its owner's choice) and every input and output shares the batch dimension.
+        self.rows_mixed = rows_mixed
+        self.batchable = rows_mixed is None and _batch_dim_shared(self.session)
         # Runs of this model only: a model's runs never wait for a thread another model holds.
         self.pool = concurrent.futures.ThreadPoolExecutor(self.concurrency + 1, thread_name_prefix="blindai-run")
         self.narrow: ort.InferenceSession | None = None

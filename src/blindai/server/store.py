@@ -58,6 +58,9 @@ class StoreLimits:
     # Larger models get no second (narrow) session: it would cost their size again in memory, and their
     # runs are long enough for intra-op threads to use the cores well (performance.md).
     concurrent_session_max_bytes: int = 256 << 20
+    # Dynamic batching is on (--batch-window-ms): every model's graph is analysed for rows that mix
+    # (rowwise.py, tens of ms for a large graph); off, no model is ever batched and none is analysed.
+    batching: bool = False
 
 
 @dataclass(slots=True)
@@ -190,7 +193,9 @@ class ModelStore:
                 meta = self.sealed.read(model_id, model.write)  # decrypted chunk by chunk into the file
                 model.finish()
                 with model.view() as view:
-                    vetted = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+                    vetted = vet_model(
+                        view, self.limits.allowed_domains, self.limits.max_model_bytes, rows=self.limits.batching
+                    )
                 concurrency, held = self._sessions(model, vetted)
                 entry = ModelEntry(
                     model_id=model_id,
@@ -284,8 +289,14 @@ class ModelStore:
         return concurrency, vetted.held + (vetted.per_session if two else 0)
 
     def _load(self, model: ModelFile, vetted: VettedModel, concurrency: int) -> LoadedModel:
+        if self.limits.batching and vetted.rows_mixed is not None:
+            log.info("a model will run without dynamic batching: %s", vetted.rows_mixed)
         return LoadedModel(
-            model, skeleton=vetted.skeleton, intra_op_threads=self.limits.intra_op_threads, concurrency=concurrency
+            model,
+            skeleton=vetted.skeleton,
+            intra_op_threads=self.limits.intra_op_threads,
+            concurrency=concurrency,
+            rows_mixed=vetted.rows_mixed,
         )
 
     def check_upload_token(self, token: str | None) -> None:
@@ -352,7 +363,9 @@ class ModelStore:
             if public_name is not None:
                 self._check_public_name(public_name)
         with model.view() as view:
-            vetted = vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes)
+            vetted = vet_model(
+                view, self.limits.allowed_domains, self.limits.max_model_bytes, rows=self.limits.batching
+            )
         concurrency, held = self._sessions(model, vetted)
         with self._lock:
             self._check_room(held, replacing=replacing)

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import LimitExceeded, UnsupportedModel
 from .onnxsplit import LOCATION, Moved, split_model
+from .rowwise import rows_mixed
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -45,10 +46,17 @@ class VettedModel:
     skeleton: bytes | None
     held: int  # bytes held once loaded, one session (the store's limits count this)
     per_session: int  # of which each session holds its own copy: constants folded, sparse tensors made dense
+    # Why requests to it must never share a dynamic batch (rowwise.py), or None: each output row
+    # provably depends on its own input row alone.
+    rows_mixed: str | None = "not analysed"
 
 
 def vet_model(
-    data: bytes | memoryview, allowed_domains: Iterable[str] = DEFAULT_DOMAINS, max_bytes: int | None = None
+    data: bytes | memoryview,
+    allowed_domains: Iterable[str] = DEFAULT_DOMAINS,
+    max_bytes: int | None = None,
+    *,
+    rows: bool = False,
 ) -> VettedModel:
     """Refuse anything that is not a self-contained ONNX model of allowed operators.
 
@@ -57,6 +65,7 @@ def vet_model(
     top-level initializers. The only external references allowed are the ones `onnxsplit`
     wrote into the skeleton (exactly: its location, offsets and lengths), so the bytes vetted
     here are the bytes onnxruntime loads. ``data`` may be a read-only view of the model file.
+    With ``rows``, the graph is also analysed for rows of a batch that mix (``VettedModel.rows_mixed``).
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -130,7 +139,8 @@ def vet_model(
             f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
             f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
-    return VettedModel(split.skeleton, loaded, loaded - len(data))
+    mixed = rows_mixed(model) if rows else "dynamic batching is off (not analysed)"
+    return VettedModel(split.skeleton, loaded, loaded - len(data), mixed)
 
 
 # Operators whose onnxruntime kernels allocate, outside the capped arena, memory that follows the

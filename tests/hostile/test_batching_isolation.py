@@ -1,0 +1,223 @@
+"""Dynamic batching must never let one caller's rows reach another caller's answer.
+
+A batch stacks the rows of several callers' requests into one run. That is only sound for a
+model that computes each row from that row alone; a model that mixes rows (a mean over the
+batch, a product of the batch with itself, a transpose of the batch axis) would hand every
+caller in a batch a function of the others' inputs. The model's owner chooses the graph, so
+the attacker here is a tenant who uploads a public model that mixes rows and calls it at the
+same moment as a victim: what the attacker gets back must be what its request gives alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from blindai.server.rowwise import rows_mixed
+from blindai.testing import LocalServer
+from tests import onnx_models
+from tests.conftest import sim_connect
+
+pytestmark = pytest.mark.xdist_group("batching-isolation")
+
+
+def batch_mean_removed() -> onnx.ModelProto:
+    """y = x - mean of x over the batch axis: each output row depends on every row of the batch."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["x", "m"], ["y"]),
+    ]
+    return onnx_models._model(helper.make_graph(nodes, "mix", [x], [y]))
+
+
+@pytest.fixture(scope="module")
+def batching_server() -> Iterator[LocalServer]:
+    with LocalServer("--batch-window-ms", "400", log_level="WARNING") as srv:
+        yield srv
+
+
+def test_a_model_that_mixes_rows_never_sees_two_callers_at_once(batching_server: LocalServer) -> None:
+    attacker = sim_connect(batching_server)
+    model = attacker.upload_model(batch_mean_removed(), name="mixer", public=True)
+    victim = sim_connect(batching_server)
+    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+    zeros = np.zeros((1, 4), np.float32)
+    got: dict[str, np.ndarray] = {}
+    start = threading.Barrier(2)
+
+    def call(who: str, conn: object, x: np.ndarray) -> None:
+        start.wait()
+        got[who] = conn.run_model(model.model_id, x).output  # type: ignore[attr-defined]
+
+    for _ in range(3):  # a batch needs both inside one window: try a few times
+        threads = [
+            threading.Thread(target=call, args=("victim", victim, secret)),
+            threading.Thread(target=call, args=("attacker", attacker, zeros)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # Alone, each request's mean is its own row: both answers are zero. Batched together, the
+        # attacker would get -secret / 2 and the victim secret / 2.
+        np.testing.assert_array_equal(got["attacker"], zeros, err_msg="the attacker read the victim's input")
+        np.testing.assert_array_equal(got["victim"], zeros)
+
+
+# ---------------------------------------------------------------- the analysis (rowwise.py), unit
+
+
+def _graph(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto] | None = None, *, rank: int = 2
+) -> onnx.ModelProto:
+    dims: list[object] = ["N", 4] if rank == 2 else ["N", 3, 4]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits or []), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    return model
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+MIXING = {
+    "mean over the batch": [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[0]),
+        helper.make_node("Sub", ["x", "m"], ["y"]),
+    ],
+    "reduce over every axis": [helper.make_node("ReduceMax", ["x"], ["m"]), helper.make_node("Sub", ["x", "m"], ["y"])],
+    "the batch times its transpose": [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "t"], ["g"]),
+        helper.make_node("MatMul", ["g", "x"], ["y"]),
+    ],
+    "softmax over the batch": [helper.make_node("Softmax", ["x"], ["y"], axis=0)],
+    "cumulative sum down the batch": [helper.make_node("CumSum", ["x", "zero"], ["y"])],
+    "first row for everyone": [
+        helper.make_node("Gather", ["x", "zeros"], ["y"], axis=0),
+    ],
+    "flatten the batch into one row": [
+        helper.make_node("Reshape", ["x", "one_row"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["s"], axis=1),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Reshape", ["s", "shape"], ["y"]),
+    ],
+    "flatten from axis 0": [
+        helper.make_node("Flatten", ["x"], ["f"], axis=0),
+        helper.make_node("Identity", ["f"], ["y"]),
+    ],
+    "a constant that moves the batch axis": [
+        helper.make_node("Add", ["x", "c3"], ["a"]),  # [N,4] + [1,1,4] -> [1,N,4]
+        helper.make_node("Softmax", ["a"], ["s"], axis=1),  # over N
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Reshape", ["s", "shape"], ["y"]),
+    ],
+    "the batch size in the values": [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"]),
+        helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "nf"], ["y"]),
+    ],
+    "an operator not on the list": [helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,kj->ik")],
+}
+
+ROWWISE = {
+    "affine and activation": [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ],
+    "softmax over features": [helper.make_node("Softmax", ["x"], ["y"], axis=1)],
+    "reshape kept on the batch": [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero_vec"], ["n"]),
+        helper.make_node("Concat", ["n", "two_two"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("ReduceSum", ["r", "last"], ["y"], keepdims=0),
+    ],
+    "layer norm and mean over features": [
+        helper.make_node("LayerNormalization", ["x", "scale", "b"], ["n"], axis=-1),
+        helper.make_node("ReduceMean", ["n"], ["y"], axes=[1]),
+    ],
+}
+
+INITS = [
+    _ints("zero", [0]),
+    _ints("zeros", [0]),
+    _ints("zero_vec", [0]),
+    _ints("one_row", [1, -1]),
+    _ints("two_two", [2, 2]),
+    _ints("last", [-1]),
+    numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "c3"),
+    numpy_helper.from_array(np.ones((4, 4), np.float32), "w"),
+    numpy_helper.from_array(np.ones(4, np.float32), "b"),
+    numpy_helper.from_array(np.ones(4, np.float32), "scale"),
+]
+
+
+def _model_of(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    used = {i for n in nodes for i in n.input}
+    return _graph(nodes, [t for t in INITS if t.name in used])
+
+
+@pytest.mark.parametrize("name", sorted(MIXING))
+def test_models_whose_rows_mix_are_never_batched(name: str) -> None:
+    assert rows_mixed(_model_of(MIXING[name])) is not None
+
+
+@pytest.mark.parametrize("name", sorted(ROWWISE))
+def test_models_that_keep_rows_apart_are_proven(name: str) -> None:
+    model = _model_of(ROWWISE[name])
+    assert rows_mixed(model) is None
+    # And they really do: rows run alone equal the same rows run in a batch.
+    session = ort.InferenceSession(model.SerializeToString())
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    batched = session.run(None, {"x": x})[0]
+    for i in range(3):
+        np.testing.assert_allclose(session.run(None, {"x": x[i : i + 1]})[0], batched[i : i + 1], rtol=1e-5)
+
+
+def test_the_mixing_models_do_mix() -> None:
+    """The refused graphs are not refused for nothing: batched, a row changes with the others."""
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    for name in ("mean over the batch", "softmax over the batch", "a constant that moves the batch axis"):
+        session = ort.InferenceSession(_model_of(MIXING[name]).SerializeToString())
+        alone = session.run(None, {"x": x[:1]})[0]
+        assert not np.allclose(session.run(None, {"x": x})[0][:1], alone), name
+
+
+def test_a_declared_shape_cannot_hide_a_moved_batch_axis() -> None:
+    """The owner's own value_info is not believed: a constant declared [1, 4] that is really
+    [1, 1, 4] would move the batch axis unseen."""
+    nodes = [
+        helper.make_node("Tile", ["c3", "reps"], ["c"]),  # [1,1,4]: its shape comes from inference
+        helper.make_node("Add", ["x", "c"], ["a"]),
+        helper.make_node("Softmax", ["a"], ["s"], axis=1),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Reshape", ["s", "shape"], ["y"]),
+    ]
+    model = _graph(nodes, [numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "c3"), _ints("reps", [1, 1, 1])])
+    model.graph.value_info.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4]))
+    assert rows_mixed(model) is not None
+
+
+def test_a_graph_the_analysis_cannot_read_is_refused_not_crashed() -> None:
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "far"], ["n"])]
+    nodes += [
+        helper.make_node("Concat", ["n", "two_two"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"]),
+    ]
+    model = _graph(nodes, [_ints("far", [7]), _ints("two_two", [2, 2])])  # index 7 of a rank-2 shape
+    assert rows_mixed(model) is not None
