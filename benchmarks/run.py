@@ -15,6 +15,7 @@ import datetime as dt
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +42,44 @@ def destination(quick: bool, out: Path | None) -> Path | None:
     if quick and out.resolve() == DOC.resolve():
         raise ValueError(f"--quick results never replace the committed {DOC.name}: pass another --out")
     return out
+
+
+def expected_on_16_cores(out: Callable[..., None], loop_us: float) -> None:
+    """Said where the 16-core targets could not be measured: that they were not, and what the design
+    should give there, from this run's serial part and the reasons in performance.md."""
+    per_core = 1e6 / loop_us
+    out("## 16 cores: not measured on this machine")
+    out()
+    out(
+        f"This machine has {os.cpu_count()} cores, so the 16-core targets were not measured by this run (`make bench` "
+        "on a 16-core machine writes its own table, labelled with that machine). Expected there, with the reasons "
+        "in [performance.md](performance.md#expected-figures-on-16-cores):"
+    )
+    out()
+    out("| target (16 cores) | expected | why |")
+    out("|---|---|---|")
+    out(
+        f"| tiny MLP >= 10,000 req/s, 64 clients | about {round(0.75 * 1.5 * per_core, -2):,.0f}-"
+        f"{round(2 * per_core, -2):,.0f} req/s "
+        f"| the main process's loop is the serial part: {loop_us:.0f} us per request in this run, so {per_core:,.0f} "
+        "req/s of one core here; cores 1.5-2x faster there, less what 64 clients and 8 workers take |"
+    )
+    out(
+        "| MiniLM >= 0.9x raw, 16 clients | 0.75-0.9x | 16 narrow runs at once (the issue's patched server gave "
+        "0.65-0.77x with one HTTP loop); requests take the workers' fast path |"
+    )
+    out(
+        "| latency MiniLM, ResNet-50 <= 1.10x; wav2vec2 <= 1.05x; tiny <= +1.0 ms | about 1.15-1.2x, 1.15-1.2x "
+        "(**not expected to be met**), 1.08x; +0.6-0.9 ms | a lone request runs on the all-cores session; what "
+        "remains is about 1 ms of TLS, HTTP, the codec and the hop to the main process on each call, more than "
+        "10% of a 9-11 ms run |"
+    )
+    out(
+        "| upload to ready <= 1.5x | 1.6-1.9x: **not expected to be met** | receive, vetting and the session run "
+        "one after another: building the session while the body arrives would run onnxruntime on an unvetted model |"
+    )
+    out("| peak memory <= 2.5x the model | 2.3-2.5x | does not depend on the core count |")
+    out()
 
 
 def main() -> int:
@@ -161,11 +200,14 @@ def main() -> int:
     out("| server flags | req/s | main process CPU us/request | its event loop us/request |")
     out("|---|---:|---:|---:|")
     tiny = models["tiny MLP (64-128-8)"]
+    fronts = {}
     for flags in (("--workers", "1"), ("--workers", "2")):
         with LocalServer(*flags, log_level="WARNING") as srv:
-            f = bi.front_rate(tiny[0], tiny[1], srv, 16, secs)
+            f = fronts[flags[1]] = bi.front_rate(tiny[0], tiny[1], srv, 16, secs)
         out(f"| {' '.join(flags)} | {f['rate']:.1f} | {f['main_us']:.0f} | {f['loop_us']:.0f} |")
     out()
+    if (os.cpu_count() or 1) < 16:
+        expected_on_16_cores(out, fronts["2"]["loop_us"])
     big = models.get("wav2vec2-base, 1 s 16 kHz", models["all-MiniLM-L6-v2, seq 128"])[0]
     u = bi.upload(big, 2 if q else 3)
     out(f"## Upload to ready: {big.name} ({u['size_mb']:.0f} MiB)")
