@@ -47,3 +47,16 @@ def test_quick_refuses_to_overwrite_the_committed_results() -> None:
     )
     assert out.returncode == 2 and "never replace" in out.stderr
     assert DOC.read_bytes() == before
+
+
+def test_a_machine_under_16_cores_says_the_16_core_targets_were_not_measured() -> None:
+    """The issue's 16-core table cannot come from a smaller machine: the run says so, and the
+    tiny-model figure it expects there follows from the serial cost it measured."""
+    run = load_run()
+    lines: list[str] = []
+    run.expected_on_16_cores(lambda line="": lines.append(line), 250.0)
+    text = "\n".join(lines)
+    assert "not measured on this machine" in text
+    assert "250 us per request" in text and "4,000 req/s of one core" in text
+    assert "4,500-8,000 req/s" in text  # 0.75 x 1.5 x and 2 x the 4,000 of one core here
+    assert text.count("**not expected to be met**") == 2
