@@ -363,3 +363,51 @@ def test_many_empty_header_lines_count_what_the_server_keeps(workers: str) -> No
             for sock in socks:
                 sock.close()
         assert grown < 24 << 20, f"40 heads held {grown >> 20} MiB"
+
+
+# ---------------------------------------------------------------- round 5: string answers
+
+
+@pytest.mark.parametrize("route", ["plain", "forwarded"])
+def test_string_answers_nobody_reads_are_counted_in_the_budget(workers: str, route: str) -> None:
+    """R5-F1/F2: a 10 KB request for 16 MiB of string outputs, from clients that never read. The
+    HTTP route counted an object array by its pointers (8 bytes per string: 128 KB), so every
+    such client was admitted and held ~16-80 MB outside --max-inflight-bytes (+639 MB for 8 with
+    a 200 MB budget); the fast path counted the frame alone. Now the strings' objects and their
+    encoding count: with an 80 MiB budget, at most two such requests are answered."""
+    if route == "forwarded" and workers == "1":
+        pytest.skip("one process: every request reaches the main process's HTTP route")
+    n = 1000
+    with LocalServer(
+        "--workers", workers, "--max-inflight-bytes", "80M", "--body-idle-timeout", "30", log_level="WARNING"
+    ) as srv:
+        model = sim_connect(srv).upload_model(string_fanout("a" * 1024), public=True)
+        body = json.dumps(
+            {
+                "inputs": [{"name": "x", "datatype": "INT64", "shape": [n], "data": [0] * n}],
+                "parameters": {"binary_data_output": True},
+            },
+            separators=(",", ":"),
+        ).encode()
+        extra = "X-Dup: 1\r\nX-Dup: 2\r\n" if route == "forwarded" else ""  # a duplicate header: forwarded
+        request = (
+            f"POST /v2/models/{model.model_id}/infer HTTP/1.1\r\nHost: h\r\n{extra}Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        held = []
+        try:
+            for _ in range(4):
+                sock = tls(srv, rcvbuf=4096, timeout=30)
+                sock.sendall(request)
+                held.append(sock)
+                time.sleep(1.5)  # answered (or refused) before the next: the order is the budget's
+            statuses = []
+            for sock in held:
+                sock.settimeout(10)
+                statuses.append(int(sock.recv(64).split(b" ")[1]))
+        finally:
+            for sock in held:
+                sock.close()
+        assert statuses[0] == 200, statuses
+        assert statuses.count(200) <= 2, f"{statuses}: string answers held outside the budget"
+        assert all(s in (200, 503, 507) for s in statuses), statuses

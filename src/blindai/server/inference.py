@@ -321,6 +321,12 @@ def output_bytes(arr: npt.NDArray[Any]) -> int:
     return total
 
 
+def string_bytes(outputs: Mapping[str, npt.NDArray[Any]]) -> int:
+    """What the string outputs among ``outputs`` hold as Python objects (``output_bytes``); their
+    encoding for the wire takes about as much again. Walks every element: off the event loop."""
+    return sum(output_bytes(a) for a in outputs.values() if a.dtype == object)
+
+
 def _datatype_name(dtype: np.dtype[Any]) -> str:
     name = _DATATYPE_NAMES.get(dtype)
     if name is not None:

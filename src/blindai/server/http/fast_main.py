@@ -18,9 +18,12 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy.typing as npt
+
 from ...protocol.error_body import encode_error
 from .. import frames
 from ..errors import CapacityExceeded
+from ..inference import string_bytes
 from .bodies import HeldResponse, Hold
 from .errors import answer_of
 from .oip import run_decoded
@@ -177,13 +180,16 @@ async def _answer(channel: _Channel, rid: int, payload: bytes) -> None:
             entry = await state.model(ref, sha256=sha256, tokens=tokens)
             model_id, outputs = await run_decoded(state, entry, inputs, requested, meta.get("pin"))
             del inputs
-            out = frames.frame(frames.RESULT, rid, frames.pack({"model": model_id}, outputs))
+            packed, strings = await _pack(model_id, outputs)
+            del outputs
+            out = frames.frame(frames.RESULT, rid, packed)
             size = sum(len(p) for p in out)
             if size > frames.max_result(state.engine.max_output_bytes):  # the worker would close the channel
                 raise CapacityExceeded(f"outputs of {size} bytes as sent exceed what --max-output-bytes allows")
             # What is sent, held from now until the worker says its client took it, as the HTTP route
-            # holds a response (string outputs as their encoded bytes, not the array's pointers).
-            hold.take(size, "this response")
+            # holds a response: string outputs as their encoded bytes (not the array's pointers) and
+            # their objects again, which the worker makes when it decodes them.
+            hold.take(size + strings, "this response")
         except frames.FrameError as exc:
             status, message = 400, f"malformed request from the front worker: {exc}"
             log.error("%s", message)
@@ -204,6 +210,18 @@ async def _answer(channel: _Channel, rid: int, payload: bytes) -> None:
         if metrics is not None:
             metrics.in_progress.labels("attested", ROUTE).dec()
             metrics.record("attested", ROUTE, status, time.perf_counter() - start)
+
+
+async def _pack(model_id: str, outputs: dict[str, npt.NDArray[Any]]) -> tuple[list[bytes | memoryview], int]:
+    """The result payload, and what its string outputs hold as objects (0 without strings). String
+    outputs are encoded element by element: in a thread, never on the loop every worker shares."""
+
+    def pack() -> tuple[list[bytes | memoryview], int]:
+        return frames.pack({"model": model_id}, outputs), string_bytes(outputs)
+
+    if any(a.dtype == object for a in outputs.values()):
+        return await asyncio.to_thread(pack)
+    return frames.pack({"model": model_id}, outputs), 0
 
 
 def _fields(meta: dict[str, Any]) -> tuple[str, str | None, list[str], list[str] | None]:

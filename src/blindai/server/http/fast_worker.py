@@ -38,11 +38,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy.typing as npt
+
 from ...protocol.error_body import encode_error
 from ...protocol.infer import HEADER_LENGTH, decode_request
 from ...protocol.models import MODEL_SHA256, OWNER_TOKENS
 from .. import frames
 from ..errors import LimitExceeded, Unavailable
+from ..inference import string_bytes
 from .bodies import BodyLimits, HeldResponse, Hold, MemoryBudget, too_slow
 from .connections import ConnectionLimits, plain_answer
 from .errors import answer_of
@@ -330,11 +333,16 @@ async def _answer(
             return False
         if kind != frames.RESULT:
             raise frames.FrameError(f"the main process answered with frame kind {kind}")
-        result, outputs = frames.unpack(payload)
+        # String outputs are decoded element by element: in a thread when the frame is large.
+        result, outputs, strings = (
+            await asyncio.to_thread(_unpack, payload) if len(payload) > INLINE_BYTES else _unpack(payload)
+        )
         binary = binary_flags(req, outputs)
         json_bound = await json_bound_of(settings.body.max_json_response_bytes, outputs, binary)
-        hold.release()  # the request is decoded and gone; the outputs are counted by the main process
-        hold.take(3 * json_bound, "this response")
+        # The request is decoded and gone; the frame and its string objects are counted by the main
+        # process, the strings' encoding and the JSON text here.
+        hold.release()
+        hold.take(strings + 3 * json_bound, "this response")
         chunks, head_len = await encode_outputs(
             str(result["model"]), outputs, binary, req.id, json_bound + len(payload)
         )
@@ -353,6 +361,11 @@ async def _answer(
     finally:
         if rid is not None:
             channel.delivered(rid)
+
+
+def _unpack(payload: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]], int]:
+    result, outputs = frames.unpack(payload)
+    return result, outputs, string_bytes(outputs)
 
 
 _date: tuple[int, bytes] = (0, b"")

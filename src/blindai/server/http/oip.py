@@ -20,6 +20,7 @@ from ..._version import __version__
 from ...protocol.infer import HEADER_LENGTH, InferRequest, decode_request, encode_response, json_response_bound
 from ...protocol.models import MODEL_SHA256
 from ..errors import InvalidRequest
+from ..inference import string_bytes
 from ..store import ModelEntry
 from .bodies import HeldResponse, Hold
 from .state import ServerState, held, presented_tokens
@@ -31,6 +32,7 @@ __all__ = [
     "encode_outputs",
     "header_length",
     "json_bound_of",
+    "response_bytes",
     "routes",
     "run_decoded",
 ]
@@ -109,6 +111,15 @@ async def encode_outputs(
     return encode() if small else await asyncio.to_thread(encode)
 
 
+async def response_bytes(outputs: Mapping[str, npt.NDArray[Any]]) -> int:
+    """What the outputs and their binary encoding hold: numeric arrays once (their encoding is a view
+    of them), string outputs twice their objects (``string_bytes``, walked in a thread)."""
+    numeric = sum(int(a.nbytes) for a in outputs.values() if a.dtype != object)
+    if all(a.dtype != object for a in outputs.values()):
+        return numeric
+    return numeric + 2 * await asyncio.to_thread(string_bytes, outputs)
+
+
 def routes(state: ServerState) -> list[Route]:
     """The ``/v2`` routes over ``state.store`` and ``state.engine``."""
 
@@ -162,9 +173,10 @@ def routes(state: ServerState) -> list[Route]:
         del req, body
         hold.release()  # the request's bytes are gone; the outputs and their encoding are held instead
         json_bound = await json_bound_of(state.body_limits.max_json_response_bytes, outputs, binary)
-        # Outputs, plus their JSON text and the Python objects made on the way (about twice the text).
+        # Outputs, plus their JSON text and the Python objects made on the way (about twice the text);
+        # string outputs as their objects and their encoding (an object array's nbytes counts pointers).
         # Taken without waiting: outputs that waited for room would be memory nobody counts.
-        out_bytes = sum(a.nbytes for a in outputs.values())
+        out_bytes = await response_bytes(outputs)
         hold.take(out_bytes + 3 * json_bound, "this response")
 
         chunks, head_len = await encode_outputs(model_id, outputs, binary, rid, json_bound + out_bytes)
