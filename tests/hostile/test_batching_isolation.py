@@ -11,7 +11,7 @@ same moment as a victim: what the attacker gets back must be what its request gi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -19,7 +19,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from blindai.errors import InvalidInputError
+from blindai.server.errors import UnsupportedModel
 from blindai.server.rowwise import rows_mixed
+from blindai.server.vetting import vet_model
 from blindai.testing import LocalServer
 from tests import onnx_models
 from tests.conftest import sim_connect
@@ -44,12 +47,42 @@ def batching_server() -> Iterator[LocalServer]:
         yield srv
 
 
-def test_a_model_that_mixes_rows_never_sees_two_callers_at_once(batching_server: LocalServer) -> None:
+def column_sums_less_x() -> onnx.ModelProto:
+    """Red team round 2: y = (sum of each column over everything) - x, the sums made by ReduceSum with
+    an *empty* axes list, which reduces every axis (the analysis read it as none). Alone: zeros.
+    Batched with a victim, an attacker sending zeros gets the victim's row exactly."""
+    inits = [
+        numpy_helper.from_array(np.array([], np.int64), "empty"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+    ]
+    nodes, parts = [], []
+    for j in range(4):
+        inits += [
+            numpy_helper.from_array(np.array([j], np.int64), f"s{j}"),
+            numpy_helper.from_array(np.array([j + 1], np.int64), f"e{j}"),
+        ]
+        nodes.append(helper.make_node("Slice", ["x", f"s{j}", f"e{j}", "ax1"], [f"c{j}"]))
+        nodes.append(helper.make_node("ReduceSum", [f"c{j}", "empty"], [f"r{j}"], keepdims=1))
+        parts.append(f"r{j}")
+    nodes += [helper.make_node("Concat", parts, ["colsum"], axis=1), helper.make_node("Sub", ["colsum", "x"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    return onnx_models._model(helper.make_graph(nodes, "colsum", [x], [y], inits), opset=13)
+
+
+@pytest.mark.parametrize("build", [batch_mean_removed, column_sums_less_x], ids=["batch mean", "empty axes"])
+def test_a_model_that_mixes_rows_never_sees_two_callers_at_once(
+    batching_server: LocalServer, build: Callable[[], onnx.ModelProto]
+) -> None:
     attacker = sim_connect(batching_server)
-    model = attacker.upload_model(batch_mean_removed(), name="mixer", public=True)
+    model = attacker.upload_model(build(), public=True)
     victim = sim_connect(batching_server)
     secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
     zeros = np.zeros((1, 4), np.float32)
+    alone = {
+        "victim": victim.run_model(model.model_id, secret).output,
+        "attacker": attacker.run_model(model.model_id, zeros).output,
+    }
     got: dict[str, np.ndarray] = {}
     start = threading.Barrier(2)
 
@@ -66,10 +99,39 @@ def test_a_model_that_mixes_rows_never_sees_two_callers_at_once(batching_server:
             t.start()
         for t in threads:
             t.join()
-        # Alone, each request's mean is its own row: both answers are zero. Batched together, the
-        # attacker would get -secret / 2 and the victim secret / 2.
-        np.testing.assert_array_equal(got["attacker"], zeros, err_msg="the attacker read the victim's input")
-        np.testing.assert_array_equal(got["victim"], zeros)
+        # Batched together, the attacker got -secret / 2 (batch mean) or secret itself (empty axes).
+        np.testing.assert_array_equal(
+            got["attacker"], alone["attacker"], err_msg="the attacker read the victim's input"
+        )
+        np.testing.assert_array_equal(got["victim"], alone["victim"])
+
+
+def test_training_mode_batch_normalization_is_refused_at_upload(batching_server: LocalServer) -> None:
+    """Red team round 2, batching or not: onnxruntime updates a training-mode BatchNormalization's
+    running statistics between runs, so a caller sending zeros after a victim read the victim's
+    input back (times 0.09). Such a model is refused at upload now."""
+    owner = sim_connect(batching_server)
+    with pytest.raises(InvalidInputError, match="BatchNormalization in training mode"):
+        owner.upload_model(_training_batch_norm(9), public=True)
+    with pytest.raises(InvalidInputError, match="BatchNormalization in training mode"):
+        owner.upload_model(_training_batch_norm(15), public=True)
+
+
+def _training_batch_norm(opset: int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    stats = [numpy_helper.from_array(np.full(4, v, np.float32), n) for n, v in (("g", 1), ("b", 0), ("m", 0), ("v", 1))]
+    if opset < 14:
+        node = helper.make_node(
+            "BatchNormalization", ["x", "g", "b", "m", "v"], ["y", "rm", "rv", "sm", "sv"], momentum=0.9
+        )
+    else:
+        node = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1)
+    model = helper.make_model(
+        helper.make_graph([node], "bn", [x], [y], stats), opset_imports=[helper.make_opsetid("", opset)]
+    )
+    model.ir_version = 8
+    return model
 
 
 # ---------------------------------------------------------------- the analysis (rowwise.py), unit
@@ -90,6 +152,11 @@ def _graph(
 
 def _ints(name: str, values: list[int]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _with_empty_axes(node: onnx.NodeProto) -> onnx.NodeProto:
+    node.attribute.append(helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS))
+    return node
 
 
 MIXING = {
@@ -118,6 +185,7 @@ MIXING = {
         helper.make_node("Flatten", ["x"], ["f"], axis=0),
         helper.make_node("Identity", ["f"], ["y"]),
     ],
+    "flatten from axis 2, the batch merged": [helper.make_node("Flatten", ["x"], ["y"], axis=2)],
     "a constant that moves the batch axis": [
         helper.make_node("Add", ["x", "c3"], ["a"]),  # [N,4] + [1,1,4] -> [1,N,4]
         helper.make_node("Softmax", ["a"], ["s"], axis=1),  # over N
@@ -131,6 +199,40 @@ MIXING = {
         helper.make_node("Mul", ["x", "nf"], ["y"]),
     ],
     "an operator not on the list": [helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,kj->ik")],
+    "reduce with an empty axes list": [
+        _with_empty_axes(helper.make_node("ReduceMean", ["x"], ["m"])),
+        helper.make_node("Sub", ["x", "m"], ["y"]),
+    ],
+    "squeeze with an empty axes list": [
+        helper.make_node("Squeeze", ["x", "empty"], ["q"]),
+        helper.make_node("Identity", ["q"], ["y"]),
+    ],
+    "the batch size gathered by row": [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Mul", ["x", "f0"], ["xz"]),
+        helper.make_node("Cast", ["xz"], ["idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["shape", "idx"], ["n"]),
+        helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "nf"], ["y"]),
+    ],
+    "resize scaled by the batch size": [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["one", "n"], ["s"], axis=0),
+        helper.make_node("Cast", ["s"], ["scales"], to=TensorProto.FLOAT),
+        helper.make_node("Resize", ["x", "", "scales"], ["y"]),
+    ],
+    "resize keeping the aspect ratio": [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "three"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear", keep_aspect_ratio_policy="not_larger"),
+    ],
+    "a constant expanded as if it were rows": [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Expand", ["c21", "shape"], ["e"]),  # [2,1] expanded to [N,4]: 2 rows, not N
+        helper.make_node("Add", ["x", "e"], ["y"]),
+    ],
 }
 
 ROWWISE = {
@@ -155,6 +257,11 @@ ROWWISE = {
 
 INITS = [
     _ints("zero", [0]),
+    _ints("one", [1]),
+    _ints("three", [3]),
+    _ints("empty", []),
+    numpy_helper.from_array(np.array(0, np.float32), "f0"),
+    numpy_helper.from_array(np.ones((2, 1), np.float32), "c21"),
     _ints("zeros", [0]),
     _ints("zero_vec", [0]),
     _ints("one_row", [1, -1]),
@@ -169,7 +276,10 @@ INITS = [
 
 def _model_of(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
     used = {i for n in nodes for i in n.input}
-    return _graph(nodes, [t for t in INITS if t.name in used])
+    opset = 18 if any(n.op_type == "Resize" for n in nodes) else 17
+    model = _graph(nodes, [t for t in INITS if t.name in used])
+    model.opset_import[0].version = opset
+    return model
 
 
 @pytest.mark.parametrize("name", sorted(MIXING))
@@ -192,7 +302,14 @@ def test_models_that_keep_rows_apart_are_proven(name: str) -> None:
 def test_the_mixing_models_do_mix() -> None:
     """The refused graphs are not refused for nothing: batched, a row changes with the others."""
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
-    for name in ("mean over the batch", "softmax over the batch", "a constant that moves the batch axis"):
+    for name in (
+        "mean over the batch",
+        "softmax over the batch",
+        "a constant that moves the batch axis",
+        "reduce with an empty axes list",
+        "resize keeping the aspect ratio",
+        "flatten from axis 2, the batch merged",
+    ):
         session = ort.InferenceSession(_model_of(MIXING[name]).SerializeToString())
         alone = session.run(None, {"x": x[:1]})[0]
         assert not np.allclose(session.run(None, {"x": x})[0][:1], alone), name
@@ -221,3 +338,19 @@ def test_a_graph_the_analysis_cannot_read_is_refused_not_crashed() -> None:
     ]
     model = _graph(nodes, [_ints("far", [7]), _ints("two_two", [2, 2])])  # index 7 of a rank-2 shape
     assert rows_mixed(model) is not None
+
+
+def test_the_default_domain_imported_twice_is_refused() -> None:
+    """Red team round 2: with "" at 14 and "ai.onnx" at 9, the analysis applied opset 14's
+    BatchNormalization (inference) and onnxruntime opset 9's (training, batch statistics)."""
+    model = _model_of(ROWWISE["softmax over features"])
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 9))
+    assert rows_mixed(model) is not None
+    with pytest.raises(UnsupportedModel, match="more than once"):
+        vet_model(model.SerializeToString())
+
+
+@pytest.mark.parametrize("opset", [9, 15])
+def test_training_mode_batch_normalization_is_refused_by_vetting(opset: int) -> None:
+    with pytest.raises(UnsupportedModel, match="training mode"):
+        vet_model(_training_batch_norm(opset).SerializeToString())

@@ -209,7 +209,10 @@ def _check(model: Any) -> None:
 
     if len(model.functions):
         raise _Refused("the model defines its own functions")
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    defaults = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if len(defaults) != 1:  # two imports of one domain: which version onnxruntime applies is its own choice
+        raise _Refused("the model imports the default operator domain other than exactly once")
+    opset = defaults[0]
     graph = model.graph
     inferred = _inferred_dims(model)
     values: dict[str, Value] = {}
@@ -293,7 +296,7 @@ def _ints(v: Value | None, what: str, node: Any) -> tuple[Entry, ...]:
 
 
 def _axes(node: Any, ins: list[Value | None], opset: int, rank: int) -> tuple[int, ...] | None:
-    """The normalised axes of a Reduce/Squeeze/Unsqueeze node; None when none are given."""
+    """The normalised axes of a Reduce/Squeeze/Unsqueeze node; None when none (or an empty list) are given."""
     moved = _AXES_AS_INPUT.get(node.op_type, _AXES_AS_INPUT_REST)
     if opset >= moved:
         if len(ins) < 2 or ins[1] is None:
@@ -304,6 +307,8 @@ def _axes(node: Any, ins: list[Value | None], opset: int, rank: int) -> tuple[in
         if attr is None:
             return None
         raw = tuple(attr)
+    if not raw:  # an empty list means what no list means: every axis (Reduce*), every size-1 axis (Squeeze)
+        return None
     axes = []
     for a in raw:
         if not isinstance(a, int):
@@ -314,7 +319,10 @@ def _axes(node: Any, ins: list[Value | None], opset: int, rank: int) -> tuple[in
 
 def _axis(node: Any, rank: int, default: int) -> int:
     a = int(_attr(node, "axis", default))
-    return a + rank if a < 0 else a
+    a = a + rank if a < 0 else a
+    if not 0 <= a < max(rank, 1):
+        raise _Refused(f"node {node.name!r} ({node.op_type}): axis {a} outside a rank-{rank} tensor")
+    return a
 
 
 def _node(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
@@ -563,8 +571,11 @@ def _transpose(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
 
 def _flatten(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
     x = _only_first_row(node, ins)
-    if _axis(node, x.rank, 1) == 0:
-        raise _Refused(f"node {node.name!r} (Flatten) at axis 0 merges the batch")
+    axis = int(_attr(node, "axis", 1))
+    # [d0 x ... x d(axis-1), the rest]: the first dimension is the batch only when axis is 1 (axis 0
+    # makes one row of everything, axis 2 and on merge the batch with the next dimensions).
+    if (axis + x.rank if axis < 0 else axis) != 1:
+        raise _Refused(f"node {node.name!r} (Flatten) at axis {axis} merges the batch with other dimensions")
     return [_Row(2)]
 
 
@@ -624,7 +635,7 @@ def _gather(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
     axis = _axis(node, rd, 0)
     if isinstance(data, _Row) and not isinstance(idx, _Row) and axis != 0:
         return [_Row(rd - 1 + ri)]
-    if isinstance(idx, _Row) and not isinstance(data, _Row) and axis == 0:  # an embedding lookup
+    if isinstance(idx, _Row) and isinstance(data, _Const) and axis == 0:  # an embedding lookup
         return [_Row(rd - 1 + ri)]
     raise _Refused(f"node {node.name!r} (Gather) picks across the batch axis")
 
@@ -650,9 +661,9 @@ def _expand(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
         if len(entries) < x.rank or (len(entries) == x.rank and entries[0] in (1, N)):
             return [x]
     elif isinstance(x, _Const) and entries and entries[0] == N and N not in entries[1:]:
-        rank = _rank(x)
-        if rank is not None and len(entries) >= rank:
-            return [_Row(len(entries))]
+        rank, lead = _rank(x), _lead(x)
+        if rank is not None and (len(entries) > rank or (len(entries) == rank and lead == 1)):
+            return [_Row(len(entries))]  # the same constant on every row: dim 0 broadcast from 1 to N
     raise _Refused(f"node {node.name!r} (Expand) moves or spans the batch axis")
 
 
@@ -689,13 +700,18 @@ def _pad(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
 
 def _resize(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
     x = _only_first_row(node, [ins[0]] + [None] * (len(ins) - 1))
-    if any(isinstance(v, _Row) for v in ins[1:]):
-        raise _Refused(f"node {node.name!r} ({node.op_type}): a parameter computed from the batch's values")
+    sizes_at = 3 if node.op_type == "Resize" else -1
+    for i, v in enumerate(ins[1:], 1):
+        if isinstance(v, _Row) or (_uses_batch(v) and i != sizes_at):
+            raise _Refused(f"node {node.name!r} ({node.op_type}): a parameter computed from the batch")
     if _attr(node, "coordinate_transformation_mode") in (b"tf_crop_and_resize", "tf_crop_and_resize"):
         raise _Refused(f"node {node.name!r} ({node.op_type}): a crop region may span the batch axis")
     axes = _attr(node, "axes")
     if axes is not None and all((a + x.rank if a < 0 else a) != 0 for a in axes):
         return [x]
+    # Keeping the aspect ratio turns the sizes into one scale for every axis, the batch's included.
+    if _attr(node, "keep_aspect_ratio_policy") not in (None, b"stretch", "stretch"):
+        raise _Refused(f"node {node.name!r} ({node.op_type}): keeping the aspect ratio rescales the batch axis")
     if node.op_type == "Upsample" and opset < 9:
         scales: tuple[Entry, ...] | None = tuple(_attr(node, "scales") or ())
     else:

@@ -86,6 +86,10 @@ def vet_model(
         raise UnsupportedModel("the upload is not an ONNX model (protobuf parse stopped early)")
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise UnsupportedModel("the upload is not an ONNX model (no graph)")
+    if sum(1 for o in model.opset_import if _domain(o.domain) == "") > 1:
+        # "" and "ai.onnx" name one domain: which of two versions onnxruntime applies is its choice, and
+        # checks that read the version (rowwise.py) could read the other one.
+        raise UnsupportedModel("the model imports the default operator domain ('' / 'ai.onnx') more than once")
     allowed = {_domain(d) for d in allowed_domains}
     functions = _check_functions(model)
     for opset in model.opset_import:
@@ -114,6 +118,8 @@ def vet_model(
                 f"operator {msg.op_type!r} of domain {msg.domain!r} is not allowed"
                 + (" (that domain holds only the model's own functions)" if own else "")
             )
+        if kind == "onnx.NodeProto" and _domain(msg.domain) == "" and msg.op_type == "BatchNormalization":
+            _check_batch_norm(msg)
         if kind == "onnx.NodeProto" and _domain(msg.domain) == "" and msg.op_type in _UNBOUNDED_KERNELS:
             raise UnsupportedModel(
                 f"operator {msg.op_type!r} is refused: {_UNBOUNDED_KERNELS[msg.op_type]} (see docs/models.md)"
@@ -141,6 +147,20 @@ def vet_model(
         )
     mixed = rows_mixed(model) if rows else "dynamic batching is off (not analysed)"
     return VettedModel(split.skeleton, loaded, loaded - len(data), mixed)
+
+
+def _check_batch_norm(node: Any) -> None:
+    """BatchNormalization in training mode (more than one output before opset 14, ``training_mode``
+    from 14) makes onnxruntime update the running statistics it keeps between runs: one caller's
+    input would shift every later caller's answer (a red team read a victim's input back from it)."""
+    from onnx import helper
+
+    training = any(a.name == "training_mode" and helper.get_attribute_value(a) for a in node.attribute)
+    if training or sum(1 for o in node.output if o) > 1:
+        raise UnsupportedModel(
+            "BatchNormalization in training mode is refused: onnxruntime would carry statistics from one "
+            "request to the next (export the model in inference mode: model.eval())"
+        )
 
 
 # Operators whose onnxruntime kernels allocate, outside the capped arena, memory that follows the
