@@ -354,3 +354,54 @@ def test_the_default_domain_imported_twice_is_refused() -> None:
 def test_training_mode_batch_normalization_is_refused_by_vetting(opset: int) -> None:
     with pytest.raises(UnsupportedModel, match="training mode"):
         vet_model(_training_batch_norm(opset).SerializeToString())
+
+
+def _reshape_trick(kind: str) -> onnx.ModelProto:
+    """Red team round 3: a Reshape target whose first entry the analysis read as the batch size
+    while onnxruntime computes 1, moving the batch to axis 1, then a sum over it: alone, zeros;
+    batched, the attacker got the victim's row exactly. ``steps``: a shape Slice with step -1
+    (read as if step 1); ``index``: a Gather by an index the analysis did not know (dropped)."""
+    ints = {"ax1": [1], "s0": [0], "e1": [1], "s1": [1], "e0": [0], "a0": [0], "m1": [-1], "neg": [-1], "four": [4]}
+    inits = [_ints(name, v) for name, v in ints.items()]
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax1"], ["x3"]), helper.make_node("Shape", ["x3"], ["S"])]
+    if kind == "steps":
+        nodes += [
+            helper.make_node("Slice", ["S", "s0", "e1", "a0", "m1"], ["bx"]),  # [] (read as [N])
+            helper.make_node("Slice", ["S", "s1", "e0", "a0", "m1"], ["by"]),  # [1] (read as [])
+            helper.make_node("Concat", ["bx", "by", "neg", "four"], ["T"], axis=0),
+            helper.make_node("Reshape", ["x", "T"], ["r"]),
+            helper.make_node("ReduceSum", ["r", "ax1"], ["cs"], keepdims=1),
+            helper.make_node("Sub", ["cs", "x3"], ["y"]),
+        ]
+        out: list[object] = ["N", 1, 4]
+    else:
+        nodes += [
+            helper.make_node("Shape", ["x3"], ["idx"], start=1, end=2),
+            helper.make_node("Gather", ["S", "idx"], ["g"], axis=0),  # [1] (read as [])
+            helper.make_node("Slice", ["S", "s0", "e1"], ["n"]),
+            helper.make_node("Concat", ["g", "n", "four"], ["T"], axis=0),
+            helper.make_node("Reshape", ["x", "T"], ["r"]),
+            helper.make_node("ReduceSum", ["r", "ax1"], ["cs"], keepdims=1),
+            helper.make_node("Sub", ["cs", "x"], ["d"]),
+            helper.make_node("Concat", ["n", "neg"], ["T2"], axis=0),
+            helper.make_node("Reshape", ["d", "T2"], ["y"]),
+        ]
+        out = ["N", 4]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out)
+    model = helper.make_model(
+        helper.make_graph(nodes, "trick", [x], [y], inits), opset_imports=[helper.make_opsetid("", 15)]
+    )
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("kind", ["steps", "index"])
+def test_shape_arithmetic_is_followed_exactly_or_not_at_all(kind: str) -> None:
+    model = _reshape_trick(kind)
+    session = ort.InferenceSession(model.SerializeToString())
+    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+    zeros = np.zeros((1, 4), np.float32)
+    batched = session.run(None, {"x": np.concatenate([zeros, secret])})[0]
+    np.testing.assert_allclose(batched[0].reshape(-1), secret.reshape(-1))  # what batching would hand over
+    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None

@@ -420,11 +420,11 @@ def _elementwise(node: Any, ins: list[Value | None]) -> list[Value]:
     if node.op_type in ("Clip", "QuantizeLinear", "DequantizeLinear", "Dropout"):
         if any(isinstance(v, _Row) or _uses_batch(v) for v in ins[1:] if v is not None):
             raise _Refused(f"node {node.name!r} ({node.op_type}): a parameter computed from the batch")
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and _rank(ins[1]) not in (0, None):
-            raise _Refused(f"node {node.name!r} ({node.op_type}): per-axis quantisation")
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and _rank(ins[1]) != 0:
+            raise _Refused(f"node {node.name!r} ({node.op_type}): per-axis (or unknown) quantisation")
+        if node.op_type == "Dropout" and len(ins) > 2 and ins[2] is not None:
+            raise _Refused(f"node {node.name!r}: Dropout given a training_mode (answers would be random)")
         ins = ins[:1]
-    if node.op_type == "Dropout" and int(_attr(node, "training_mode", 0) or 0):
-        raise _Refused(f"node {node.name!r}: Dropout in training mode")
     present = [v for v in ins if v is not None]
     if any(_uses_batch(v) for v in present):
         raise _Refused(f"node {node.name!r} ({node.op_type}): the batch size reaches the values")
@@ -741,7 +741,10 @@ def _size(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
 
 
 def _shape_op(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
-    """Arithmetic on shape vectors: followed where the entries are known, else their batch size is unknown."""
+    """Arithmetic on shape vectors, followed only where its result is known exactly: a Gather by
+    known indices, a Slice of one vector with step 1, a Concat of vectors, Unsqueeze and Squeeze of
+    one element. Anything else (another operator, a step, an unknown index) gives a value whose
+    entries are unknown, holding the batch size if any input might: never a guessed vector."""
     op = node.op_type
     unknown: list[Value] = (
         [_Shape(_rank(ins[0]) or 1, None)] * len(node.output)
@@ -749,36 +752,53 @@ def _shape_op(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
         else [_Const()] * len(node.output)
     )
     try:
-        if op in ("Cast", "Identity"):
-            return [ins[0] if isinstance(ins[0], _Shape) else _Shape(_rank(ins[0]) or 1, _ints(ins[0], "", node))]
-        if op == "Gather":
+        if op in ("Cast", "Identity") and isinstance(ins[0], _Shape):
+            return [ins[0]]
+        if op == "Gather" and _rank(ins[0]) == 1 and _rank(ins[1]) in (0, 1):
             vec, idx = _ints(ins[0], "", node), _ints(ins[1], "", node)
+            if int(_attr(node, "axis", 0)) not in (0, -1) or not all(
+                isinstance(i, int) and -len(vec) <= i < len(vec) for i in idx
+            ):
+                return unknown
             picked = tuple(vec[int(i)] for i in idx if isinstance(i, int))
             rank = 0 if _rank(ins[1]) == 0 else 1
-            return [
-                _Shape(rank, picked) if N in picked else _Const(() if rank == 0 else (len(picked),), _known(picked))
-            ]
-        if op == "Unsqueeze" and _rank(ins[0]) == 0:
+            return [_vector(rank, picked)]
+        if op == "Unsqueeze" and _rank(ins[0]) == 0 and _axes(node, ins, opset, 1) == (0,):
+            return [_vector(1, _ints(ins[0], "", node))]
+        if op == "Squeeze" and _rank(ins[0]) == 1 and _axes(node, ins, opset, 1) in (None, (0,)):
             entries = _ints(ins[0], "", node)
-            return [_Shape(1, entries) if N in entries else _Const((1,), _known(entries))]
-        if op == "Squeeze" and _rank(ins[0]) == 1:
-            entries = _ints(ins[0], "", node)
-            return [_Shape(0, entries) if N in entries else _Const((), _known(entries))]
-        if op == "Concat":
+            return [_vector(0, entries)] if len(entries) == 1 else unknown
+        if op == "Concat" and int(_attr(node, "axis", 0)) in (0, -1):
+            parts = [v for v in ins if v is not None]
+            if not all(_rank(v) == 1 for v in parts):
+                return unknown
             joined: tuple[Entry, ...] = ()
-            for v in ins:
-                if v is not None:
-                    joined += _entries(v, node)
-            return [_Shape(1, joined) if N in joined else _Const((len(joined),), _known(joined))]
-        if op == "Slice" and opset >= 10:
+            for v in parts:
+                joined += _entries(v, node)
+            return [_vector(1, joined)]
+        if op == "Slice" and opset >= 10 and _rank(ins[0]) == 1:
             vec = _ints(ins[0], "", node)
             starts, ends = _ints(ins[1], "", node), _ints(ins[2], "", node)
-            if len(starts) == len(ends) == 1 and isinstance(starts[0], int) and isinstance(ends[0], int):
-                part = vec[slice(starts[0], ends[0])]
-                return [_Shape(1, part) if N in part else _Const((len(part),), _known(part))]
+            axes = _ints(ins[3], "", node) if len(ins) > 3 and ins[3] is not None else (0,)
+            steps = _ints(ins[4], "", node) if len(ins) > 4 and ins[4] is not None else (1,)
+            if (
+                len(starts) == len(ends) == 1
+                and isinstance(starts[0], int)
+                and isinstance(ends[0], int)
+                and tuple(axes) in ((0,), (-1,))
+                and tuple(steps) == (1,)
+            ):
+                return [_vector(1, vec[slice(starts[0], ends[0])])]
     except _Refused:
         return unknown
     return unknown
+
+
+def _vector(rank: int, entries: tuple[Entry, ...]) -> Value:
+    """A followed shape value: one that holds the batch size, or a constant of known contents."""
+    if N in entries:
+        return _Shape(rank, entries)
+    return _Const(() if rank == 0 else (len(entries),), _known(entries))
 
 
 def _entries(v: Value, node: Any) -> tuple[Entry, ...]:
