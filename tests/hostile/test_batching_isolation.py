@@ -405,3 +405,65 @@ def test_shape_arithmetic_is_followed_exactly_or_not_at_all(kind: str) -> None:
     batched = session.run(None, {"x": np.concatenate([zeros, secret])})[0]
     np.testing.assert_allclose(batched[0].reshape(-1), secret.reshape(-1))  # what batching would hand over
     assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+
+
+def _sum_over_batch_behind(target: list[onnx.NodeProto], inits: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+    """``target`` computes T, a Reshape target the analysis must read right; x is reshaped to it,
+    and if the batch ends up on axis 1, a sum over axis 1 less each row hands every caller the sum
+    of the others' rows."""
+    inits = inits + [_ints(n, v) for n, v in {"s0": [0], "s1": [1], "ax1": [1], "neg": [-1]}.items()]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["S"]),
+        helper.make_node("Slice", ["S", "s0", "s1"], ["n"]),
+        *target,
+        helper.make_node("Reshape", ["x", "T"], ["r"]),
+        helper.make_node("Add", ["r", "c3"], ["a"]),
+        helper.make_node("ReduceSum", ["a", "ax1"], ["cs"], keepdims=1),
+        helper.make_node("Sub", ["cs", "r"], ["d"]),
+        helper.make_node("Concat", ["n", "neg"], ["T2"], axis=0),
+        helper.make_node("Reshape", ["d", "T2"], ["y"]),
+    ]
+    inits.append(numpy_helper.from_array(np.zeros((1, 1, 4), np.float32), "c3"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    model = helper.make_model(
+        helper.make_graph(nodes, "behind", [x], [y], inits), opset_imports=[helper.make_opsetid("", opset)]
+    )
+    model.ir_version = 8
+    return model
+
+
+ROUND_4 = {
+    # BitwiseAnd([] , 0) is [] (0 broadcast with 1 is 0): read as one element, T looked [N, ?, 4].
+    "an empty operand broadcast": (
+        [
+            helper.make_node("BitwiseAnd", ["empty", "z"], ["A"]),
+            helper.make_node("Concat", ["n", "A", "four"], ["T"], axis=0),
+        ],
+        [_ints("empty", []), numpy_helper.from_array(np.array(0, np.int64), "z"), _ints("four", [4])],
+        18,
+    ),
+    # Cast to BOOL turns N into True, back to INT64 into 1: T looked [N, -1, 4], was [1, -1, 4].
+    "a shape cast through BOOL": (
+        [
+            helper.make_node("Cast", ["n"], ["nb"], to=TensorProto.BOOL),
+            helper.make_node("Cast", ["nb"], ["one"], to=TensorProto.INT64),
+            helper.make_node("Concat", ["one", "neg", "four"], ["T"], axis=0),
+        ],
+        [_ints("four", [4])],
+        17,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_4))
+def test_shape_values_are_not_guessed(name: str) -> None:
+    """Red team round 4: each model moved the batch to axis 1 behind a target the analysis misread;
+    batched with a victim, an attacker sending zeros got the victim's row exactly."""
+    model = _sum_over_batch_behind(*ROUND_4[name])
+    session = ort.InferenceSession(model.SerializeToString())
+    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+    zeros = np.zeros((1, 4), np.float32)
+    assert np.allclose(session.run(None, {"x": zeros})[0], 0)
+    np.testing.assert_allclose(session.run(None, {"x": np.concatenate([zeros, secret])})[0][0], secret[0])
+    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None

@@ -401,10 +401,13 @@ def _const_op(node: Any, ins: list[Value | None]) -> list[Value]:
 
 
 def _broadcast(sizes: tuple[int | None, ...]) -> int | None:
+    """One dimension of a broadcast result: 0 wins over 1 (an empty operand stays empty), and any
+    doubt (an unknown size beside 0 or 1) leaves it unknown."""
     known = [s for s in sizes if s is not None]
-    if len(known) != len(sizes):
-        return None if not known or max(known) <= 1 else max(known)
-    return max(known)
+    if len(known) == len(sizes):
+        return 0 if 0 in known else max(known, default=1)
+    wide = [s for s in known if s > 1]
+    return wide[0] if wide and 0 not in known else None
 
 
 _PARAMETRISED = frozenset({"Clip", "QuantizeLinear", "DequantizeLinear", "Dropout", "CastLike"})
@@ -556,7 +559,7 @@ def _gemm(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
     if int(_attr(node, "transA", 0)) or a.rank != 2:
         raise _Refused(f"node {node.name!r} (Gemm) with the batch transposed")
     c = ins[2] if len(ins) > 2 else None
-    if c is not None and _rank(c) == 2 and _lead(c) != 1:
+    if c is not None and (_rank(c) is None or (_rank(c) == 2 and _lead(c) != 1)):
         raise _Refused(f"node {node.name!r} (Gemm): its bias spans the batch axis")
     return [_Row(2)]
 
@@ -752,7 +755,8 @@ def _shape_op(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
         else [_Const()] * len(node.output)
     )
     try:
-        if op in ("Cast", "Identity") and isinstance(ins[0], _Shape):
+        # A cast keeps a shape's entries only to a type that holds them all (to BOOL, N becomes 1).
+        if isinstance(ins[0], _Shape) and (op == "Identity" or (op == "Cast" and _attr(node, "to") in (6, 7))):
             return [ins[0]]
         if op == "Gather" and _rank(ins[0]) == 1 and _rank(ins[1]) in (0, 1):
             vec, idx = _ints(ins[0], "", node), _ints(ins[1], "", node)
