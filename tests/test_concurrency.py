@@ -26,6 +26,7 @@ from tests.conftest import sim_connect
 def load(model: onnx.ModelProto, **kwargs: Any) -> LoadedModel:
     """As the store loads it with batching on: the graph analysed for rows that mix (rowwise.py)."""
     loaded = LoadedModel(model.SerializeToString(), narrow_now=True, rows_mixed=rows_mixed(model), **kwargs)
+    loaded.wait_rows_probe()
     return loaded
 
 

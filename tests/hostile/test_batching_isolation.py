@@ -467,3 +467,33 @@ def test_shape_values_are_not_guessed(name: str) -> None:
     assert np.allclose(session.run(None, {"x": zeros})[0], 0)
     np.testing.assert_allclose(session.run(None, {"x": np.concatenate([zeros, secret])})[0][0], secret[0])
     assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+
+
+# ---------------------------------------------------------------- the rows probe (rowprobe.py)
+
+
+@pytest.mark.parametrize(
+    "build", [batch_mean_removed, column_sums_less_x, lambda: _reshape_trick("steps")], ids=["mean", "colsum", "steps"]
+)
+def test_the_rows_probe_catches_what_a_wrong_analysis_would_let_through(build: Callable[[], onnx.ModelProto]) -> None:
+    """As if the graph analysis had proven these mixing models (each fooled an earlier version of
+    it): the probe runs them on random rows together and alone, and they are not batched."""
+    from blindai.server.inference import LoadedModel
+
+    loaded = LoadedModel(build().SerializeToString(), rows_mixed=None, concurrency=1)
+    try:
+        assert loaded.wait_rows_probe() is False
+        assert loaded.rows_mixed is not None and "probe" in loaded.rows_mixed
+    finally:
+        loaded.close()
+
+
+def test_the_rows_probe_lets_row_wise_models_batch() -> None:
+    from blindai.server.inference import LoadedModel
+
+    for model in (onnx_models.mlp(), onnx_models.two_in_two_out()):
+        loaded = LoadedModel(model.SerializeToString(), rows_mixed=rows_mixed(model), concurrency=1)
+        try:
+            assert loaded.wait_rows_probe() is True, loaded.rows_mixed
+        finally:
+            loaded.close()

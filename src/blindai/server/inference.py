@@ -29,6 +29,7 @@ from ..protocol.tensors import DATATYPES
 from .errors import CapacityExceeded, DeadlineExceeded, InputRejected, InvalidRequest, Unavailable, UnsupportedModel
 from .modelfile import ModelFile, empty_folder
 from .onnxsplit import LOCATION
+from .rowprobe import rows_differ
 
 __all__ = ["InferenceEngine", "LoadedModel", "limit_inference_memory", "machine_cores", "ort_datatype", "run_slots"]
 
@@ -196,9 +197,12 @@ class LoadedModel:
         # Batched with other callers' requests only when its rows provably stay apart (rowwise.py:
         # the graph is its owner's choice) and every input and output shares the batch dimension.
         self.rows_mixed = rows_mixed
-        self.batchable = rows_mixed is None and _batch_dim_shared(self.session)
+        self.batchable = False  # until the rows probe agrees with the analysis (rowprobe.py), in the background
         # Runs of this model only: a model's runs never wait for a thread another model holds.
         self.pool = concurrent.futures.ThreadPoolExecutor(self.concurrency + 1, thread_name_prefix="blindai-run")
+        self._rows_probe: concurrent.futures.Future[None] | None = None
+        if rows_mixed is None and _batch_dim_shared(self.session):
+            self._rows_probe = self.pool.submit(self._probe_rows)
         self.narrow: ort.InferenceSession | None = None
         self._narrow_ready: concurrent.futures.Future[None] | None = None
         self._sched: _Scheduler | None = None
@@ -211,6 +215,19 @@ class LoadedModel:
                 self._build_narrow(own, skeleton)
             else:
                 self._narrow_ready = self.pool.submit(self._build_narrow, own, skeleton)
+
+    def _probe_rows(self) -> None:
+        why = rows_differ(self.session, self.inputs, self.outputs)
+        if why is not None:
+            self.rows_mixed = why
+            log.warning("a model the graph analysis found batchable failed the rows probe, not batched: %s", why)
+        self.batchable = why is None
+
+    def wait_rows_probe(self) -> bool:
+        """Until the rows probe has run (if it runs); whether requests may share a batch."""
+        if self._rows_probe is not None:
+            self._rows_probe.result()
+        return self.batchable
 
     def _build_narrow(self, model: ModelFile | bytes, skeleton: bytes | None) -> None:
         try:
