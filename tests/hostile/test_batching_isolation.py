@@ -497,3 +497,50 @@ def test_the_rows_probe_lets_row_wise_models_batch() -> None:
             assert loaded.wait_rows_probe() is True, loaded.rows_mixed
         finally:
             loaded.close()
+
+
+def _sparse_shadow(duplicate: bool) -> onnx.ModelProto:
+    """Red team round 5: the analysis read a dense ``shp = [0, -1]`` (keeps the batch), onnxruntime
+    ran a sparse initializer of the same name, ``[1, -1]`` (the whole batch in one row), the mixing
+    gated on a value the rows probe never sends: both layers passed it, and a caller sending the
+    trigger got the batch's other rows."""
+    w, trigger = 16, 1234.5
+    inits = [
+        _ints("pads_flat", [0, 0, 0, w]),
+        _ints("pads_own", [0, 0, 0, w - 4]),
+        _ints("s0", [0]),
+        _ints("ew", [w]),
+        _ints("e1", [1]),
+        _ints("ax1", [1]),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(trigger, np.float32), "trig"),
+    ]
+    if duplicate:
+        inits.append(_ints("shp", [0, -1]))
+    sparse = helper.make_sparse_tensor(_ints("shp", [1, -1]), _ints("shp_idx", [0, 1]), [2])
+    nodes = [
+        helper.make_node("Reshape", ["x", "shp"], ["flat"]),
+        helper.make_node("Pad", ["flat", "pads_flat"], ["flatp"]),
+        helper.make_node("Slice", ["flatp", "s0", "ew", "ax1"], ["fixed"]),
+        helper.make_node("ReduceSum", ["x", "ax1"], ["rs"], keepdims=1),
+        helper.make_node("Mul", ["rs", "zero"], ["zcol"]),
+        helper.make_node("Add", ["fixed", "zcol"], ["full"]),
+        helper.make_node("Pad", ["x", "pads_own"], ["own"]),
+        helper.make_node("Slice", ["x", "s0", "e1", "ax1"], ["x0"]),
+        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
+        helper.make_node("Where", ["gate", "full", "own"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", w])
+    graph = helper.make_graph(nodes, "shadow", [x], [y], inits, sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_sparse_initializer_cannot_shadow_what_the_analysis_read() -> None:
+    with pytest.raises(UnsupportedModel, match="defined more than once"):
+        vet_model(_sparse_shadow(duplicate=True).SerializeToString(), rows=True)
+    # Alone (no dense twin) the model is served, but never batched: the analysis does not read sparse tensors.
+    vetted = vet_model(_sparse_shadow(duplicate=False).SerializeToString(), rows=True)
+    assert vetted.rows_mixed is not None and "sparse" in vetted.rows_mixed

@@ -214,9 +214,15 @@ def _check(model: Any) -> None:
         raise _Refused("the model imports the default operator domain other than exactly once")
     opset = defaults[0]
     graph = model.graph
+    if len(graph.sparse_initializer):
+        # onnxruntime makes them dense and, for a name also given densely, keeps whichever it meets
+        # last: the analysis would read one tensor and onnxruntime run another.
+        raise _Refused("the graph has sparse initializers")
     inferred = _inferred_dims(model)
     values: dict[str, Value] = {}
     for init in graph.initializer:
+        if init.name in values:
+            raise _Refused(f"initializer {init.name!r} is given twice")
         values[init.name] = _Const(tuple(init.dims), _small(init, numpy_helper))
     for inp in graph.input:
         if inp.name in values:

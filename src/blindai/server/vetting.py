@@ -90,6 +90,7 @@ def vet_model(
         # "" and "ai.onnx" name one domain: which of two versions onnxruntime applies is its choice, and
         # checks that read the version (rowwise.py) could read the other one.
         raise UnsupportedModel("the model imports the default operator domain ('' / 'ai.onnx') more than once")
+    _check_unique_names(model.graph)
     allowed = {_domain(d) for d in allowed_domains}
     functions = _check_functions(model)
     for opset in model.opset_import:
@@ -147,6 +148,21 @@ def vet_model(
         )
     mixed = rows_mixed(model) if rows else "dynamic batching is off (not analysed)"
     return VettedModel(split.skeleton, loaded, loaded - len(data), mixed)
+
+
+def _check_unique_names(graph: Any) -> None:
+    """Every value of the top-level graph is defined once: initializers, sparse initializers and
+    node outputs. For a name given twice onnxruntime keeps whichever it meets last (a sparse
+    initializer over a dense one, found by a red team), so a check that read the other would check
+    a tensor that never runs."""
+    seen: set[str] = set()
+    names = [t.name for t in graph.initializer]
+    names += [t.values.name for t in graph.sparse_initializer]
+    names += [o for node in graph.node for o in node.output if o]
+    for name in names:
+        if name in seen:
+            raise UnsupportedModel(f"the value {name!r} is defined more than once in the graph")
+        seen.add(name)
 
 
 def _check_batch_norm(node: Any) -> None:
