@@ -544,3 +544,41 @@ def test_a_sparse_initializer_cannot_shadow_what_the_analysis_read() -> None:
     # Alone (no dense twin) the model is served, but never batched: the analysis does not read sparse tensors.
     vetted = vet_model(_sparse_shadow(duplicate=False).SerializeToString(), rows=True)
     assert vetted.rows_mixed is not None and "sparse" in vetted.rows_mixed
+
+
+def test_a_constant_carries_exactly_one_value() -> None:
+    """Red team round 6: a Constant with ``value_ints=[0]`` first and ``value=[1]`` second; the
+    analysis read ``value`` (a sum over features), onnxruntime the first attribute (a sum over
+    the batch), gated on a trigger the probe never sends: the trigger-sender got the victim's row."""
+    const = helper.make_node("Constant", [], ["ax"], value_ints=[0])
+    const.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.array([1], np.int64))))
+    nodes = [
+        const,
+        helper.make_node("ReduceSum", ["x", "ax"], ["s"], keepdims=1),
+        helper.make_node("Add", ["x", "s"], ["y"]),
+    ]
+    model = _graph(nodes)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    with pytest.raises(UnsupportedModel, match="exactly one value attribute"):
+        vet_model(model.SerializeToString(), rows=True)
+
+
+def test_the_rows_probe_sees_a_share_too_small_for_its_tolerance() -> None:
+    """Red team round 6, the probe alone: y = x + 1e-9 x (sum over the batch) hides under a
+    tolerance, yet an attacker sending zeros reads 1e-9 x the victim's row, exactly enough to
+    scale back. The probe's first row is zeros, compared exactly."""
+    from blindai.server.inference import LoadedModel
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "zero"], ["s"], keepdims=1),  # over the batch
+        helper.make_node("Mul", ["s", "tiny"], ["t"]),
+        helper.make_node("Add", ["x", "t"], ["y"]),
+    ]
+    inits = [_ints("zero", [0]), numpy_helper.from_array(np.array(1e-9, np.float32), "tiny")]
+    model = _graph(nodes, inits)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    loaded = LoadedModel(model.SerializeToString(), rows_mixed=None, concurrency=1)  # as if the analysis were fooled
+    try:
+        assert loaded.wait_rows_probe() is False
+    finally:
+        loaded.close()

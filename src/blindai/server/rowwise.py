@@ -360,7 +360,11 @@ def _node(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
 
 
 def _constant(node: Any) -> _Const:
+    """A Constant's value; vetting lets only one value attribute through (onnxruntime reads the first)."""
     from onnx import numpy_helper
+
+    if len(node.attribute) != 1:
+        raise _Refused(f"Constant node {node.name!r} carries {len(node.attribute)} value attributes")
 
     value = _attr(node, "value")
     if value is not None:

@@ -121,6 +121,15 @@ def vet_model(
             )
         if kind == "onnx.NodeProto" and _domain(msg.domain) == "" and msg.op_type == "BatchNormalization":
             _check_batch_norm(msg)
+        if (
+            kind == "onnx.NodeProto"
+            and _domain(msg.domain) == ""
+            and msg.op_type == "Constant"
+            and len(msg.attribute) != 1
+        ):
+            # onnxruntime takes the first of several values and a check could read another (a red
+            # team hid a reduction over the batch that way).
+            raise UnsupportedModel(f"Constant node {msg.name!r} must carry exactly one value attribute")
         if kind == "onnx.NodeProto" and _domain(msg.domain) == "" and msg.op_type in _UNBOUNDED_KERNELS:
             raise UnsupportedModel(
                 f"operator {msg.op_type!r} is refused: {_UNBOUNDED_KERNELS[msg.op_type]} (see docs/models.md)"
