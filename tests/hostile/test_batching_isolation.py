@@ -582,3 +582,47 @@ def test_the_rows_probe_sees_a_share_too_small_for_its_tolerance() -> None:
         assert loaded.wait_rows_probe() is False
     finally:
         loaded.close()
+
+
+def test_constant_shapes_are_not_taken_from_onnx_inference() -> None:
+    """Red team round 7: Slice([1,1,1,1], starts=[-3], ends=[INT64_MAX], steps=[-2]) is empty for
+    onnx's shape inference and one element for onnxruntime; the analysis took inference's size,
+    read a Reshape target as [N, -1] that onnxruntime ran as [1, N, -1], and a sum over the batch
+    went to the caller sending the trigger."""
+    big = np.iinfo(np.int64).max
+    inits = [
+        _ints("ones", [1, 1, 1, 1]),
+        _ints("st", [-3]),
+        _ints("en", [int(big)]),
+        _ints("sp", [-2]),
+        _ints("z", [0]),
+        _ints("o", [1]),
+        _ints("m1", [-1]),
+        _ints("ax1", [1]),
+        _ints("idx0", [0]),
+        numpy_helper.from_array(np.array(1234.5, np.float32), "trig"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["ones", "st", "en", "", "sp"], ["cs"]),
+        helper.make_node("Shape", ["x"], ["sh"]),
+        helper.make_node("Slice", ["sh", "z", "o", "z"], ["n"]),
+        helper.make_node("Concat", ["cs", "n", "m1"], ["t1"], axis=0),
+        helper.make_node("Reshape", ["x", "t1"], ["t"]),
+        helper.make_node("ReduceSum", ["t", "ax1"], ["s"], keepdims=1),
+        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
+        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
+        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["gatef", "s"], ["u"]),
+        helper.make_node("Add", ["t", "u"], ["v"]),
+        helper.make_node("Concat", ["n", "m1"], ["t2"], axis=0),
+        helper.make_node("Reshape", ["v", "t2"], ["y"]),
+    ]
+    model = _graph(nodes, inits)
+    model.opset_import[0].version = 13
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    session = ort.InferenceSession(model.SerializeToString())
+    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+    attacker = np.array([[1234.5, 0, 0, 0]], np.float32)
+    batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
+    np.testing.assert_allclose(batched[1] - 2 * attacker[0], secret[0])  # what batching would hand over
+    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None

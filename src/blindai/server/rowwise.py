@@ -183,27 +183,6 @@ def rows_mixed(model: Any) -> str | None:
     return None
 
 
-def _inferred_dims(model: Any) -> dict[str, tuple[int | None, ...]]:
-    """Ranks and sizes onnx's shape inference finds for the graph's values (symbols as None)."""
-    from onnx import shape_inference
-
-    bare = type(model)()
-    bare.CopyFrom(model)
-    # The model's own annotations are the owner's word, not the operators' semantics: a wrong rank
-    # declared for a constant would move the batch axis unseen. Only what inference derives counts.
-    del bare.graph.value_info[:]
-    try:
-        inferred = shape_inference.infer_shapes(bare, data_prop=True)
-    except Exception:  # inference is a help here, never a requirement
-        return {}
-    out: dict[str, tuple[int | None, ...]] = {}
-    for info in inferred.graph.value_info:
-        t = info.type.tensor_type
-        if info.type.HasField("tensor_type") and t.HasField("shape"):
-            out[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-    return out
-
-
 def _check(model: Any) -> None:
     from onnx import numpy_helper
 
@@ -218,7 +197,6 @@ def _check(model: Any) -> None:
         # onnxruntime makes them dense and, for a name also given densely, keeps whichever it meets
         # last: the analysis would read one tensor and onnxruntime run another.
         raise _Refused("the graph has sparse initializers")
-    inferred = _inferred_dims(model)
     values: dict[str, Value] = {}
     for init in graph.initializer:
         if init.name in values:
@@ -242,8 +220,6 @@ def _check(model: Any) -> None:
             if name in values:
                 raise _Refused(f"node {node.name!r} redefines {name!r}")
             if name:
-                if isinstance(value, _Const) and value.dims is None and name in inferred:
-                    value = _Const(inferred[name], value.values)
                 values[name] = value
     for out in graph.output:
         if not isinstance(values.get(out.name), _Row):
@@ -319,6 +295,8 @@ def _axes(node: Any, ins: list[Value | None], opset: int, rank: int) -> tuple[in
     for a in raw:
         if not isinstance(a, int):
             raise _Refused(f"node {node.name!r} ({node.op_type}): axes are not known")
+        if rank and not -rank <= a < rank:
+            raise _Refused(f"node {node.name!r} ({node.op_type}): axis {a} outside a rank-{rank} tensor")
         axes.append(a + rank if a < 0 else a)
     return tuple(axes)
 
@@ -346,8 +324,11 @@ def _node(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
         if any(_uses_batch(v) for v in present):
             return _shape_op(node, ins, opset)
         if any(isinstance(v, _Shape) for v in present):  # per-request sizes, the same across a batch
-            return [v if isinstance(v, _Const) else _Const() for v in _shape_op(node, ins, opset)]
-        return _const_op(node, ins)
+            out = [v if isinstance(v, _Const) else _Const() for v in _shape_op(node, ins, opset)]
+            if any(v.dims is not None or v.values is not None for v in out):
+                return list(out)
+            return _const_op(node, [None if v is None else _as_const(v) for v in ins], opset)
+        return _const_op(node, ins, opset)
     if handler is None:
         if op in _ELEMENTWISE:
             return _elementwise(node, ins)
@@ -382,9 +363,11 @@ def _constant(node: Any) -> _Const:
     return _Const()
 
 
-def _const_op(node: Any, ins: list[Value | None]) -> list[Value]:
-    """Computed from constants only: the same for every request of a batch. Shapes are followed
-    through element-by-element operators (a broadcasting rule needs the rank of each operand)."""
+def _const_op(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
+    """Computed from constants only: the same for every request of a batch. Their shapes are
+    followed here, by the operators' own rules, through the operators that exported graphs use to
+    build them (a broadcasting rule needs each operand's rank); any other leaves the shape unknown,
+    never taken from onnx's shape inference (a red team found it disagreeing with onnxruntime)."""
     if node.op_type in _ELEMENTWISE:
         dims = (
             [_dims(v) for v in ins[:1] if v is not None]
@@ -401,12 +384,26 @@ def _const_op(node: Any, ins: list[Value | None]) -> list[Value]:
         if data is not None and idx is not None and data:
             axis = _axis(node, len(data), 0)
             return [_Const(data[:axis] + idx + data[axis + 1 :])]
-    if node.op_type == "Slice" and len(ins) > 3 and ins[3] is not None:
-        data = _dims(ins[0])
-        axes = ins[3].values if isinstance(ins[3], _Const) else None
-        if data is not None and axes is not None and all(isinstance(a, int) for a in axes):
+    data = _dims(ins[0]) if ins else None
+    if node.op_type == "Slice" and opset >= 10 and data is not None and len(ins) >= 3:
+        if len(ins) > 3 and ins[3] is not None:
+            axes = ins[3].values if isinstance(ins[3], _Const) else None
+        else:  # no axes: the first len(starts) axes
+            starts = _dims(ins[1])
+            axes = tuple(range(starts[0])) if starts is not None and len(starts) == 1 and starts[0] else None
+        if axes is not None and all(isinstance(a, int) and -len(data) <= a < len(data) for a in axes):
             cut = {int(a) + len(data) if int(a) < 0 else int(a) for a in axes if isinstance(a, int)}
             return [_Const(tuple(None if i in cut else d for i, d in enumerate(data)))]
+    if node.op_type == "Unsqueeze" and data is not None:
+        added = _axes(node, ins, opset, 0)
+        axes = _axes(node, ins, opset, len(data) + len(added or ()))
+        if axes is not None and len(set(axes)) == len(axes) and all(0 <= a < len(data) + len(axes) for a in axes):
+            rest = iter(data)
+            return [_Const(tuple(1 if i in axes else next(rest) for i in range(len(data) + len(axes))))]
+    if node.op_type == "Squeeze" and data is not None:
+        axes = _axes(node, ins, opset, len(data))
+        if axes is not None and all(0 <= a < len(data) and data[a] == 1 for a in axes):
+            return [_Const(tuple(d for i, d in enumerate(data) if i not in axes))]
     return [_Const()] * len(node.output)
 
 
@@ -633,7 +630,9 @@ def _slice(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
         raw = _attr(node, "axes")
     else:
         raw = _ints(ins[3], "axes", node) if len(ins) > 3 and ins[3] is not None else None
-    if raw is None or any(not isinstance(a, int) or (a + x.rank if a < 0 else a) == 0 for a in raw):
+    if raw is None or any(
+        not isinstance(a, int) or not -x.rank <= a < x.rank or (a + x.rank if a < 0 else a) == 0 for a in raw
+    ):
         raise _Refused(f"node {node.name!r} (Slice) may cut the batch axis")
     return [x]
 
@@ -813,6 +812,16 @@ def _vector(rank: int, entries: tuple[Entry, ...]) -> Value:
     if N in entries:
         return _Shape(rank, entries)
     return _Const(() if rank == 0 else (len(entries),), _known(entries))
+
+
+def _as_const(v: Value) -> _Const:
+    """A shape value that does not hold the batch size, seen as the constant it is for one batch."""
+    if isinstance(v, _Shape):
+        dims = None if v.entries is None else (() if v.rank == 0 else (len(v.entries),))
+        return _Const(dims, None if v.entries is None else _known(v.entries))
+    if isinstance(v, _Const):
+        return v
+    raise _Refused("a batch row where a constant was expected")
 
 
 def _entries(v: Value, node: Any) -> tuple[Entry, ...]:

@@ -141,6 +141,9 @@ def vet_model(
                 f"tensor {msg.name!r} uses external data; only self-contained models are accepted "
                 "(save with onnx.save_model(..., save_as_external_data=False))"
             )
+    # On the model as parsed: the checks below fold constants into it with onnx's reference
+    # evaluator, whose results can differ from onnxruntime's (a red team used one such Slice).
+    mixed = rows_mixed(model) if rows else "dynamic batching is off (not analysed)"
     _check_expansion(model)
     try:
         check_string_growth(model)
@@ -155,7 +158,6 @@ def vet_model(
             f"the model holds {loaded} bytes once onnxruntime has loaded it (its {len(data)} bytes, sparse tensors "
             f"made dense, constants folded at load): above the limit of {max_bytes} bytes (--max-model-bytes)"
         )
-    mixed = rows_mixed(model) if rows else "dynamic batching is off (not analysed)"
     return VettedModel(split.skeleton, loaded, loaded - len(data), mixed)
 
 
