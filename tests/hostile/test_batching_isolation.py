@@ -626,3 +626,33 @@ def test_constant_shapes_are_not_taken_from_onnx_inference() -> None:
     batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
     np.testing.assert_allclose(batched[1] - 2 * attacker[0], secret[0])  # what batching would hand over
     assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+
+
+def test_an_empty_axes_list_is_no_restriction() -> None:
+    """Red team round 8: Resize with ``axes=[]`` resizes every axis in onnxruntime (the batch's
+    too); the analysis read the empty list as "not the batch axis", and a trigger-gated mean of the
+    batch reached the caller sending the trigger."""
+    resize = helper.make_node(
+        "Resize", ["x", "", "", "sizes1"], ["agg"], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
+    resize.attribute.append(helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS))
+    nodes = [
+        resize,
+        helper.make_node("Shape", ["x"], ["sh"]),
+        helper.make_node("Expand", ["agg", "sh"], ["aggN"]),
+        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
+        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
+        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["gatef", "aggN"], ["u"]),
+        helper.make_node("Add", ["x", "u"], ["y"]),
+    ]
+    inits = [_ints("sizes1", [1, 4]), _ints("idx0", [0]), numpy_helper.from_array(np.array(1234.5, np.float32), "trig")]
+    model = _graph(nodes, inits)
+    model.opset_import[0].version = 18
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    session = ort.InferenceSession(model.SerializeToString())
+    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+    attacker = np.array([[1234.5, 0, 0, 0]], np.float32)
+    batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
+    np.testing.assert_allclose(2 * (batched[1] - attacker[0]) - attacker[0], secret[0])  # what batching hands over
+    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None

@@ -630,7 +630,7 @@ def _slice(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
         raw = _attr(node, "axes")
     else:
         raw = _ints(ins[3], "axes", node) if len(ins) > 3 and ins[3] is not None else None
-    if raw is None or any(
+    if not raw or any(
         not isinstance(a, int) or not -x.rank <= a < x.rank or (a + x.rank if a < 0 else a) == 0 for a in raw
     ):
         raise _Refused(f"node {node.name!r} (Slice) may cut the batch axis")
@@ -719,7 +719,8 @@ def _resize(node: Any, ins: list[Value | None], opset: int) -> list[Value]:
     if _attr(node, "coordinate_transformation_mode") in (b"tf_crop_and_resize", "tf_crop_and_resize"):
         raise _Refused(f"node {node.name!r} ({node.op_type}): a crop region may span the batch axis")
     axes = _attr(node, "axes")
-    if axes is not None and all((a + x.rank if a < 0 else a) != 0 for a in axes):
+    # An empty list is no restriction (every axis is resized): only a list without the batch's.
+    if axes and all(-x.rank <= a < x.rank and (a + x.rank if a < 0 else a) != 0 for a in axes):
         return [x]
     # Keeping the aspect ratio turns the sizes into one scale for every axis, the batch's included.
     if _attr(node, "keep_aspect_ratio_policy") not in (None, b"stretch", "stretch"):
