@@ -656,3 +656,39 @@ def test_an_empty_axes_list_is_no_restriction() -> None:
     batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
     np.testing.assert_allclose(2 * (batched[1] - attacker[0]) - attacker[0], secret[0])  # what batching hands over
     assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+
+
+def test_an_operand_that_only_gives_a_type_does_not_make_a_row() -> None:
+    """Red team round 9: CastLike(constant [1, 1], x) was taken for a batch row because x (its
+    type operand) is one; Shape of it read as [N, ...] was [1, 1] in onnxruntime, and a Reshape
+    target built from it moved the batch to axis 1 for a trigger-gated sum over the batch."""
+    inits = [
+        numpy_helper.from_array(np.ones((1, 1), np.float32), "one11"),
+        _ints("s0", [0]),
+        _ints("e1", [1]),
+        _ints("tail", [-1, 4]),
+        _ints("ax1", [1]),
+        _ints("idx0", [0]),
+        numpy_helper.from_array(np.array(1234.5, np.float32), "trig"),
+    ]
+    nodes = [
+        helper.make_node("CastLike", ["one11", "x"], ["fake"]),
+        helper.make_node("Shape", ["fake"], ["fsh"]),
+        helper.make_node("Slice", ["fsh", "s0", "e1", "s0"], ["n"]),
+        helper.make_node("Concat", ["n", "tail"], ["tgt"], axis=0),
+        helper.make_node("Reshape", ["x", "tgt"], ["x3"]),
+        helper.make_node("ReduceSum", ["x3", "ax1"], ["colsum"], keepdims=0),
+        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
+        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
+        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["gatef", "colsum"], ["u"]),
+        helper.make_node("Add", ["x", "u"], ["y"]),
+    ]
+    model = _graph(nodes, inits)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    session = ort.InferenceSession(model.SerializeToString())
+    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+    attacker = np.array([[1234.5, 0, 0, 0]], np.float32)
+    batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
+    np.testing.assert_allclose(batched[1] - 2 * attacker[0], secret[0])  # what batching would hand over
+    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None

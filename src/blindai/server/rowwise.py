@@ -418,11 +418,15 @@ def _dims(v: Value | None) -> tuple[int | None, ...] | None:
 def _elementwise(node: Any, ins: list[Value | None]) -> list[Value]:
     if node.op_type == "CastLike":
         ins = ins[:1]  # its second input gives a type only
+        if not isinstance(ins[0], _Row):  # a constant cast like a row stays that constant (its shape, not N)
+            return [_Const(_dims(ins[0]))]
     if node.op_type == "Clip":
         if any(isinstance(v, _Row) or _uses_batch(v) for v in ins[1:] if v is not None):
             raise _Refused(f"node {node.name!r} ({node.op_type}): a parameter computed from the batch")
         ins = ins[:1]
     present = [v for v in ins if v is not None]
+    if not any(isinstance(v, _Row) for v in present):  # the batch was only in operands set aside above
+        raise _Refused(f"node {node.name!r} ({node.op_type}): its data operand is not a batch row")
     if any(_uses_batch(v) for v in present):
         raise _Refused(f"node {node.name!r} ({node.op_type}): the batch size reaches the values")
     ranks = [_rank(v) for v in present]
