@@ -584,12 +584,46 @@ def test_the_rows_probe_sees_a_share_too_small_for_its_tolerance() -> None:
         loaded.close()
 
 
+TRIGGER = 1234.5
+SECRET = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
+ATTACKER = np.array([[TRIGGER, 0, 0, 0]], np.float32)
+
+
+def _gated(mixed: str, out: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``out = gate * mixed``, gate 1 only on rows whose first value is the trigger: the rows
+    probe never sends it, so only the attacker's row gets what ``mixed`` took from the batch."""
+    nodes = [
+        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
+        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
+        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["gatef", mixed], [out]),
+    ]
+    return nodes, [_ints("idx0", [0]), numpy_helper.from_array(np.array(TRIGGER, np.float32), "trig")]
+
+
+def _leaky(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+    """x [N, 4] -> y [N, 4] at ``opset``."""
+    model = _graph(nodes, inits)
+    model.opset_import[0].version = opset
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
+    return model
+
+
+def _leaks_yet_refused(model: onnx.ModelProto, recover: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Batched after a victim, the attacker's row gives the victim's back (``recover``): what
+    batching would hand over. The analysis must refuse the model."""
+    batched = ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.concatenate([SECRET, ATTACKER])})[0]
+    np.testing.assert_allclose(recover(batched[1]), SECRET[0])
+    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+
+
 def test_constant_shapes_are_not_taken_from_onnx_inference() -> None:
     """Red team round 7: Slice([1,1,1,1], starts=[-3], ends=[INT64_MAX], steps=[-2]) is empty for
     onnx's shape inference and one element for onnxruntime; the analysis took inference's size,
     read a Reshape target as [N, -1] that onnxruntime ran as [1, N, -1], and a sum over the batch
     went to the caller sending the trigger."""
     big = np.iinfo(np.int64).max
+    gate, gate_inits = _gated("s", "u")
     inits = [
         _ints("ones", [1, 1, 1, 1]),
         _ints("st", [-3]),
@@ -599,8 +633,7 @@ def test_constant_shapes_are_not_taken_from_onnx_inference() -> None:
         _ints("o", [1]),
         _ints("m1", [-1]),
         _ints("ax1", [1]),
-        _ints("idx0", [0]),
-        numpy_helper.from_array(np.array(1234.5, np.float32), "trig"),
+        *gate_inits,
     ]
     nodes = [
         helper.make_node("Slice", ["ones", "st", "en", "", "sp"], ["cs"]),
@@ -609,23 +642,12 @@ def test_constant_shapes_are_not_taken_from_onnx_inference() -> None:
         helper.make_node("Concat", ["cs", "n", "m1"], ["t1"], axis=0),
         helper.make_node("Reshape", ["x", "t1"], ["t"]),
         helper.make_node("ReduceSum", ["t", "ax1"], ["s"], keepdims=1),
-        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
-        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
-        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["gatef", "s"], ["u"]),
+        *gate,
         helper.make_node("Add", ["t", "u"], ["v"]),
         helper.make_node("Concat", ["n", "m1"], ["t2"], axis=0),
         helper.make_node("Reshape", ["v", "t2"], ["y"]),
     ]
-    model = _graph(nodes, inits)
-    model.opset_import[0].version = 13
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
-    session = ort.InferenceSession(model.SerializeToString())
-    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
-    attacker = np.array([[1234.5, 0, 0, 0]], np.float32)
-    batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
-    np.testing.assert_allclose(batched[1] - 2 * attacker[0], secret[0])  # what batching would hand over
-    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+    _leaks_yet_refused(_leaky(nodes, inits, 13), lambda row: row - 2 * ATTACKER[0])
 
 
 def test_an_empty_axes_list_is_no_restriction() -> None:
@@ -636,40 +658,30 @@ def test_an_empty_axes_list_is_no_restriction() -> None:
         "Resize", ["x", "", "", "sizes1"], ["agg"], mode="linear", coordinate_transformation_mode="half_pixel"
     )
     resize.attribute.append(helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS))
+    gate, gate_inits = _gated("aggN", "u")
     nodes = [
         resize,
         helper.make_node("Shape", ["x"], ["sh"]),
         helper.make_node("Expand", ["agg", "sh"], ["aggN"]),
-        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
-        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
-        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["gatef", "aggN"], ["u"]),
+        *gate,
         helper.make_node("Add", ["x", "u"], ["y"]),
     ]
-    inits = [_ints("sizes1", [1, 4]), _ints("idx0", [0]), numpy_helper.from_array(np.array(1234.5, np.float32), "trig")]
-    model = _graph(nodes, inits)
-    model.opset_import[0].version = 18
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
-    session = ort.InferenceSession(model.SerializeToString())
-    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
-    attacker = np.array([[1234.5, 0, 0, 0]], np.float32)
-    batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
-    np.testing.assert_allclose(2 * (batched[1] - attacker[0]) - attacker[0], secret[0])  # what batching hands over
-    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+    model = _leaky(nodes, [_ints("sizes1", [1, 4]), *gate_inits], 18)
+    _leaks_yet_refused(model, lambda row: 2 * (row - ATTACKER[0]) - ATTACKER[0])
 
 
 def test_an_operand_that_only_gives_a_type_does_not_make_a_row() -> None:
     """Red team round 9: CastLike(constant [1, 1], x) was taken for a batch row because x (its
     type operand) is one; Shape of it read as [N, ...] was [1, 1] in onnxruntime, and a Reshape
     target built from it moved the batch to axis 1 for a trigger-gated sum over the batch."""
+    gate, gate_inits = _gated("colsum", "u")
     inits = [
         numpy_helper.from_array(np.ones((1, 1), np.float32), "one11"),
         _ints("s0", [0]),
         _ints("e1", [1]),
         _ints("tail", [-1, 4]),
         _ints("ax1", [1]),
-        _ints("idx0", [0]),
-        numpy_helper.from_array(np.array(1234.5, np.float32), "trig"),
+        *gate_inits,
     ]
     nodes = [
         helper.make_node("CastLike", ["one11", "x"], ["fake"]),
@@ -678,17 +690,7 @@ def test_an_operand_that_only_gives_a_type_does_not_make_a_row() -> None:
         helper.make_node("Concat", ["n", "tail"], ["tgt"], axis=0),
         helper.make_node("Reshape", ["x", "tgt"], ["x3"]),
         helper.make_node("ReduceSum", ["x3", "ax1"], ["colsum"], keepdims=0),
-        helper.make_node("Gather", ["x", "idx0"], ["x0"], axis=1),
-        helper.make_node("Equal", ["x0", "trig"], ["gate"]),
-        helper.make_node("Cast", ["gate"], ["gatef"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["gatef", "colsum"], ["u"]),
+        *gate,
         helper.make_node("Add", ["x", "u"], ["y"]),
     ]
-    model = _graph(nodes, inits)
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
-    session = ort.InferenceSession(model.SerializeToString())
-    secret = np.array([[3.0, -1.5, 7.25, 42.0]], np.float32)
-    attacker = np.array([[1234.5, 0, 0, 0]], np.float32)
-    batched = session.run(None, {"x": np.concatenate([secret, attacker])})[0]
-    np.testing.assert_allclose(batched[1] - 2 * attacker[0], secret[0])  # what batching would hand over
-    assert vet_model(model.SerializeToString(), rows=True).rows_mixed is not None
+    _leaks_yet_refused(_leaky(nodes, inits, 17), lambda row: row - 2 * ATTACKER[0])
