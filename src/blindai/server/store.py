@@ -192,10 +192,7 @@ class ModelStore:
             with self.new_model_file() as model:
                 meta = self.sealed.read(model_id, model.write)  # decrypted chunk by chunk into the file
                 model.finish()
-                with model.view() as view:
-                    vetted = vet_model(
-                        view, self.limits.allowed_domains, self.limits.max_model_bytes, rows=self.limits.batching
-                    )
+                vetted = self._vet(model)
                 concurrency, held = self._sessions(model, vetted)
                 entry = ModelEntry(
                     model_id=model_id,
@@ -288,6 +285,12 @@ class ModelStore:
         two = run_slots(concurrency, self.limits.intra_op_threads) > 1
         return concurrency, vetted.held + (vetted.per_session if two else 0)
 
+    def _vet(self, model: ModelFile) -> VettedModel:
+        """``vet_model`` under this store's limits, on a read-only mapping of the file (uploads and
+        sealed reloads alike)."""
+        with model.view() as view:
+            return vet_model(view, self.limits.allowed_domains, self.limits.max_model_bytes, rows=self.limits.batching)
+
     def _load(self, model: ModelFile, vetted: VettedModel, concurrency: int) -> LoadedModel:
         if self.limits.batching and vetted.rows_mixed is not None:
             log.info("a model will run without dynamic batching: %s", vetted.rows_mixed)
@@ -362,10 +365,7 @@ class ModelStore:
             self._check_room(model.size, replacing=replacing)
             if public_name is not None:
                 self._check_public_name(public_name)
-        with model.view() as view:
-            vetted = vet_model(
-                view, self.limits.allowed_domains, self.limits.max_model_bytes, rows=self.limits.batching
-            )
+        vetted = self._vet(model)
         concurrency, held = self._sessions(model, vetted)
         with self._lock:
             self._check_room(held, replacing=replacing)
