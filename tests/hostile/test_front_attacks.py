@@ -158,13 +158,18 @@ def test_a_header_value_that_never_ends_is_refused_at_the_head_limit(workers: st
             pusher.start()
             sock.settimeout(12)
             try:
-                got = sock.recv(200)
+                got = sock.recv(200) or b"closed"
+            except TimeoutError:
+                got = b"timeout"  # no answer at all: a failure
             except (OSError, ssl.SSLError):
-                got = b""
+                got = b"closed"
+            # Refused and closed while this client still sent: the kernel's reset can discard the 431
+            # before it is read (about 1 run in 10 under load). The early refusal is what the bound
+            # on what was sent before the answer checks.
             sent_at_answer = sent[0]
             stop.set()
             pusher.join(15)
-        assert got.startswith(b"HTTP/1.1 431"), got
+        assert got.startswith(b"HTTP/1.1 431") or got == b"closed", got
         assert sent_at_answer < 32 << 20, f"{sent_at_answer >> 20} MiB of one header value were read first"
         assert hwm(srv.proc.pid) - before < 32 << 20
 
